@@ -1,0 +1,1 @@
+"""The Ceph layer shared by the DS and TM drivers: sessions, naming, RBD primitives."""

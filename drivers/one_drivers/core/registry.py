@@ -1,0 +1,71 @@
+"""The action registry: which drivers exist and which actions each implements.
+
+A driver package declares a :class:`Driver` in its ``__init__`` with no backend imports; action
+functions are named as ``"module:function"`` strings and imported only when that action runs.
+The shims, the oned.conf registration and ``python -m one_drivers`` are all generated from here.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from one_drivers.core.contract import Call, signature_for
+from one_drivers.core.errors import UsageError
+
+# family -> driver name -> package. Adding a driver means adding a line here.
+PACKAGES: dict[str, dict[str, str]] = {
+    "datastore": {"rbd": "one_drivers.datastore.rbd"},
+}
+
+ActionFn = Callable[[Call], "str | None"]
+
+
+@dataclass(frozen=True)
+class Driver:
+    family: str
+    name: str
+    description: str
+    actions: Mapping[str, str]  # action name -> "module:function"
+    # KEY -> (default value, comment); written to the driver config file by install-remotes
+    defaults: Mapping[str, tuple[str, str]] = field(default_factory=dict)
+    # attributes of the oned.conf *_MAD_CONF block (DS_MAD_CONF, TM_MAD_CONF, VN_MAD_CONF, ...)
+    oned_conf: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for action in self.actions:
+            signature_for(self.family, action)  # unknown actions fail at import, in tests
+
+    def resolve(self, action: str) -> ActionFn:
+        target = self.actions.get(action)
+        if target is None:
+            raise UsageError(
+                f"driver {self.family}/{self.name} has no action {action!r}",
+                hint=f"it implements: {', '.join(sorted(self.actions))}",
+            )
+        module_name, _, fn_name = target.partition(":")
+        module = importlib.import_module(module_name)
+        fn: Any = getattr(module, fn_name)
+        return fn  # type: ignore[no-any-return]
+
+    def default_values(self) -> dict[str, str]:
+        return {k: v for k, (v, _) in self.defaults.items()}
+
+
+def get_driver(family: str, name: str) -> Driver:
+    family_pkgs = PACKAGES.get(family)
+    if family_pkgs is None:
+        raise UsageError(f"unknown driver family {family!r}",
+                         hint=f"one-drivers provides: {', '.join(sorted(PACKAGES))}")
+    package = family_pkgs.get(name)
+    if package is None:
+        raise UsageError(f"unknown {family} driver {name!r}",
+                         hint=f"one-drivers provides: {', '.join(sorted(family_pkgs))}")
+    driver: Driver = importlib.import_module(package).DRIVER
+    return driver
+
+
+def all_drivers() -> list[Driver]:
+    return [get_driver(f, n) for f, names in PACKAGES.items() for n in names]

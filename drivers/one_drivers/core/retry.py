@@ -1,0 +1,102 @@
+"""Time limits and retries.
+
+Every action runs under a :class:`Deadline`; every backend call gets a timeout no longer than what
+is left of it; transient errors are retried with tenacity inside that deadline, never beyond.
+tenacity is imported lazily: an action that fails on bad input never pays for it.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from one_drivers.core import log
+from one_drivers.core.errors import BackendTimeout
+
+if TYPE_CHECKING:
+    import tenacity
+
+T = TypeVar("T")
+
+
+class Deadline:
+    """A point in (monotonic) time by which the whole action must be done."""
+
+    def __init__(self, seconds: float, what: str = "action") -> None:
+        self.seconds = seconds
+        self.what = what
+        self.expires = time.monotonic() + seconds
+
+    def remaining(self) -> float:
+        return max(0.0, self.expires - time.monotonic())
+
+    @property
+    def expired(self) -> bool:
+        return self.remaining() <= 0
+
+    def cap(self, seconds: float, doing: str = "") -> float:
+        """A per-call timeout: ``seconds`` or what is left, whichever is shorter."""
+        left = self.remaining()
+        if left <= 0:
+            raise BackendTimeout(
+                f"{self.what} ran out of its {self.seconds:g} s time limit"
+                + (f" before {doing}" if doing else ""),
+                hint="raise ACTION_TIMEOUT in the driver configuration if the backend is slow",
+            )
+        return min(seconds, left)
+
+
+def retrying(
+    deadline: Deadline,
+    *,
+    retry_on: tuple[type[BaseException], ...],
+    what: str,
+    max_attempts: int = 8,
+    max_wait: float = 2.0,
+) -> tenacity.Retrying:
+    """A tenacity policy for transient errors: jittered exponential back-off, bounded by the
+    deadline and an attempt count, original exception re-raised when it gives up."""
+    import tenacity
+
+    def _stop_at_deadline(state: tenacity.RetryCallState) -> bool:
+        return deadline.remaining() <= 0
+
+    def _announce(state: tenacity.RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        log.info(f"{what} failed ({exc}); retry {state.attempt_number} of {max_attempts - 1}")
+
+    return tenacity.Retrying(
+        stop=tenacity.stop_after_attempt(max_attempts) | _stop_at_deadline,
+        wait=tenacity.wait_random_exponential(multiplier=0.05, max=max_wait),
+        retry=tenacity.retry_if_exception_type(retry_on),
+        before_sleep=_announce,
+        reraise=True,
+    )
+
+
+def call_with_timeout(fn: Callable[..., T], *args: Any, timeout: float, what: str) -> T:
+    """Run a blocking call that has no timeout of its own in a worker thread.
+
+    If it does not return in time we raise and leave the thread behind: the action process exits
+    soon after, which is the only safe way to abandon a call stuck inside a C library.
+    """
+    result: list[T] = []
+    error: list[BaseException] = []
+
+    def _target() -> None:
+        try:
+            result.append(fn(*args))
+        except BaseException as exc:  # handed to the caller's thread
+            error.append(exc)
+
+    worker = threading.Thread(target=_target, name=what, daemon=True)
+    worker.start()
+    worker.join(timeout)
+    if worker.is_alive():
+        raise BackendTimeout(f"{what} did not answer within {timeout:g} s",
+                             hint="check that the service is up and reachable")
+    if error:
+        raise error[0]
+    return result[0]

@@ -1,0 +1,102 @@
+"""Run one action as OpenNebula does: parse, execute, answer.
+
+This is the only place that turns exceptions into exit codes. A :class:`DriverError` becomes its
+exit code and one plain stderr line; anything else is a bug: the traceback goes to the driver log
+and stderr gets one line pointing there. SIGTERM (oned's timeout kills the process group) is turned
+into an exception so ``finally`` blocks clean up half-made objects.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+from pathlib import Path
+from types import FrameType
+from typing import IO
+
+from one_drivers.core import log
+from one_drivers.core.config import Settings, config_path, load_file
+from one_drivers.core.contract import parse_call
+from one_drivers.core.errors import EXIT_INTERNAL, BackendTimeout, DriverError, UsageError
+from one_drivers.core.registry import get_driver
+from one_drivers.core.retry import Deadline
+
+DEFAULT_ACTION_TIMEOUT = 300.0
+
+USAGE = "usage: python -m one_drivers FAMILY DRIVER ACTION [ARGS...]"
+
+
+class Interrupted(BackendTimeout):
+    pass
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise Interrupted(f"stopped by signal {signum} (OpenNebula's driver timeout?)",
+                      hint="the action can be retried; it converges")
+
+
+def run(
+    family: str,
+    driver_name: str,
+    action: str,
+    argv: list[str],
+    *,
+    stdin: IO[bytes] | None,
+    stdout: IO[str],
+    remotes: str | Path | None = None,
+) -> int:
+    label = f"{family}/{driver_name}/{action}"
+    log.set_context(label)
+    subject = ""
+    try:
+        signal.signal(signal.SIGTERM, _on_sigterm)
+        driver = get_driver(family, driver_name)
+        if action not in driver.actions:
+            driver.resolve(action)  # raises the UsageError that lists what exists
+        call = parse_call(family, driver_name, action, argv, stdin)
+        subject = call.subject
+        settings = Settings(
+            [driver.default_values(), load_file(config_path(family, driver_name, remotes))],
+            subject=subject,
+        )
+        timeout = settings.float(f"{action.upper().replace('.', '_')}_TIMEOUT",
+                                 settings.float("ACTION_TIMEOUT", DEFAULT_ACTION_TIMEOUT))
+        call.settings = settings
+        call.deadline = Deadline(timeout, f"{label} for {subject}")
+        out = driver.resolve(action)(call)
+        if out is not None:
+            stdout.write(out if out.endswith("\n") or not out else out + "\n")
+            stdout.flush()
+        return 0
+    except DriverError as exc:
+        if not exc.subject and subject:
+            exc.subject = subject
+        log.write_log("ERROR", str(exc))
+        sys.stderr.write(f"{exc}\n")
+        return exc.exit_code
+    except KeyboardInterrupt:
+        sys.stderr.write(f"{subject or label}: interrupted\n")
+        return 130
+    except Exception as exc:
+        where = log.exception(f"internal error in {label} for {subject or '?'}")
+        sys.stderr.write(
+            f"{subject + ': ' if subject else ''}internal error in {label} "
+            f"({type(exc).__name__}: {' '.join(str(exc).split())}); details in {where}\n"
+        )
+        return EXIT_INTERNAL
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) < 3:
+        sys.stderr.write(f"{UsageError(USAGE)}\n")
+        return UsageError.exit_code
+    family, driver, action, *rest = args
+    return run(family, driver, action, rest, stdin=sys.stdin.buffer, stdout=sys.stdout)
+
+
+def shim(path: str, family: str, driver: str, action: str) -> None:
+    """Entry of the generated remotes shims: ``<remotes>/<family>/<driver>/<action>``."""
+    remotes = Path(path).resolve().parents[2]
+    sys.exit(run(family, driver, action, sys.argv[1:], stdin=sys.stdin.buffer,
+                 stdout=sys.stdout, remotes=remotes))

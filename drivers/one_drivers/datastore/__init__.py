@@ -1,0 +1,1 @@
+"""Datastore (DS) drivers: ``remotes/datastore/<driver>/<action>``."""

@@ -1,0 +1,135 @@
+"""libvirtd with the QEMU driver (TCG), isolated in its own mount namespace.
+
+Its config, state, run and log directories are bind-mounted from the lab directory over the system
+paths, only inside that namespace, so nothing is written outside the lab. The lab's OVS run dir is
+bound at /run/openvswitch there too: libvirt runs ovs-vsctl with a clean environment and the
+default DB path, and that is how ``<virtualport type='openvswitch'/>`` reaches the lab's OVS.
+Clients outside reach the daemon with ``qemu:///system?socket=<lab>/libvirt/run/libvirt-sock``.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+from one_drivers.lab.proc import LabError, alive, read_pid, spawn, stop, wait_for
+
+SYSTEM_DIRS = {
+    "etc": "/etc/libvirt",
+    "lib": "/var/lib/libvirt",
+    "run": "/run/libvirt",
+    "log": "/var/log/libvirt",
+    "cache": "/var/cache/libvirt",
+}
+
+LIBVIRTD_CONF = """\
+unix_sock_group = "root"
+unix_sock_ro_perms = "0770"
+unix_sock_rw_perms = "0770"
+auth_unix_ro = "none"
+auth_unix_rw = "none"
+log_outputs = "3:file:/var/log/libvirt/libvirtd.log"
+"""
+
+# no virtlogd, no cgroups, no per-VM namespaces or labels: none of them work without systemd
+QEMU_CONF = """\
+user = "root"
+group = "root"
+dynamic_ownership = 0
+remember_owner = 0
+security_driver = "none"
+stdio_handler = "file"
+cgroup_controllers = [ ]
+namespaces = [ ]
+"""
+
+
+class LibvirtLab:
+    def __init__(self, root: Path, ovs_run: Path) -> None:
+        self.root = root
+        self.dir = root / "libvirt"
+        self.ovs_run = ovs_run
+        self.pidfile = root / "libvirtd.pid"
+        self.socket = self.dir / "run" / "libvirt-sock"
+
+    @property
+    def uri(self) -> str:
+        return f"qemu:///system?socket={self.socket}"
+
+    def env(self) -> dict[str, str]:
+        return {"LIBVIRT_DEFAULT_URI": self.uri}
+
+    def running(self) -> bool:
+        return alive(read_pid(self.pidfile))
+
+    def up(self, created_dirs: list[str]) -> None:
+        self.down()
+        if self.dir.exists():
+            shutil.rmtree(self.dir)
+        binds = []
+        for sub, target in SYSTEM_DIRS.items():
+            (self.dir / sub).mkdir(parents=True)
+            binds.append(f"{self.dir / sub}={target}")
+        binds.append(f"{self.ovs_run}=/run/openvswitch")
+        for target in [*SYSTEM_DIRS.values(), "/run/openvswitch"]:
+            if not Path(target).exists():  # a mount point must exist; removed again by down
+                Path(target).mkdir(parents=True)
+                created_dirs.append(target)
+        (self.dir / "etc" / "libvirtd.conf").write_text(LIBVIRTD_CONF)
+        (self.dir / "etc" / "qemu.conf").write_text(QEMU_CONF)
+        argv = ["unshare", "--mount", "--propagation", "private", "--",
+                sys.executable, "-m", "one_drivers.lab.mountns", *binds, "--",
+                "libvirtd", "--config", "/etc/libvirt/libvirtd.conf"]
+        spawn(argv, log=self.dir / "log" / "libvirtd.out", pidfile=self.pidfile)
+
+        def serving() -> bool:
+            if not self.running():
+                raise LabError(f"libvirtd exited; see {self.dir}/log")
+            return self.healthy()
+
+        wait_for(serving, timeout=30, what="libvirtd to serve its socket", interval=0.1)
+
+    def healthy(self) -> bool:
+        if not self.socket.exists():
+            return False
+        try:
+            import libvirt
+
+            conn = libvirt.open(self.uri)
+            try:
+                return bool(conn.getVersion())
+            finally:
+                conn.close()
+        except Exception:
+            return False
+
+    def _destroy_domains(self) -> None:
+        try:
+            import libvirt
+
+            conn = libvirt.open(self.uri)
+        except Exception:
+            return
+        try:
+            for dom in conn.listAllDomains():
+                try:
+                    if dom.isActive():
+                        dom.destroy()
+                    dom.undefineFlags(0)
+                except Exception:
+                    continue
+        finally:
+            conn.close()
+
+    def down(self) -> list[str]:
+        stopped = []
+        if self.running():
+            self._destroy_domains()
+        # QEMUs outlive libvirtd: stop any whose PID libvirt recorded
+        for pidfile in sorted((self.dir / "run" / "qemu").glob("*.pid")):
+            if stop(pidfile, timeout=5):
+                stopped.append(f"qemu {pidfile.stem}")
+        if stop(self.pidfile):
+            stopped.append("libvirtd")
+        return stopped
