@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, Any
 
 from one_drivers.core import documents as docs
-from one_drivers.core.errors import BadInput, UsageError
+from one_drivers.core.config import Settings
+from one_drivers.core.errors import BadInput, DriverError, UsageError
+from one_drivers.core.retry import Deadline
 from one_drivers.core.xmlview import XmlView, decode_base64, parse_xml, to_int
 
-if TYPE_CHECKING:
-    from one_drivers.core.config import Settings
-    from one_drivers.core.retry import Deadline
+DEFAULT_ACTION_TIMEOUT = 300.0
 
 
 class Stdin(enum.Enum):
@@ -88,8 +88,9 @@ class Call:
     doc: Any = None  # the typed view of the document, when the action has one
     raw_stdin: str | None = None  # verbatim text (VMM deploy's domain XML)
     subject: str = ""
-    settings: Settings | None = None  # defaults + driver config file; handlers layer templates
-    deadline: Deadline | None = None
+    # defaults + the driver config file; actions layer their template on top (runner sets both)
+    settings: Settings = field(default_factory=lambda: Settings([]))
+    deadline: Deadline = field(default_factory=lambda: Deadline(DEFAULT_ACTION_TIMEOUT))
     extras: dict[str, Any] = field(default_factory=dict)
 
 
@@ -253,10 +254,7 @@ def parse_argv(sig: Signature, argv: list[str], label: str) -> dict[str, Any]:
     optional = [p for p in params if p.optional]
     fixed = len(params) - len(variadic)
     n = len(argv)
-    if variadic:
-        ok = n >= fixed
-    else:
-        ok = fixed - len(optional) <= n <= fixed
+    ok = n >= fixed if variadic else fixed - len(optional) <= n <= fixed
     if not ok:
         raise UsageError(
             f"{label} expects arguments {sig.usage() or '(none)'}, got {n}",
@@ -287,18 +285,17 @@ def read_document(sig: Signature, stdin: IO[bytes] | None, args: dict[str, Any],
     """Decode and parse the action's document; returns (view, verbatim text)."""
     if sig.doc_param is not None:
         raw: bytes = args[sig.doc_param]
-        root = getattr(sig.document, "ROOT", None)
-        elem = parse_xml(raw, what=f"{label} argument {sig.doc_param.upper()}", root=root)
-        assert sig.document is not None
-        return sig.document(elem), None
+        view_cls = sig.document or XmlView
+        elem = parse_xml(raw, what=f"{label} argument {sig.doc_param.upper()}",
+                         root=getattr(view_cls, "ROOT", None))
+        return view_cls(elem), None
     if sig.stdin is Stdin.NONE:
         return None, None
     data = stdin.read() if stdin is not None else b""
     what = f"{label} stdin"
     root = getattr(sig.document, "ROOT", None)
-    if sig.stdin is Stdin.BASE64_XML:
-        data = decode_base64(data, what=what)
-    elif sig.stdin is Stdin.ANY_XML and not data.lstrip().startswith(b"<"):
+    plain_xml = sig.stdin is Stdin.ANY_XML and data.lstrip().startswith(b"<")
+    if sig.stdin in (Stdin.BASE64_XML, Stdin.ANY_XML) and not plain_xml:
         data = decode_base64(data, what=what)
     if sig.stdin is Stdin.DOMAIN_XML:
         parse_xml(data, what=what, root="domain")
@@ -314,11 +311,16 @@ def parse_call(family: str, driver: str, action: str, argv: list[str],
     sig = signature_for(family, action)
     label = f"{family}/{driver}/{action}"
     args = parse_argv(sig, argv, label)
-    view, raw = read_document(sig, stdin, args, label)
-    call = Call(family, driver, action, args, view, raw)
+    call = Call(family, driver, action, args)
+    call.subject = subject_of(call)  # provisional: VNM and auth name theirs from the document
+    try:
+        call.doc, call.raw_stdin = read_document(sig, stdin, args, label)
+    except DriverError as exc:
+        exc.subject = exc.subject or call.subject
+        raise
     call.subject = subject_of(call)
-    if isinstance(view, XmlView):
-        view.subject = call.subject
+    if isinstance(call.doc, XmlView):
+        call.doc.subject = call.subject
     return call
 
 

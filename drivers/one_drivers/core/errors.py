@@ -29,8 +29,8 @@ EXIT_INTERNAL = 70
 class DriverError(Exception):
     """Base of every error a driver reports on purpose.
 
-    ``subject`` names the object (``image 7``, ``datastore 100``, ``VM 42 NIC 0``), ``hint`` says what
-    the operator can do. ``str()`` gives the one line OpenNebula shows.
+    ``subject`` names the object (``image 7``, ``datastore 100``, ``VM 42 NIC 0``), ``hint`` says
+    what the operator can do. ``str()`` gives the one line OpenNebula shows.
     """
 
     exit_code = 1
@@ -62,6 +62,7 @@ class BadInput(DriverError):
 
 class MissingAttribute(BadInput):
     """A required XML element or template attribute is absent or empty."""
+
 
     def __init__(self, path: str, *, subject: str = "", hint: str = "") -> None:
         super().__init__(

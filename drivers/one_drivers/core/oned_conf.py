@@ -38,11 +38,10 @@ def registration(drivers: list[Driver] | None = None) -> dict[str, Any]:
         if mad:
             out["driver_lists"].setdefault(mad, {"option": option, "drivers": []})
             out["driver_lists"][mad]["drivers"].append(drv.name)
-        if drv.family == "tm":
+        if drv.family == "tm" and "monitor" in drv.actions:
             # a TM that can monitor a system datastore joins DATASTORE_MAD's -s list too
-            if "monitor" in drv.actions:
-                out["driver_lists"].setdefault("DATASTORE_MAD", {"option": "-d", "drivers": []})
-                out["driver_lists"]["DATASTORE_MAD"].setdefault("system", []).append(drv.name)
+            out["driver_lists"].setdefault("DATASTORE_MAD", {"option": "-d", "drivers": []})
+            out["driver_lists"]["DATASTORE_MAD"].setdefault("system", []).append(drv.name)
         if block:
             out["blocks"].append({"file": "oned.conf", "section": block,
                                   "attrs": {"NAME": drv.name, **drv.oned_conf}})

@@ -7,6 +7,7 @@ ssh runs in BatchMode (no password prompts can hang an action) with a connect ti
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import socket
@@ -26,10 +27,8 @@ def local_names() -> frozenset[str]:
     hostname = socket.gethostname()
     names.add(hostname)
     names.add(hostname.split(".", 1)[0])
-    try:
+    with contextlib.suppress(OSError):
         names.add(socket.getfqdn())
-    except OSError:
-        pass
     extra = os.environ.get("ONE_DRIVERS_LOCAL_NAMES", "")
     names.update(n for n in extra.split(",") if n)
     return frozenset(names)

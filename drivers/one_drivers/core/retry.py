@@ -60,15 +60,16 @@ def retrying(
     deadline and an attempt count, original exception re-raised when it gives up."""
     import tenacity
 
-    def _stop_at_deadline(state: tenacity.RetryCallState) -> bool:
-        return deadline.remaining() <= 0
+    class _stop_at_deadline(tenacity.stop.stop_base):
+        def __call__(self, state: tenacity.RetryCallState) -> bool:
+            return deadline.remaining() <= 0
 
     def _announce(state: tenacity.RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome else None
         log.info(f"{what} failed ({exc}); retry {state.attempt_number} of {max_attempts - 1}")
 
     return tenacity.Retrying(
-        stop=tenacity.stop_after_attempt(max_attempts) | _stop_at_deadline,
+        stop=tenacity.stop_after_attempt(max_attempts) | _stop_at_deadline(),
         wait=tenacity.wait_random_exponential(multiplier=0.05, max=max_wait),
         retry=tenacity.retry_if_exception_type(retry_on),
         before_sleep=_announce,

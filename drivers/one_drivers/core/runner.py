@@ -16,12 +16,10 @@ from typing import IO
 
 from one_drivers.core import log
 from one_drivers.core.config import Settings, config_path, load_file
-from one_drivers.core.contract import parse_call
+from one_drivers.core.contract import DEFAULT_ACTION_TIMEOUT, parse_call
 from one_drivers.core.errors import EXIT_INTERNAL, BackendTimeout, DriverError, UsageError
 from one_drivers.core.registry import get_driver
 from one_drivers.core.retry import Deadline
-
-DEFAULT_ACTION_TIMEOUT = 300.0
 
 USAGE = "usage: python -m one_drivers FAMILY DRIVER ACTION [ARGS...]"
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import builtins
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from typing import TypeVar, overload
@@ -37,10 +38,12 @@ def decode_base64(data: str | bytes, *, what: str) -> bytes:
     try:
         return base64.b64decode(compact, validate=True)
     except (binascii.Error, ValueError) as exc:
-        raise BadInput(f"{what} is not valid base64 ({exc})") from None
+        raise BadInput(f"{what} is not valid base64 ({exc})",
+                       hint="OpenNebula sends the driver action document base64-encoded") from None
 
 
-def parse_xml(data: str | bytes, *, what: str, root: str | tuple[str, ...] | None = None) -> ET.Element:
+def parse_xml(data: str | bytes, *, what: str,
+              root: str | tuple[str, ...] | None = None) -> ET.Element:
     """Parse a document and check its root element."""
     text = data.strip() if isinstance(data, bytes | str) else data
     if not text:
@@ -83,7 +86,7 @@ class XmlView:
 
     def __init__(self, elem: ET.Element, path: str | None = None, subject: str = "") -> None:
         self.elem = elem
-        self.path = path or elem.tag
+        self.xpath = path or elem.tag
         self.subject = subject
 
     # -- raw lookups -------------------------------------------------------------------------
@@ -104,41 +107,41 @@ class XmlView:
     def text(self, name: str, default: str) -> str: ...
     @overload
     def text(self, name: str, default: None) -> str | None: ...
-    def text(self, name: str, default: str | None | _Missing = _MISSING) -> str | None:
+    def text(self, name: str, default: str | _Missing | None = _MISSING) -> str | None:
         value = self.opt(name)
         if value is not None:
             return value
         if isinstance(default, _Missing):
-            raise MissingAttribute(f"{self.path}/{name}", subject=self.subject)
+            raise MissingAttribute(f"{self.xpath}/{name}", subject=self.subject)
         return default
 
     def int(self, name: str, default: int | _Missing = _MISSING) -> int:
         value = self.opt(name)
         if value is None:
             if isinstance(default, _Missing):
-                raise MissingAttribute(f"{self.path}/{name}", subject=self.subject)
+                raise MissingAttribute(f"{self.xpath}/{name}", subject=self.subject)
             return default
-        return to_int(value, where=f"{self.path}/{name}")
+        return to_int(value, where=f"{self.xpath}/{name}")
 
-    def bool(self, name: str, default: bool | _Missing = _MISSING) -> bool:
+    def bool(self, name: str, default: builtins.bool | _Missing = _MISSING) -> builtins.bool:
         value = self.opt(name)
         if value is None:
             if isinstance(default, _Missing):
-                raise MissingAttribute(f"{self.path}/{name}", subject=self.subject)
+                raise MissingAttribute(f"{self.xpath}/{name}", subject=self.subject)
             return default
-        return to_bool(value, where=f"{self.path}/{name}")
+        return to_bool(value, where=f"{self.xpath}/{name}")
 
-    def child(self, name: str, cls: type[V], *, required: bool = True) -> V:
+    def child(self, name: str, cls: type[V], *, required: builtins.bool = True) -> V:
         elem = self.elem.find(name)
         if elem is None:
             if required:
-                raise MissingAttribute(f"{self.path}/{name}", subject=self.subject)
+                raise MissingAttribute(f"{self.xpath}/{name}", subject=self.subject)
             elem = ET.Element(name.rsplit("/", 1)[-1])
-        return cls(elem, f"{self.path}/{name}", self.subject)
+        return cls(elem, f"{self.xpath}/{name}", self.subject)
 
     def children(self, name: str, cls: type[V]) -> Iterator[V]:
         for i, elem in enumerate(self.elem.findall(name)):
-            yield cls(elem, f"{self.path}/{name}[{i}]", self.subject)
+            yield cls(elem, f"{self.xpath}/{name}[{i}]", self.subject)
 
 
 class Template(XmlView):

@@ -54,7 +54,10 @@ def keyring_text(entities: dict[str, str]) -> str:
 
 
 class CephLab:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, port_offset: int = 0) -> None:
+        self.mon_v2 = MON_V2_PORT + port_offset
+        self.mon_v1 = MON_V1_PORT + port_offset
+        self.osd_ports = (OSD_PORTS[0] + port_offset, OSD_PORTS[1] + port_offset)
         self.dir = root / "ceph"
         self.conf = self.dir / "ceph.conf"
         self.run_dir = self.dir / "run"
@@ -75,7 +78,7 @@ class CephLab:
             "ONE_LAB_CEPH_POOL": POOL,
             "ONE_LAB_CEPH_USER": RBD_USER,
             "ONE_LAB_CEPH_KEYRING": str(self.user_keyring),
-            "ONE_LAB_CEPH_MON": f"127.0.0.1:{MON_V1_PORT}",
+            "ONE_LAB_CEPH_MON": f"127.0.0.1:{self.mon_v1}",
         }
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -118,10 +121,10 @@ class CephLab:
         d = self.dir
         return f"""[global]
 fsid = {fsid}
-mon_host = [v2:127.0.0.1:{MON_V2_PORT},v1:127.0.0.1:{MON_V1_PORT}]
+mon_host = [v2:127.0.0.1:{self.mon_v2},v1:127.0.0.1:{self.mon_v1}]
 public_network = 127.0.0.0/8
-ms_bind_port_min = {OSD_PORTS[0]}
-ms_bind_port_max = {OSD_PORTS[1]}
+ms_bind_port_min = {self.osd_ports[0]}
+ms_bind_port_max = {self.osd_ports[1]}
 auth_cluster_required = cephx
 auth_service_required = cephx
 auth_client_required = cephx
@@ -168,7 +171,7 @@ osd_data = {d}/osd/0
 
     def _write_monmap(self, fsid: str) -> None:
         run(["monmaptool", "--create", "--fsid", fsid, "--addv", "a",
-             f"[v2:127.0.0.1:{MON_V2_PORT},v1:127.0.0.1:{MON_V1_PORT}]",
+             f"[v2:127.0.0.1:{self.mon_v2},v1:127.0.0.1:{self.mon_v1}]",
              str(self.dir / "monmap")])
 
     def _osd_mkfs(self, osd_uuid: str) -> None:
@@ -252,8 +255,8 @@ osd_data = {d}/osd/0
             h = self.health()
         except Exception:
             return False
-        return (h["health"] == "HEALTH_OK" and h["osds_up"] == 1
-                and h["pgs"] >= PG_NUM + 1 and h["active_clean"] == h["pgs"])
+        return bool(h["health"] == "HEALTH_OK" and h["osds_up"] == 1
+                    and h["pgs"] >= PG_NUM + 1 and h["active_clean"] == h["pgs"])
 
     def wait_healthy(self, timeout: float) -> None:
         def check() -> bool:

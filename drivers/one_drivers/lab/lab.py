@@ -8,6 +8,7 @@ inspection, and the guest image cache in it is reused.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import time
@@ -30,12 +31,14 @@ def lab_dir() -> Path:
 
 
 class Lab:
-    def __init__(self, root: Path | None = None) -> None:
+    def __init__(self, root: Path | None = None, port_offset: int | None = None) -> None:
         self.root = (root or lab_dir()).resolve()
-        self.ceph = CephLab(self.root)
+        if port_offset is None:  # several labs side by side need distinct TCP ports
+            port_offset = int(os.environ.get("ONE_DRIVERS_LAB_PORT_OFFSET", "0"))
+        self.ceph = CephLab(self.root, port_offset)
         self.ovs = OvsLab(self.root)
         self.libvirt = LibvirtLab(self.root, self.ovs.run_dir)
-        self.ssh = SshLab(self.root)
+        self.ssh = SshLab(self.root, port_offset)
         self.guest = Guest(self.root)
         self.created_file = self.root / "created-dirs"
 
@@ -92,10 +95,8 @@ class Lab:
             stopped = [*self.ssh.down(), *self.libvirt.down(), *self.ovs.down(),
                        *self.ceph.down()]
             for path in reversed(self._created()):
-                try:
+                with contextlib.suppress(OSError):  # not empty: someone else uses it now
                     Path(path).rmdir()
-                except OSError:
-                    pass
             self.created_file.unlink(missing_ok=True)
         return stopped
 

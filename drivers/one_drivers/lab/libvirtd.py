@@ -9,6 +9,7 @@ Clients outside reach the daemon with ``qemu:///system?socket=<lab>/libvirt/run/
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import sys
 from pathlib import Path
@@ -113,12 +114,10 @@ class LibvirtLab:
             return
         try:
             for dom in conn.listAllDomains():
-                try:
+                with contextlib.suppress(libvirt.libvirtError):  # already gone
                     if dom.isActive():
                         dom.destroy()
                     dom.undefineFlags(0)
-                except Exception:
-                    continue
         finally:
             conn.close()
 

@@ -17,7 +17,8 @@ class OvsLab:
         self.run_dir = self.dir / "run"
         self.db = self.dir / "conf.db"
         self.sock = self.run_dir / "db.sock"
-        self.pids = {name: self.run_dir / f"{name}.pid" for name in ("ovs-vswitchd", "ovsdb-server")}
+        self.pids = {name: self.run_dir / f"{name}.pid"
+                     for name in ("ovs-vswitchd", "ovsdb-server")}
 
     def env(self) -> dict[str, str]:
         return {"OVS_RUNDIR": str(self.run_dir), "OVS_DBDIR": str(self.dir),

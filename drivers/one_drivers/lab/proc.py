@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -63,10 +64,9 @@ def alive(pid: int | None) -> bool:
 def stop(pidfile: Path, *, timeout: float = 10) -> bool:
     """SIGTERM the recorded PID, then SIGKILL after ``timeout``; True if something was stopped."""
     pid = read_pid(pidfile)
-    if not alive(pid):
+    if pid is None or not alive(pid):
         pidfile.unlink(missing_ok=True)
         return False
-    assert pid is not None
     for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
         try:
             os.kill(pid, sig)
@@ -83,10 +83,8 @@ def stop(pidfile: Path, *, timeout: float = 10) -> bool:
 
 
 def _reap(pid: int) -> None:
-    try:
+    with contextlib.suppress(ChildProcessError):  # not our child: nothing to reap
         os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
 
 
 def wait_for(check: Callable[[], bool], *, timeout: float, what: str,

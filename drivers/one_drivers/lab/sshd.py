@@ -18,7 +18,8 @@ PRIVSEP_DIR = "/run/sshd"
 
 
 class SshLab:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, port_offset: int = 0) -> None:
+        self.port = PORT + port_offset
         self.dir = root / "ssh"
         self.pidfile = self.dir / "sshd.pid"
         self.config = self.dir / "ssh_config"
@@ -46,17 +47,17 @@ class SshLab:
              "-f", str(self.key)])
         (self.dir / "authorized_keys").write_text(self.key.with_suffix(".pub").read_text())
         host_pub = " ".join(hostkey.with_suffix(".pub").read_text().split()[:2])
-        (self.dir / "known_hosts").write_text(f"[127.0.0.1]:{PORT} {host_pub}\n")
+        (self.dir / "known_hosts").write_text(f"[127.0.0.1]:{self.port} {host_pub}\n")
         sshd_config = self.dir / "sshd_config"
         sshd_config.write_text(
-            f"Port {PORT}\nListenAddress 127.0.0.1\nHostKey {hostkey}\n"
+            f"Port {self.port}\nListenAddress 127.0.0.1\nHostKey {hostkey}\n"
             f"PidFile {self.pidfile}\nAuthorizedKeysFile {self.dir}/authorized_keys\n"
             "PermitRootLogin prohibit-password\nPasswordAuthentication no\n"
             "KbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\nPrintMotd no\n"
             "MaxStartups 100:30:200\nMaxSessions 100\n"
         )
         self.config.write_text(
-            f"Host {HOST_ALIAS}\n  HostName 127.0.0.1\n  Port {PORT}\n  User root\n"
+            f"Host {HOST_ALIAS}\n  HostName 127.0.0.1\n  Port {self.port}\n  User root\n"
             f"  IdentityFile {self.key}\n  IdentitiesOnly yes\n"
             f"  UserKnownHostsFile {self.dir}/known_hosts\n  StrictHostKeyChecking yes\n"
             "  BatchMode yes\n  LogLevel ERROR\n"
@@ -71,7 +72,7 @@ class SshLab:
             if not self.running():
                 raise LabError(f"sshd exited; see {self.dir}/sshd.log")
             with socket.socket() as s:
-                return s.connect_ex(("127.0.0.1", PORT)) == 0
+                return s.connect_ex(("127.0.0.1", self.port)) == 0
 
         wait_for(listening, timeout=10, what="sshd to listen")
 

@@ -53,7 +53,6 @@ def capacity(df: dict[str, Any], pool: str, data_pool: str | None = None) -> Cap
 
 
 def monitor(call: Call) -> str:
-    assert call.settings is not None and call.deadline is not None
     settings = call.settings.over(call.doc.datastore.template)
     access = CephAccess.from_settings(settings)
     with CephSession(access, call.deadline, subject=call.subject,

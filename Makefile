@@ -1,0 +1,56 @@
+# Thin wrappers: the logic lives in the package (one-drivers lab/demo) and in .ci/ scripts.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+ONE_DRIVERS := $(VENV)/bin/one-drivers
+export ONE_DRIVERS_LAB_DIR ?= /var/tmp/one-drivers-lab
+
+.PHONY: help deps venv setup lab-up lab-down lab-status demo test lint unit integration bench clean
+
+help:
+	@echo "make demo    - install everything needed, bring the lab up, run the demo"
+	@echo "make test    - install everything needed, bring the lab up, lint + the whole suite"
+	@echo "make bench   - benchmarks against the upstream way, printing ratios"
+	@echo "make lab-up / lab-down / lab-status"
+
+deps:
+	@bash .ci/install-debian-packages packages-debian.txt
+
+$(VENV)/.installed: pyproject.toml requirements.txt requirements-dev.txt
+	/usr/bin/python3 -m venv --system-site-packages $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements-dev.txt
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps -e .
+	@touch $@
+
+venv: deps
+	@$(MAKE) --no-print-directory $(VENV)/.installed
+
+setup: venv
+
+lab-up: setup
+	$(ONE_DRIVERS) lab up
+
+lab-down:
+	@if [ -x $(ONE_DRIVERS) ]; then $(ONE_DRIVERS) lab down; fi
+
+lab-status: setup
+	$(ONE_DRIVERS) lab status
+
+demo: lab-up
+	$(ONE_DRIVERS) demo
+
+lint: setup
+	$(VENV)/bin/ruff check drivers tests bench
+	$(VENV)/bin/mypy
+
+unit: setup
+	bash .ci/pytest $(PY) tests/unit
+
+test: lint lab-up
+	bash .ci/pytest $(PY) tests
+
+bench: lab-up
+	$(PY) bench/run.py
+
+clean: lab-down
+	rm -rf $(VENV) build *.egg-info drivers/*.egg-info .mypy_cache .ruff_cache .pytest_cache

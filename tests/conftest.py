@@ -1,0 +1,36 @@
+"""Shared fixtures: the embedded lab (session-scoped) and document builders."""
+
+from __future__ import annotations
+
+import base64
+import os
+from collections.abc import Iterator
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def lab_env() -> Iterator[dict[str, str]]:
+    """The lab, brought up if needed (a no-op when `make lab-up` already did it).
+
+    Tests that need it are real-service tests: if the lab cannot come up they fail, never skip.
+    """
+    from one_drivers.lab.lab import Lab
+
+    lab = Lab()
+    lab.up()
+    status = lab.status()
+    assert status["healthy"], f"lab is not healthy: {status}"
+    env = lab.env()
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    yield env
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+def b64(text: str) -> bytes:
+    return base64.b64encode(text.encode())
