@@ -8,8 +8,7 @@ driver of a family parses its input the same way and errors read the same.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
-from typing import IO, Any
+from typing import IO, Any, NamedTuple
 
 from one_drivers.core import documents as docs
 from one_drivers.core.config import Settings
@@ -28,8 +27,8 @@ class Stdin(enum.Enum):
     ANY_XML = "XML or base64 XML"  # TM backup actions: both shapes are seen in the wild
 
 
-@dataclass(frozen=True)
-class HostPath:
+# NamedTuples, not dataclasses: importing dataclasses costs ~6 ms of every action's start-up.
+class HostPath(NamedTuple):
     """``host:path`` as TM arguments carry it."""
 
     host: str
@@ -51,16 +50,14 @@ class HostPath:
         return self.path.rsplit("/", 1)[0] if self.disk_index is not None else self.path
 
 
-@dataclass(frozen=True)
-class Param:
+class Param(NamedTuple):
     name: str
     kind: str = "str"  # str | int | hostpath | base64xml
     variadic: bool = False
     optional: bool = False
 
 
-@dataclass(frozen=True)
-class Signature:
+class Signature(NamedTuple):
     params: tuple[Param, ...] = ()
     stdin: Stdin = Stdin.NONE
     document: type[XmlView] | None = None  # view class for the stdin (or argv) document
@@ -77,21 +74,20 @@ class Signature:
         return " ".join(names)
 
 
-@dataclass
 class Call:
     """One parsed invocation, handed to the action function."""
 
-    family: str
-    driver: str
-    action: str
-    args: dict[str, Any]
-    doc: Any = None  # the typed view of the document, when the action has one
-    raw_stdin: str | None = None  # verbatim text (VMM deploy's domain XML)
-    subject: str = ""
-    # defaults + the driver config file; actions layer their template on top (runner sets both)
-    settings: Settings = field(default_factory=lambda: Settings([]))
-    deadline: Deadline = field(default_factory=lambda: Deadline(DEFAULT_ACTION_TIMEOUT))
-    extras: dict[str, Any] = field(default_factory=dict)
+    def __init__(self, family: str, driver: str, action: str, args: dict[str, Any]) -> None:
+        self.family = family
+        self.driver = driver
+        self.action = action
+        self.args = args
+        self.doc: Any = None  # the typed view of the document, when the action has one
+        self.raw_stdin: str | None = None  # verbatim text (VMM deploy's domain XML)
+        self.subject = ""
+        # defaults + the driver config file; actions layer their template on top (runner sets)
+        self.settings = Settings([])
+        self.deadline = Deadline(DEFAULT_ACTION_TIMEOUT)
 
 
 def _p(*spec: str) -> tuple[Param, ...]:
@@ -101,7 +97,7 @@ def _p(*spec: str) -> tuple[Param, ...]:
         variadic, optional = s.startswith("*"), s.startswith("?")
         s = s.lstrip("*?")
         name, _, kind = s.partition(":")
-        out.append(Param(name, kind or "str", variadic=variadic, optional=optional))
+        out.append(Param(name, kind or "str", variadic, optional))
     return tuple(out)
 
 

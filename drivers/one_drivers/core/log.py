@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
-import tempfile
 import time
-import traceback
 from pathlib import Path
 
 DEFAULT_LOG = "/var/log/one/one-drivers.log"
@@ -30,6 +28,8 @@ def log_path() -> Path:
     default = Path(DEFAULT_LOG)
     if os.access(default.parent, os.W_OK):
         return default
+    import tempfile  # only on hosts without /var/log/one
+
     return Path(tempfile.gettempdir()) / "one-drivers.log"
 
 
@@ -68,5 +68,7 @@ def debug(message: str) -> None:
 
 def exception(message: str) -> str:
     """Log the current exception with its traceback; return where it went."""
+    import traceback  # only bugs pay for it
+
     write_log("ERROR", f"{message}\n{traceback.format_exc()}")
     return _context["path"] or str(log_path())

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 from one_drivers.core.contract import Call, signature_for
@@ -23,20 +22,32 @@ PACKAGES: dict[str, dict[str, str]] = {
 ActionFn = Callable[[Call], "str | None"]
 
 
-@dataclass(frozen=True)
 class Driver:
-    family: str
-    name: str
-    description: str
-    actions: Mapping[str, str]  # action name -> "module:function"
-    # KEY -> (default value, comment); written to the driver config file by install-remotes
-    defaults: Mapping[str, tuple[str, str]] = field(default_factory=dict)
-    # attributes of the oned.conf *_MAD_CONF block (DS_MAD_CONF, TM_MAD_CONF, VN_MAD_CONF, ...)
-    oned_conf: Mapping[str, str] = field(default_factory=dict)
+    """A driver's declaration (a plain class: dataclasses cost start-up time)."""
 
-    def __post_init__(self) -> None:
+    def __init__(
+        self,
+        *,
+        family: str,
+        name: str,
+        description: str,
+        actions: Mapping[str, str],  # action name -> "module:function"
+        # KEY -> (default value, comment); written to the driver config file by install-remotes
+        defaults: Mapping[str, tuple[str, str]] | None = None,
+        # attributes of its oned.conf block (DS_MAD_CONF, TM_MAD_CONF, VN_MAD_CONF, VM_MAD, ...)
+        oned_conf: Mapping[str, str] | None = None,
+    ) -> None:
+        self.family = family
+        self.name = name
+        self.description = description
+        self.actions = dict(actions)
+        self.defaults = dict(defaults or {})
+        self.oned_conf = dict(oned_conf or {})
         for action in self.actions:
-            signature_for(self.family, action)  # unknown actions fail at import, in tests
+            signature_for(family, action)  # an action OpenNebula never calls fails at import
+
+    def __repr__(self) -> str:
+        return f"Driver({self.family}/{self.name})"
 
     def resolve(self, action: str) -> ActionFn:
         target = self.actions.get(action)

@@ -66,11 +66,12 @@ class LibvirtLab:
 
     def up(self, created_dirs: list[str]) -> None:
         self.down()
-        if self.dir.exists():
-            shutil.rmtree(self.dir)
+        for sub in SYSTEM_DIRS:  # start clean, but keep the QEMU capabilities cache (~5 s)
+            if sub != "cache" and (self.dir / sub).exists():
+                shutil.rmtree(self.dir / sub)
         binds = []
         for sub, target in SYSTEM_DIRS.items():
-            (self.dir / sub).mkdir(parents=True)
+            (self.dir / sub).mkdir(parents=True, exist_ok=True)
             binds.append(f"{self.dir / sub}={target}")
         binds.append(f"{self.ovs_run}=/run/openvswitch")
         for target in [*SYSTEM_DIRS.values(), "/run/openvswitch"]:
@@ -81,7 +82,9 @@ class LibvirtLab:
         (self.dir / "etc" / "qemu.conf").write_text(QEMU_CONF)
         argv = ["unshare", "--mount", "--propagation", "private", "--",
                 sys.executable, "-m", "one_drivers.lab.mountns", *binds, "--",
-                "libvirtd", "--config", "/etc/libvirt/libvirtd.conf"]
+                "libvirtd", "--config", "/etc/libvirt/libvirtd.conf",
+                # its default /run/libvirtd.pid is outside the binds: two labs would collide
+                "--pid-file", "/run/libvirt/libvirtd-daemon.pid"]
         spawn(argv, log=self.dir / "log" / "libvirtd.out", pidfile=self.pidfile)
 
         def serving() -> bool:
@@ -127,6 +130,8 @@ class LibvirtLab:
             self._destroy_domains()
         # QEMUs outlive libvirtd: stop any whose PID libvirt recorded
         for pidfile in sorted((self.dir / "run" / "qemu").glob("*.pid")):
+            if pidfile.name == "driver.pid":  # libvirtd's own
+                continue
             if stop(pidfile, timeout=5):
                 stopped.append(f"qemu {pidfile.stem}")
         if stop(self.pidfile):

@@ -61,7 +61,6 @@ class SshLab:
             f"  IdentityFile {self.key}\n  IdentitiesOnly yes\n"
             f"  UserKnownHostsFile {self.dir}/known_hosts\n  StrictHostKeyChecking yes\n"
             "  BatchMode yes\n  LogLevel ERROR\n"
-            f"  ControlMaster auto\n  ControlPath {self.dir}/cm-%C\n  ControlPersist 60\n"
         )
         sshd = shutil.which("sshd") or "/usr/sbin/sshd"
         # -D: stay in the foreground so the PID we record is sshd's own
@@ -84,7 +83,4 @@ class SshLab:
         return proc.returncode == 0
 
     def down(self) -> list[str]:
-        if self.config.exists():  # close a persistent master connection, if any
-            run(["ssh", "-F", str(self.config), "-O", "exit", HOST_ALIAS], timeout=5,
-                check=False)
         return ["sshd"] if stop(self.pidfile) else []

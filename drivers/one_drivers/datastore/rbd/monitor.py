@@ -49,7 +49,8 @@ def capacity(df: dict[str, Any], pool: str, data_pool: str | None = None) -> Cap
     quota = int(data.get("quota_bytes") or 0)
     if quota:
         free = min(free, max(quota - used, 0))
-    return Capacity(used // MIB, (used + free) // MIB, free // MIB)
+    used_mb, free_mb = used // MIB, free // MIB
+    return Capacity(used_mb, used_mb + free_mb, free_mb)  # so that USED + FREE == TOTAL
 
 
 def monitor(call: Call) -> str:

@@ -1,0 +1,23 @@
+"""``make bench``: run every benchmark and print its ratios (never asserted in tests)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+import bench_ds_monitor
+import bench_startup
+
+
+def main() -> int:
+    results: dict[str, float] = {}
+    for bench in (bench_startup, bench_ds_monitor):
+        results.update(bench.main())
+    print("\nsummary: " + ", ".join(f"{k}={v:.2f}" for k, v in results.items()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,72 @@
+"""Install the remotes into a temporary tree and run them as OpenNebula's MADs do: the shim path,
+positional argv, base64 stdin; check exit code, stdout and stderr."""
+
+import base64
+import subprocess
+import sys
+
+import pytest
+
+from one_drivers.core.remotes import install
+from one_drivers.demo import datastore_xml
+
+
+@pytest.fixture(scope="module")
+def remotes(tmp_path_factory):
+    dest = tmp_path_factory.mktemp("remotes")
+    install(dest, python=sys.executable)
+    return dest
+
+
+def invoke(remotes, path, argv, stdin: bytes, env=None):
+    return subprocess.run([str(remotes / path), *argv], input=stdin, capture_output=True,
+                          timeout=60, check=False, env=env)
+
+
+BAD_INPUTS = [
+    ("not base64", b"<DS_DRIVER_ACTION_DATA/>", 3, "stdin is not valid base64"),
+    ("not XML", base64.b64encode(b"USED_MB=1"), 3, "stdin is not well-formed XML"),
+    ("wrong root", base64.b64encode(b"<VM><ID>1</ID></VM>"), 3,
+     "has root element <VM>, expected <DS_DRIVER_ACTION_DATA>"),
+    ("missing DATASTORE", base64.b64encode(b"<DS_DRIVER_ACTION_DATA/>"), 3,
+     "missing required attribute DS_DRIVER_ACTION_DATA/DATASTORE"),
+    ("empty stdin", b"", 3, "stdin is empty"),
+]
+
+
+@pytest.mark.parametrize(("label", "stdin", "code", "message"), BAD_INPUTS,
+                         ids=[b[0] for b in BAD_INPUTS])
+def test_bad_stdin_is_one_plain_line(remotes, label, stdin, code, message):
+    proc = invoke(remotes, "datastore/rbd/monitor", ["100"], stdin)
+    err = proc.stderr.decode()
+    assert proc.returncode == code, err
+    assert proc.stdout == b""
+    assert len(err.strip().splitlines()) == 1, err
+    assert err.startswith("datastore 100: ")
+    assert message in err
+    assert "Traceback" not in err
+
+
+def test_wrong_argument_count_and_unknown_action(remotes):
+    proc = invoke(remotes, "datastore/rbd/monitor", [], b"")
+    assert proc.returncode == 2
+    assert proc.stderr.decode().strip() == (
+        "datastore/rbd/monitor expects arguments ID, got 0; "
+        "check the driver name and the oned.conf registration")
+    proc = subprocess.run([sys.executable, "-m", "one_drivers", "datastore", "rbd", "nosuch",
+                           "1"], input=b"", capture_output=True, timeout=60, check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.decode().strip() == (
+        "driver datastore/rbd has no action 'nosuch'; it implements: monitor")
+
+
+@pytest.mark.lab
+def test_monitor_as_the_ds_mad_runs_it(remotes, lab_env):
+    doc = base64.b64encode(datastore_xml(100, lab_env).encode())
+    proc = invoke(remotes, "datastore/rbd/monitor", ["100"], doc)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.decode().splitlines()
+    assert [ln.split("=")[0] for ln in lines] == ["USED_MB", "TOTAL_MB", "FREE_MB"]
+    used, total, free = (int(ln.split("=")[1]) for ln in lines)
+    assert total == used + free and total > 0
+    assert proc.stderr == b""
