@@ -80,8 +80,12 @@ class Guest:
             initrd_tmp.replace(self.initrd)
 
     def _download_kernel(self, work: Path) -> Path:
-        deps = run(["apt-cache", "depends", KERNEL_META]).stdout.decode()
+        deps = run(["apt-cache", "depends", KERNEL_META], check=False).stdout.decode()
         match = re.search(r"Depends: (linux-image-\S+)", deps)
+        if not match:  # package lists not fetched yet on this machine
+            run(["apt-get", "update", "-q"], timeout=600)
+            deps = run(["apt-cache", "depends", KERNEL_META]).stdout.decode()
+            match = re.search(r"Depends: (linux-image-\S+)", deps)
         if not match:
             raise LabError(f"cannot find the kernel package behind {KERNEL_META}; "
                            "run apt-get update")
