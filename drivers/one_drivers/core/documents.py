@@ -1,6 +1,6 @@
 """Views of the documents of each driver family (contract sections 2-10).
 
-Only what drivers read is modelled as properties; anything else is reachable through
+Only what drivers read is declared as a field; anything else is reachable through
 ``view.template.get(...)`` or ``view.text(...)`` with the same path-aware errors.
 """
 
@@ -8,56 +8,43 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from one_drivers.core.xmlview import Template, XmlView, _WithTemplate
-
-# -- datastore family -------------------------------------------------------------------------
+from one_drivers.core.xmlview import (
+    Field,
+    Template,
+    XmlView,
+    _WithTemplate,
+    flag,
+    integer,
+    optional,
+    optional_int,
+    text,
+    text_or,
+)
 
 DS_TYPES = {0: "IMAGE_DS", 1: "SYSTEM_DS", 2: "FILE_DS", 3: "BACKUP_DS"}
 IMAGE_TYPES = {0: "OS", 1: "CDROM", 2: "DATABLOCK", 3: "KERNEL", 4: "RAMDISK", 5: "CONTEXT",
                6: "BACKUP"}
 
 
+def _code(tag: str, names: dict[int, str]) -> Field[str]:
+    """An enumerated integer shown by its OpenNebula name (unknown codes as the number)."""
+    return Field(tag, lambda v, t: names.get(v.int(t, 0), v.text(t, "0")))
+
+
+# -- datastore family -------------------------------------------------------------------------
+
+
 class Image(_WithTemplate):
-    @property
-    def id(self) -> int:
-        return self.int("ID")
-
-    @property
-    def name(self) -> str:
-        return self.text("NAME", "")
-
-    @property
-    def source(self) -> str | None:
-        return self.opt("SOURCE")
-
-    @property
-    def path(self) -> str | None:
-        return self.opt("PATH")
-
-    @property
-    def format(self) -> str:
-        return self.text("FORMAT", "raw")
-
-    @property
-    def fs(self) -> str | None:
-        return self.opt("FS")
-
-    @property
-    def size_mb(self) -> int:
-        return self.int("SIZE")
-
-    @property
-    def type(self) -> str:
-        code = self.int("TYPE", 0)
-        return IMAGE_TYPES.get(code, str(code))
-
-    @property
-    def persistent(self) -> bool:
-        return self.bool("PERSISTENT", False)
-
-    @property
-    def target_snapshot(self) -> int:
-        return self.int("TARGET_SNAPSHOT")
+    id = integer("ID")
+    name = text_or("NAME", "")
+    source = optional("SOURCE")
+    path = optional("PATH")
+    format = text_or("FORMAT", "raw")
+    fs = optional("FS")
+    size_mb = integer("SIZE")
+    type = _code("TYPE", IMAGE_TYPES)
+    persistent = flag("PERSISTENT", False)
+    target_snapshot = integer("TARGET_SNAPSHOT")
 
     @property
     def snapshot_ids(self) -> list[int]:
@@ -65,36 +52,20 @@ class Image(_WithTemplate):
 
 
 class Datastore(_WithTemplate):
-    @property
-    def id(self) -> int:
-        return self.int("ID")
-
-    @property
-    def name(self) -> str:
-        return self.text("NAME", "")
-
-    @property
-    def ds_mad(self) -> str | None:
-        return self.opt("DS_MAD")
-
-    @property
-    def tm_mad(self) -> str | None:
-        return self.opt("TM_MAD")
-
-    @property
-    def type(self) -> str:
-        code = self.int("TYPE", 0)
-        return DS_TYPES.get(code, str(code))
-
-    @property
-    def base_path(self) -> str | None:
-        return self.opt("BASE_PATH")
+    id = integer("ID")
+    name = text_or("NAME", "")
+    ds_mad = optional("DS_MAD")
+    tm_mad = optional("TM_MAD")
+    type = _code("TYPE", DS_TYPES)
+    base_path = optional("BASE_PATH")
 
 
 class DsActionData(XmlView):
     """``DS_DRIVER_ACTION_DATA``: IMAGE (absent for monitor) and DATASTORE, plus extra elements."""
 
     ROOT = "DS_DRIVER_ACTION_DATA"
+    datastore_location = text_or("DATASTORE_LOCATION", "/var/lib/one/datastores")
+    monitor_vm_disks = flag("MONITOR_VM_DISKS", False)
 
     @property
     def image(self) -> Image:
@@ -104,14 +75,6 @@ class DsActionData(XmlView):
     def datastore(self) -> Datastore:
         return self.child("DATASTORE", Datastore)
 
-    @property
-    def datastore_location(self) -> str:
-        return self.text("DATASTORE_LOCATION", "/var/lib/one/datastores")
-
-    @property
-    def monitor_vm_disks(self) -> bool:
-        return self.bool("MONITOR_VM_DISKS", False)
-
 
 # -- the VM document --------------------------------------------------------------------------
 
@@ -119,119 +82,47 @@ class DsActionData(XmlView):
 class Disk(Template):
     """``TEMPLATE/DISK``: attributes inherited from the datastore are on the disk itself."""
 
-    @property
-    def disk_id(self) -> int:
-        return self.int("DISK_ID")
-
-    @property
-    def image_id(self) -> int | None:
-        return self.int("IMAGE_ID") if self.has("IMAGE_ID") else None
-
-    @property
-    def datastore_id(self) -> int | None:
-        return self.int("DATASTORE_ID") if self.has("DATASTORE_ID") else None
-
-    @property
-    def source(self) -> str | None:
-        return self.opt("SOURCE")
-
-    @property
-    def clone(self) -> bool:
-        return self.bool("CLONE", False)
-
-    @property
-    def persistent(self) -> bool:
-        return self.bool("PERSISTENT", False)
+    disk_id = integer("DISK_ID")
+    image_id = optional_int("IMAGE_ID")
+    datastore_id = optional_int("DATASTORE_ID")
+    source = optional("SOURCE")
+    clone = flag("CLONE", False)
+    persistent = flag("PERSISTENT", False)
+    size_mb = optional_int("SIZE")
+    target = optional("TARGET")
 
     @property
     def type(self) -> str:
         return self.text("TYPE", "FILE").upper()
 
-    @property
-    def size_mb(self) -> int | None:
-        return self.int("SIZE") if self.has("SIZE") else None
-
-    @property
-    def target(self) -> str | None:
-        return self.opt("TARGET")
-
 
 class Nic(Template):
-    @property
-    def nic_id(self) -> int:
-        return self.int("NIC_ID")
-
-    @property
-    def network_id(self) -> int | None:
-        return self.int("NETWORK_ID") if self.has("NETWORK_ID") else None
-
-    @property
-    def vn_mad(self) -> str | None:
-        return self.opt("VN_MAD")
-
-    @property
-    def bridge(self) -> str | None:
-        return self.opt("BRIDGE")
-
-    @property
-    def mac(self) -> str:
-        return self.text("MAC")
-
-    @property
-    def target(self) -> str | None:
-        return self.opt("TARGET")
-
-    @property
-    def attach(self) -> bool:
-        return self.bool("ATTACH", False)
+    nic_id = integer("NIC_ID")
+    network_id = optional_int("NETWORK_ID")
+    vn_mad = optional("VN_MAD")
+    bridge = optional("BRIDGE")
+    mac = text("MAC")
+    target = optional("TARGET")
+    attach = flag("ATTACH", False)
 
 
 class History(XmlView):
-    @property
-    def hostname(self) -> str:
-        return self.text("HOSTNAME")
-
-    @property
-    def host_id(self) -> int:
-        return self.int("HID")
-
-    @property
-    def ds_id(self) -> int:
-        return self.int("DS_ID")
-
-    @property
-    def vm_mad(self) -> str | None:
-        return self.opt("VM_MAD")
-
-    @property
-    def tm_mad(self) -> str | None:
-        return self.opt("TM_MAD")
+    hostname = text("HOSTNAME")
+    host_id = integer("HID")
+    ds_id = integer("DS_ID")
+    vm_mad = optional("VM_MAD")
+    tm_mad = optional("TM_MAD")
 
 
 class VM(_WithTemplate):
     """The VM document (``onevm show -x`` shape), as VNM, TM migrate and VMM actions receive it."""
 
     ROOT = "VM"
-
-    @property
-    def id(self) -> int:
-        return self.int("ID")
-
-    @property
-    def name(self) -> str:
-        return self.text("NAME", "")
-
-    @property
-    def deploy_id(self) -> str | None:
-        return self.opt("DEPLOY_ID")
-
-    @property
-    def state(self) -> int | None:
-        return self.int("STATE") if self.has("STATE") else None
-
-    @property
-    def lcm_state(self) -> int | None:
-        return self.int("LCM_STATE") if self.has("LCM_STATE") else None
+    id = integer("ID")
+    name = text_or("NAME", "")
+    deploy_id = optional("DEPLOY_ID")
+    state = optional_int("STATE")
+    lcm_state = optional_int("LCM_STATE")
 
     @property
     def user_template(self) -> Template:
@@ -265,26 +156,11 @@ class VNet(_WithTemplate):
     """``VNET`` as vnet_create / vnet_delete receive it."""
 
     ROOT = "VNET"
-
-    @property
-    def id(self) -> int:
-        return self.int("ID")
-
-    @property
-    def name(self) -> str:
-        return self.text("NAME", "")
-
-    @property
-    def bridge(self) -> str | None:
-        return self.opt("BRIDGE")
-
-    @property
-    def vn_mad(self) -> str | None:
-        return self.opt("VN_MAD")
-
-    @property
-    def vlan_id(self) -> str | None:
-        return self.opt("VLAN_ID")
+    id = integer("ID")
+    name = text_or("NAME", "")
+    bridge = optional("BRIDGE")
+    vn_mad = optional("VN_MAD")
+    vlan_id = optional("VLAN_ID")
 
 
 # -- other families ---------------------------------------------------------------------------
@@ -294,26 +170,11 @@ class VmmActionData(XmlView):
     """``VMM_DRIVER_ACTION_DATA`` (contract 5.1)."""
 
     ROOT = "VMM_DRIVER_ACTION_DATA"
-
-    @property
-    def host(self) -> str:
-        return self.text("HOST")
-
-    @property
-    def migr_host(self) -> str | None:
-        return self.opt("MIGR_HOST")
-
-    @property
-    def deploy_id(self) -> str | None:
-        return self.opt("DEPLOY_ID")
-
-    @property
-    def checkpoint_file(self) -> str | None:
-        return self.opt("CHECKPOINT_FILE")
-
-    @property
-    def tm_command(self) -> str | None:
-        return self.opt("TM_COMMAND")
+    host = text("HOST")
+    migr_host = optional("MIGR_HOST")
+    deploy_id = optional("DEPLOY_ID")
+    checkpoint_file = optional("CHECKPOINT_FILE")
+    tm_command = optional("TM_COMMAND")
 
     @property
     def vm(self) -> VM:
@@ -326,18 +187,9 @@ class VmmActionData(XmlView):
 
 class AuthN(XmlView):
     ROOT = "AUTHN"
-
-    @property
-    def username(self) -> str:
-        return self.text("USERNAME")
-
-    @property
-    def password(self) -> str:
-        return self.text("PASSWORD", "")
-
-    @property
-    def secret(self) -> str:
-        return self.text("SECRET", "")
+    username = text("USERNAME")
+    password = text_or("PASSWORD", "")
+    secret = text_or("SECRET", "")
 
 
 class MarketActionData(XmlView):
@@ -362,7 +214,5 @@ class IpamActionData(XmlView):
 
 class MonitorConfiguration(XmlView):
     ROOT = "MONITOR_CONFIGURATION"
+    host_id = integer("HOST_ID")
 
-    @property
-    def host_id(self) -> int:
-        return self.int("HOST_ID")

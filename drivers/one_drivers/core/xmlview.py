@@ -11,8 +11,8 @@ import base64
 import binascii
 import builtins
 import xml.etree.ElementTree as ET
-from collections.abc import Iterator
-from typing import TypeVar, overload
+from collections.abc import Callable, Iterator
+from typing import Generic, TypeVar, overload
 
 from one_drivers.core.errors import BadInput, MissingAttribute
 
@@ -166,3 +166,52 @@ class _WithTemplate(XmlView):
     @property
     def template(self) -> Template:
         return self.child("TEMPLATE", Template, required=False)
+
+
+# -- declarative fields: ``id = integer("ID")`` instead of a property per attribute -----------
+
+T = TypeVar("T")
+
+
+class Field(Generic[T]):
+    """A read-only attribute of a view, computed from one child element on each access."""
+
+    def __init__(self, tag: str, read: Callable[[XmlView, str], T]) -> None:
+        self.tag = tag
+        self.read = read
+
+    @overload
+    def __get__(self, obj: None, owner: type) -> Field[T]: ...
+    @overload
+    def __get__(self, obj: XmlView, owner: type) -> T: ...
+    def __get__(self, obj: XmlView | None, owner: type) -> Field[T] | T:
+        return self if obj is None else self.read(obj, self.tag)
+
+
+def text(tag: str) -> Field[str]:
+    """Required text: a missing or empty element is a MissingAttribute error."""
+    return Field(tag, lambda v, t: v.text(t))
+
+
+def text_or(tag: str, default: str) -> Field[str]:
+    return Field(tag, lambda v, t: v.text(t, default))
+
+
+def optional(tag: str) -> Field[str | None]:
+    return Field(tag, lambda v, t: v.opt(t))
+
+
+def integer(tag: str) -> Field[int]:
+    return Field(tag, lambda v, t: v.int(t))
+
+
+def integer_or(tag: str, default: int) -> Field[int]:
+    return Field(tag, lambda v, t: v.int(t, default))
+
+
+def optional_int(tag: str) -> Field[int | None]:
+    return Field(tag, lambda v, t: v.int(t) if v.has(t) else None)
+
+
+def flag(tag: str, default: bool) -> Field[bool]:
+    return Field(tag, lambda v, t: v.bool(t, default))
