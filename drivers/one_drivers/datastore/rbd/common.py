@@ -1,0 +1,30 @@
+"""What every DS action of the ``rbd`` driver shares: settings, names, the answer line."""
+
+from __future__ import annotations
+
+from one_drivers.ceph.naming import ImageSpec, image_name
+from one_drivers.core.config import Settings
+from one_drivers.core.contract import Call
+
+
+def ds_settings(call: Call) -> Settings:
+    """Defaults < driver config file < datastore template."""
+    return call.settings.over(call.doc.datastore.template)
+
+
+def target(call: Call, settings: Settings) -> ImageSpec:
+    """Where this image lives: ``<POOL_NAME>/one-<IMAGE_ID>``."""
+    return ImageSpec(settings.get("POOL_NAME", "one") or "one", image_name(call.doc.image.id))
+
+
+def source_spec(call: Call, settings: Settings) -> ImageSpec:
+    """The existing image's SOURCE (``pool/one-<ID>``), or the name it would have."""
+    source = call.doc.image.source
+    if source:
+        return ImageSpec.parse(source, settings.get("POOL_NAME"))
+    return target(call, settings)
+
+
+def answer(spec: ImageSpec) -> str:
+    """``<SOURCE> <FORMAT>``: what cp, mkfs and clone print for oned."""
+    return f"{spec.pool}/{spec.name} raw"

@@ -1,0 +1,137 @@
+"""DS ``cp``: register an image from a local path, ``http(s)://`` or ``rbd://``.
+
+Raw (and compressed raw) sources stream straight into RBD: no staging copy, zero chunks skipped so
+sparse stays sparse. qcow2, vmdk, vdi and friends need qemu-img and so a file: a local
+uncompressed file is converted in place; anything else is staged once under STAGING_DIR, bounded by
+the free space there and removed on every path. MD5 / SHA1 from the image template are checked
+against the bytes as fetched, before anything is registered.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from one_drivers.ceph import qemu_img
+from one_drivers.ceph.pool import Pool, rbd_pool
+from one_drivers.ceph.rbd_ops import create, open_image
+from one_drivers.ceph.stream import CHUNK, Progress, copy_into, parse_rate, read_full
+from one_drivers.core import log
+from one_drivers.core.config import Settings
+from one_drivers.core.contract import Call
+from one_drivers.core.errors import ActionFailed, BadInput
+from one_drivers.core.retry import Deadline
+from one_drivers.datastore.rbd.build import build_image
+from one_drivers.datastore.rbd.common import answer, ds_settings, target
+from one_drivers.datastore.rbd.sources import Opened, open_source, sniff_format
+
+STAGING_RESERVE = 256 * 1024 * 1024  # never fill the staging file system completely
+
+
+class Checksums:
+    """The MD5 / SHA1 the image template asks for, computed over the source as fetched."""
+
+    def __init__(self, template_md5: str | None, template_sha1: str | None) -> None:
+        self.expected = {k: v.strip().lower() for k, v in
+                         (("md5", template_md5), ("sha1", template_sha1)) if v}
+        self.hashers = {k: hashlib.new(k, usedforsecurity=False) for k in self.expected}
+
+    def update(self, data: bytes) -> None:
+        for h in self.hashers.values():
+            h.update(data)
+
+    def verify(self, label: str) -> None:
+        for kind, want in self.expected.items():
+            got = self.hashers[kind].hexdigest()
+            if got != want:
+                raise BadInput(f"{kind.upper()} of {label} is {got}, the template says {want}",
+                               hint="the download is corrupt or the checksum is wrong")
+
+
+def stage_to_file(src: Opened, settings: Settings, image_id: int, deadline: Deadline) -> Path:
+    """Copy a stream to a file under STAGING_DIR, bounded by the space there."""
+    staging_dir = Path(settings.get("STAGING_DIR", "/var/tmp") or "/var/tmp")
+    staging_dir.mkdir(parents=True, exist_ok=True)
+    for stale in staging_dir.glob(f"one-drivers-{image_id}-*"):  # an interrupted run's
+        stale.unlink(missing_ok=True)
+    budget = shutil.disk_usage(staging_dir).free - STAGING_RESERVE
+    if src.size is not None and src.size > budget:
+        raise ActionFailed(f"not enough space in {staging_dir} to convert {src.label} "
+                           f"({src.size >> 20} MiB needed)", hint="free space or set STAGING_DIR")
+    fd, name = tempfile.mkstemp(prefix=f"one-drivers-{image_id}-", dir=staging_dir)
+    path = Path(name)
+    progress = Progress(f"downloading {src.label}", src.size)
+    done = 0
+    try:
+        with os.fdopen(fd, "wb") as out:
+            while data := read_full(src.stream, CHUNK):
+                done += len(data)
+                if done > budget:
+                    raise ActionFailed(f"{src.label} does not fit in {staging_dir}",
+                                       hint="free space or set STAGING_DIR")
+                out.write(data)
+                progress.update(done)
+                deadline.cap(1, "the download finished")
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def import_source(pool: Pool, name: str, meta: dict[str, str], call: Call,
+                  settings: Settings) -> None:
+    image = call.doc.image
+    path = image.text("PATH")
+    sums = Checksums(image.template.get("MD5"), image.template.get("SHA1"))
+    src = open_source(path, settings, call.deadline, call.subject, tap=sums.update)
+    data_pool = pool.access.data_pool
+    try:
+        fmt = sniff_format(src.stream.peek(64 * 1024))
+        log.info(f"importing {path} ({fmt}{', ' + src.compression if src.compression else ''})"
+                 f" into {pool.name}/{name}")
+        if fmt == "raw":
+            create(pool.ioctx, name, src.size or 0, data_pool=data_pool, meta=meta)
+            with open_image(pool.ioctx, name) as rbd_image:
+                copy_into(src.stream, rbd_image, size_hint=src.size, what=f"importing {path}",
+                          rate=parse_rate(settings.get("LIMIT_TRANSFER_BW")),
+                          check=lambda: call.deadline.cap(1, "the import finished"))
+            sums.verify(path)
+            return
+        staged: Path | None = None
+        try:
+            if src.local_path is not None:
+                file = src.local_path
+                if sums.expected:
+                    _drain(src.stream)  # the checksum needs every byte once
+            else:
+                file = staged = stage_to_file(src, settings, image.id, call.deadline)
+            sums.verify(path)
+            timeout = call.deadline.cap(call.deadline.remaining(), "converting")
+            size = qemu_img.virtual_size(file, fmt, timeout)
+            create(pool.ioctx, name, size, data_pool=data_pool, meta=meta)
+            qemu_img.convert_into_rbd(file, fmt, pool.access, pool.name, name,
+                                      call.deadline.cap(call.deadline.remaining(), "converting"))
+        finally:
+            if staged is not None:
+                staged.unlink(missing_ok=True)
+    finally:
+        src.close()
+
+
+def _drain(stream: Any) -> None:
+    while read_full(stream, CHUNK):
+        pass
+
+
+def cp(call: Call) -> str:
+    settings = ds_settings(call)
+    dst = target(call, settings)
+    with rbd_pool(settings, call.deadline, call.subject) as pool:
+        build_image(pool, dst, image_id=call.doc.image.id, datastore_id=call.doc.datastore.id,
+                    subject=call.subject,
+                    make=lambda name, meta: import_source(pool, name, meta, call, settings))
+    return answer(dst)

@@ -1,0 +1,81 @@
+"""DS ``rm``: the image with everything that belongs to it, and nothing else.
+
+Its snapshots, upstream's snapshot carriers (``one-<ID>-<snapids>``, the images upstream's reverts
+left as its parents), the clone snapshot it hung from if we made it, and an interrupted import's
+staging image. A source image that still has clones is hidden in the RBD trash until the last one
+goes. CEPH_TRASH=yes moves the image to the trash for TRASH_DEFERMENT seconds instead;
+``one-drivers rbd trash-purge`` removes expired entries.
+"""
+
+from __future__ import annotations
+
+from one_drivers.ceph.naming import ImageSpec, carrier_pattern, staging_name
+from one_drivers.ceph.pool import Pool, rbd_pool
+from one_drivers.ceph.rbd_ops import (
+    ceph_errors,
+    children,
+    collect_parent,
+    exists,
+    open_image,
+    parent,
+    remove_image,
+    snap_names,
+)
+from one_drivers.core import log
+from one_drivers.core.contract import Call
+from one_drivers.datastore.rbd.build import drop_staging
+from one_drivers.datastore.rbd.clone import CLONE_SNAP_PREFIX
+from one_drivers.datastore.rbd.common import ds_settings, source_spec
+
+
+def ancestry(pool: Pool, spec: ImageSpec) -> tuple[ImageSpec | None, list[ImageSpec]]:
+    """The image's parent snapshot, and the upstream carriers among its ancestors."""
+    carriers: list[ImageSpec] = []
+    is_carrier = carrier_pattern(spec.name)
+    with open_image(pool.ioctx, spec.name, read_only=True) as image:
+        first = parent(image)
+    current = first
+    while current is not None and current.pool == spec.pool and is_carrier.match(current.name):
+        carriers.append(ImageSpec(current.pool, current.name))
+        with open_image(pool.ioctx, current.name, read_only=True) as image:
+            current = parent(image)
+    return first, carriers
+
+
+def release_parent_snap(pool: Pool, par: ImageSpec) -> None:
+    """Drop our clone snapshot on the parent once nothing hangs from it; purge a hidden parent."""
+    if par.snap and par.snap.startswith(CLONE_SNAP_PREFIX):
+        with pool.other(par.pool) as ioctx:
+            if exists(ioctx, par.name):
+                with open_image(ioctx, par.name) as image:
+                    if par.snap in snap_names(image) and not children(image, par.snap):
+                        image.remove_snap(par.snap)
+    collect_parent(pool.cluster, par)
+
+
+def rm(call: Call) -> None:
+    settings = ds_settings(call)
+    spec = source_spec(call, settings)
+    settings = settings.over({"POOL_NAME": spec.pool})
+    with rbd_pool(settings, call.deadline, call.subject) as pool, \
+            ceph_errors(f"removing {spec}", call.subject):
+        drop_staging(pool, staging_name(spec.name))
+        if not exists(pool.ioctx, spec.name):
+            log.info(f"{spec} is already gone")
+            return
+        par, carriers = ancestry(pool, spec)
+        if settings.bool("CEPH_TRASH", False):
+            import rbd
+
+            delay = settings.int("TRASH_DEFERMENT", 86400)
+            rbd.RBD().trash_move(pool.ioctx, spec.name, delay)
+            log.info(f"moved {spec} to the RBD trash for {delay} s")
+            return
+        outcome = remove_image(pool.cluster, pool.ioctx, spec.name)
+        if outcome == "hidden":
+            log.info(f"{spec} still has clones: hidden in the RBD trash until they are gone")
+        for carrier in carriers:  # nearest first: each frees the next
+            if remove_image(pool.cluster, pool.ioctx, carrier.name) == "removed":
+                log.info(f"removed {carrier}, a snapshot carrier left by upstream's driver")
+        if par is not None and outcome == "removed":
+            release_parent_snap(pool, par)
