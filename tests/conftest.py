@@ -34,3 +34,28 @@ def lab_env() -> Iterator[dict[str, str]]:
 
 def b64(text: str) -> bytes:
     return base64.b64encode(text.encode())
+
+
+@pytest.fixture(scope="session")
+def remotes(tmp_path_factory):
+    """The remotes tree installed as on a front-end, run with this interpreter."""
+    import sys
+
+    from one_drivers.core.remotes import install
+
+    dest = tmp_path_factory.mktemp("remotes")
+    install(dest, python=sys.executable)
+    return dest
+
+
+@pytest.fixture(scope="session")
+def ceph_admin(lab_env):
+    """(cluster, ioctx of the lab's pool) as client.admin, to check effects in Ceph."""
+    import rados
+
+    cluster = rados.Rados(conffile=lab_env["CEPH_CONF"], rados_id="admin")
+    cluster.connect(timeout=10)
+    ioctx = cluster.open_ioctx(lab_env["ONE_LAB_CEPH_POOL"])
+    yield cluster, ioctx
+    ioctx.close()
+    cluster.shutdown()

@@ -83,6 +83,10 @@ def translate(exc: Exception, doing: str, subject: str = "") -> DriverError:
     if code in (errno.ETIMEDOUT, errno.EINTR):
         return BackendTimeout(f"Ceph did not answer {doing} in time ({text})", subject=subject,
                               hint="check that the monitors in CEPH_CONF/CEPH_HOST are reachable")
+    if code in (errno.EDQUOT, errno.ENOSPC):
+        return ActionFailed(f"Ceph refused {doing}: the pool is full or its quota is reached",
+                            subject=subject, hint="free space, raise the quota or use another "
+                            "datastore")
     if code == errno.ENOENT:
         return NotFound(f"{doing}: not found ({text})", subject=subject)
     return ActionFailed(f"Ceph failed {doing} ({text})", subject=subject)

@@ -7,13 +7,14 @@ Python process keep up with ``rbd import``.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from one_drivers.ceph.session import translate
 from one_drivers.core import log
-from one_drivers.core.errors import ActionFailed
 
 
 class Readable(Protocol):
@@ -91,7 +92,8 @@ class SparseWriter:
         self.image.flush()
 
     def _raise(self) -> None:
-        raise ActionFailed(f"writing to RBD failed (error {self.errors[0]})")
+        code = -self.errors[0]
+        raise translate(OSError(code, os.strerror(code)), f"writing to {self.image.get_name()}")
 
 
 def any_nonzero(data: bytes) -> bool:
