@@ -102,7 +102,7 @@ def cp(env, remotes, image_id, path, *, template=None, ds=None):
     return run_remote(remotes, "datastore/rbd/cp", [str(image_id)], doc)
 
 
-# -- cp ----------------------------------------------------------------------------------------
+# -- cp ----------------------------------------------------------------
 
 
 def test_cp_raw_streams_sparse_and_answers_source_format(lab_env, remotes, ceph_admin,
@@ -315,7 +315,7 @@ def test_shell_metacharacters_are_inert(lab_env, remotes, ceph_admin, image_ids,
     assert not canary.exists()
 
 
-# -- mkfs ----------------------------------------------------------------------------------------
+# -- mkfs ----------------------------------------------------------------
 
 
 def test_mkfs_formats_reserves_and_validates(lab_env, remotes, ceph_admin, image_ids):
@@ -361,7 +361,7 @@ def test_ec_data_pool_is_used(lab_env, remotes, ceph_admin, image_ids, sample):
     assert read_image(ioctx, f"one-{clone_id}") == data
 
 
-# -- clone and rm ---------------------------------------------------------------------------------
+# -- clone and rm ----------------------------------------------------------------
 
 
 def clone(env, remotes, new_id, source, **ds):
@@ -466,7 +466,7 @@ def test_rm_removes_only_what_belongs_to_the_image(lab_env, remotes, ceph_admin,
         rbd.RBD().remove(ioctx, f"one-{iid}-7-0")
 
 
-# -- failures of the backend ------------------------------------------------------------------------
+# -- failures of the backend ----------------------------------------------------------------
 
 
 def test_denied_and_missing_pool(lab_env, remotes, image_ids, sample):
