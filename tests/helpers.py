@@ -45,12 +45,12 @@ def ds_doc(env: dict[str, str], image_id: int | None = None, *, ds_id: int = 100
 
 def run_remote(remotes: Path, action: str, argv: list[str], stdin: str | bytes, *,
                base64_stdin: bool = True, timeout: float = 300,
-               ) -> subprocess.CompletedProcess[str]:
+               env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     data = stdin.encode() if isinstance(stdin, str) else stdin
     if base64_stdin:
         data = base64.b64encode(data)
     proc = subprocess.run([str(remotes / action), *argv], input=data, capture_output=True,
-                          timeout=timeout, check=False)
+                          timeout=timeout, check=False, env=env)
     return subprocess.CompletedProcess(proc.args, proc.returncode, proc.stdout.decode(),
                                        proc.stderr.decode())
 

@@ -62,6 +62,34 @@ def cmd_lab(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_trash_purge(args: argparse.Namespace) -> int:
+    """Purge expired RBD trash entries; errors follow the drivers' contract (one line, codes)."""
+    from one_drivers.ceph.pool import rbd_pool
+    from one_drivers.ceph.rbd_ops import ceph_errors
+    from one_drivers.ceph.trash import purge
+    from one_drivers.core.config import Settings, config_path, load_file
+    from one_drivers.core.errors import DriverError
+    from one_drivers.core.registry import get_driver
+    from one_drivers.core.retry import Deadline
+
+    driver = get_driver("datastore", "rbd")
+    cli = {k: v for k, v in (("POOL_NAME", args.pool), ("CEPH_CONF", args.conf),
+                             ("CEPH_USER", args.user), ("CEPH_KEY", args.keyring)) if v}
+    settings = Settings([driver.default_values(),
+                         load_file(config_path("datastore", "rbd", args.remotes)), cli],
+                        subject=f"pool {args.pool or 'from the rbd driver configuration'}")
+    try:
+        with rbd_pool(settings, Deadline(args.timeout, "trash-purge"), settings.subject) as pool, \
+                ceph_errors("purging the RBD trash", settings.subject):
+            counts = purge(pool.ioctx)
+    except DriverError as exc:
+        print(exc, file=sys.stderr)
+        return exc.exit_code
+    print(f"pool {pool.name}: {counts['removed']} purged, {counts['not_expired']} not expired "
+          f"yet, {counts['has_clones']} waiting for their clones")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from one_drivers.demo import run_demo
 
@@ -86,6 +114,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dir", help="state directory (default $ONE_DRIVERS_LAB_DIR or "
                                  "/var/tmp/one-drivers-lab)")
     p.set_defaults(func=cmd_lab)
+
+    p = sub.add_parser("rbd", help="Ceph RBD maintenance")
+    rbd_sub = p.add_subparsers(dest="rbd_command", required=True)
+    p = rbd_sub.add_parser("trash-purge", help="remove expired trash entries (run from a timer)")
+    p.add_argument("--pool", help="default: POOL_NAME of the rbd driver configuration")
+    p.add_argument("--conf", help="ceph.conf (default: CEPH_CONF of the configuration)")
+    p.add_argument("--user", help="cephx user (default: CEPH_USER of the configuration)")
+    p.add_argument("--keyring", help="keyring file (default: CEPH_KEY of the configuration)")
+    p.add_argument("--remotes", help="OpenNebula remotes dir holding the driver configuration")
+    p.add_argument("--timeout", type=float, default=300, help="seconds the purge may take")
+    p.set_defaults(func=cmd_trash_purge)
 
     p = sub.add_parser("demo", help="bring the lab up and run real actions end to end")
     p.set_defaults(func=cmd_demo)

@@ -13,6 +13,7 @@ import random
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -440,6 +441,18 @@ def test_rm_with_ceph_trash_and_purge(lab_env, remotes, ceph_admin, image_ids, s
     assert counts["removed"] >= 1 and counts["not_expired"] >= 1
     assert f"one-{expired}" not in trash_names(ioctx)
     assert f"one-{kept}" in trash_names(ioctx)
+    cli = subprocess.run(
+        [str(Path(sys.executable).parent / "one-drivers"), "rbd", "trash-purge", "--pool", "one",
+         "--conf", lab_env["CEPH_CONF"], "--user", lab_env["ONE_LAB_CEPH_USER"],
+         "--keyring", lab_env["ONE_LAB_CEPH_KEYRING"]], capture_output=True, text=True,
+        check=False, timeout=60)
+    assert cli.returncode == 0, cli.stderr
+    assert "not expired yet" in cli.stdout and f"one-{kept}" in trash_names(ioctx)
+    denied = subprocess.run(
+        [str(Path(sys.executable).parent / "one-drivers"), "rbd", "trash-purge", "--pool", "one",
+         "--conf", lab_env["CEPH_CONF"], "--user", "nobody"], capture_output=True, text=True,
+        check=False, timeout=60)
+    assert denied.returncode == 5 and denied.stderr.count("\n") == 1
 
 
 def test_rm_removes_only_what_belongs_to_the_image(lab_env, remotes, ceph_admin, image_ids,

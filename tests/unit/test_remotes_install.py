@@ -54,6 +54,7 @@ def test_oned_conf_registers_every_driver():
     ds = reg["driver_lists"]["DATASTORE_MAD"]
     assert "rbd" in ds["drivers"] and ds["option"] == "-d"
     text = oned_conf.render()
-    assert 'DS_MAD_CONF = [\n    NAME            = "rbd"' in text
+    assert 'DS_MAD_CONF = [\n    NAME                = "rbd"' in text
+    assert 'MARKETPLACE_ACTIONS = "export"' in text
     assert "DATASTORE_MAD: add 'rbd' to ARGUMENTS -d list" in text
     assert '"drivers": [' in oned_conf.render_json()

@@ -119,6 +119,12 @@ class CephSession:
             self.cluster.connect(timeout=max(1, int(t)))
         except rados.Error as exc:
             self.close()
+            if abs(getattr(exc, "errno", 0) or 0) == errno.ENOENT:  # librados found no key
+                user = self.access.user or "admin"
+                raise PermissionDenied(f"no key for cephx user client.{user}",
+                                       subject=self.subject,
+                                       hint="set CEPH_KEY or add the keyring to ceph.conf"
+                                       ) from None
             raise translate(exc, "the connection", self.subject) from None
         return self
 

@@ -78,6 +78,7 @@ class Call:
     """One parsed invocation, handed to the action function."""
 
     def __init__(self, family: str, driver: str, action: str, args: dict[str, Any]) -> None:
+        self.extras: dict[str, Any] = {}  # the runner's: raw argv and stdin, a data stream
         self.family = family
         self.driver = driver
         self.action = action
@@ -210,6 +211,10 @@ CONTRACT: dict[str, dict[str, Signature]] = {
         "probe": _PROBE,
     },
 }
+
+
+def reads_stdin(family: str, action: str) -> bool:
+    return signature_for(family, action).stdin is not Stdin.NONE
 
 
 def signature_for(family: str, action: str) -> Signature:

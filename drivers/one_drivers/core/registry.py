@@ -36,6 +36,8 @@ class Driver:
         defaults: Mapping[str, tuple[str, str]] | None = None,
         # attributes of its oned.conf block (DS_MAD_CONF, TM_MAD_CONF, VN_MAD_CONF, VM_MAD, ...)
         oned_conf: Mapping[str, str] | None = None,
+        # "module:function" deciding where an action runs: router(call, action_fn) -> output
+        router: str | None = None,
     ) -> None:
         self.family = family
         self.name = name
@@ -43,6 +45,7 @@ class Driver:
         self.actions = dict(actions)
         self.defaults = dict(defaults or {})
         self.oned_conf = dict(oned_conf or {})
+        self.router = router
         for action in self.actions:
             signature_for(family, action)  # an action OpenNebula never calls fails at import
 
@@ -60,6 +63,15 @@ class Driver:
         module = importlib.import_module(module_name)
         fn: Any = getattr(module, fn_name)
         return fn  # type: ignore[no-any-return]
+
+    def run(self, action: str, call: Call) -> str | None:
+        fn = self.resolve(action)
+        if self.router is None:
+            return fn(call)
+        module_name, _, fn_name = self.router.partition(":")
+        route: Any = getattr(importlib.import_module(module_name), fn_name)
+        out: str | None = route(call, fn)
+        return out
 
     def default_values(self) -> dict[str, str]:
         return {k: v for k, (v, _) in self.defaults.items()}

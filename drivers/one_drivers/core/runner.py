@@ -8,6 +8,8 @@ into an exception so ``finally`` blocks clean up half-made objects.
 
 from __future__ import annotations
 
+import io
+import os
 import signal
 import sys
 from pathlib import Path
@@ -16,12 +18,14 @@ from typing import IO
 
 from one_drivers.core import log
 from one_drivers.core.config import Settings, config_path, load_file
-from one_drivers.core.contract import DEFAULT_ACTION_TIMEOUT, parse_call
+from one_drivers.core.contract import DEFAULT_ACTION_TIMEOUT, parse_call, reads_stdin
 from one_drivers.core.errors import EXIT_INTERNAL, BackendTimeout, DriverError, UsageError
 from one_drivers.core.registry import get_driver
 from one_drivers.core.retry import Deadline
 
 USAGE = "usage: python -m one_drivers FAMILY DRIVER ACTION [ARGS...]"
+# set by a forwarding front-end: stdin is the document's line followed by a data stream
+FRAMED_STDIN = "ONE_DRIVERS_FRAMED_STDIN"
 
 
 class Interrupted(BackendTimeout):
@@ -51,7 +55,15 @@ def run(
         driver = get_driver(family, driver_name)
         if action not in driver.actions:
             driver.resolve(action)  # raises the UsageError that lists what exists
-        call = parse_call(family, driver_name, action, argv, stdin)
+        # the document is small: keep its bytes, so a router can forward the call verbatim
+        rest: IO[bytes] | None = None
+        if stdin is not None and os.environ.get(FRAMED_STDIN) == "1":
+            raw = stdin.readline()  # the document's line; the rest is data (a cp source)
+            rest = stdin
+        else:
+            raw = stdin.read() if stdin is not None and reads_stdin(family, action) else b""
+        call = parse_call(family, driver_name, action, argv, io.BytesIO(raw))
+        call.extras.update(argv=list(argv), stdin=raw, data=rest)
         subject = call.subject
         settings = Settings(
             [driver.default_values(), load_file(config_path(family, driver_name, remotes))],
@@ -61,7 +73,7 @@ def run(
                                  settings.float("ACTION_TIMEOUT", DEFAULT_ACTION_TIMEOUT))
         call.settings = settings
         call.deadline = Deadline(timeout, f"{label} for {subject}")
-        out = driver.resolve(action)(call)
+        out = driver.run(action, call)
         if out is not None:
             stdout.write(out if out.endswith("\n") or not out else out + "\n")
             stdout.flush()

@@ -34,11 +34,16 @@ DRIVER = Driver(
         "TRASH_DEFERMENT": ("86400", "seconds a trashed image is kept before trash-purge"),
         "CLONE_MAX_DEPTH": ("5", "clone chains deeper than this are flattened at once"),
         "EXPORT_HOST": ("", "host name put in export URLs (default: this host's FQDN)"),
+        "CEPH_ACCESS": ("local", "local: this host is a Ceph client; bridge: run actions on "
+                                 "a BRIDGE_LIST host over ssh"),
+        "BRIDGE_LIST": ("", "bridge hosts (the datastore's BRIDGE_LIST overrides)"),
+        "BRIDGE_PYTHON": ("", "one-drivers' interpreter on the bridges (default: this one)"),
         "ACTION_TIMEOUT": ("3600", "seconds an action may take in total (cp of large images)"),
         "STAT_TIMEOUT": ("80", "seconds stat may take (oned waits 90 s at most)"),
         "MONITOR_TIMEOUT": ("60", "seconds the monitor action may take"),
         "CEPH_CALL_TIMEOUT": ("30", "seconds a single Ceph call may take"),
     },
+    router="one_drivers.datastore.rbd.bridge:route",
     oned_conf={
         "REQUIRED_ATTRS": "DISK_TYPE",
         "PERSISTENT_ONLY": "NO",

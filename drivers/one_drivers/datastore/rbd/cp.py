@@ -87,7 +87,8 @@ def import_source(pool: Pool, name: str, meta: dict[str, str], call: Call,
     image = call.doc.image
     path = image.text("PATH")
     sums = Checksums(image.template.get("MD5"), image.template.get("SHA1"))
-    src = open_source(path, settings, call.deadline, call.subject, tap=sums.update)
+    src = open_source(path, settings, call.deadline, call.subject, tap=sums.update,
+                      data=call.extras.get("data"))
     data_pool = pool.access.data_pool
     try:
         fmt = sniff_format(src.stream.peek(64 * 1024))

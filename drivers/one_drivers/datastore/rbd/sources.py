@@ -149,9 +149,11 @@ class Tap:
 
 
 def open_source(path: str, settings: Settings, deadline: Deadline, subject: str,
-                tap: Callable[[bytes], None] | None = None) -> Opened:
+                tap: Callable[[bytes], None] | None = None,
+                data: IO[bytes] | None = None) -> Opened:
     """Open ``path`` for reading, decompressing unless NO_DECOMPRESS; ``tap`` sees the bytes
-    as fetched (before decompression)."""
+    as fetched (before decompression). ``data`` is the file's content when a front-end sent it
+    along (BRIDGE_LIST mode): the path was checked there."""
     timeout = deadline.cap(settings.float("SOURCE_TIMEOUT", 60), "opening the source")
     closer: list[Any] = []
     local: Path | None = None
@@ -160,6 +162,8 @@ def open_source(path: str, settings: Settings, deadline: Deadline, subject: str,
         raw, size = _open_http(path, timeout)
     elif scheme == "rbd":
         raw, size = _open_rbd(path, settings, deadline, subject, closer)
+    elif scheme in ("", "file") and data is not None:
+        raw, size = data, None
     elif scheme in ("", "file"):
         local = Path(urllib.parse.urlsplit(path).path if scheme else path)
         check_path_allowed(local, settings)

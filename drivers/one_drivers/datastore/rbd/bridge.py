@@ -1,0 +1,142 @@
+"""BRIDGE_LIST mode: when the front-end has no Ceph client access (CEPH_ACCESS=bridge), the same
+action runs on a bridge host over ssh.
+
+Hosts are tried round-robin from ``IMAGE_ID % len(BRIDGE_LIST)``; a host ssh cannot reach is
+skipped. The bridge gets the call verbatim (argv, the base64 document) and answers as the action
+would here: its INFO lines are relayed, its exit code and last line become ours. A ``cp`` of a file
+on the front-end sends the file after the document, checked against RESTRICTED_DIRS here.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import urllib.parse
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO
+
+from one_drivers.core import log, remote
+from one_drivers.core.contract import Call
+from one_drivers.core.errors import BackendUnavailable, DriverError, MissingAttribute
+from one_drivers.core.runner import FRAMED_STDIN
+from one_drivers.datastore.rbd.common import ds_settings
+from one_drivers.datastore.rbd.sources import check_path_allowed
+
+ON_BRIDGE = "ONE_DRIVERS_ON_BRIDGE"
+SSH_UNREACHABLE = 255
+CHUNK = 1 << 20
+
+
+class BridgeFailure(DriverError):
+    """The action failed on the bridge: its exit code and its own last line."""
+
+    def __init__(self, line: str, exit_code: int) -> None:
+        super().__init__(line)
+        self.exit_code = exit_code
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def route(call: Call, action: Callable[[Call], str | None]) -> str | None:
+    settings = ds_settings(call)
+    if settings.get("CEPH_ACCESS", "local") != "bridge" or os.environ.get(ON_BRIDGE):
+        return action(call)
+    hosts = (settings.get("BRIDGE_LIST") or "").split()
+    if not hosts:
+        raise MissingAttribute("BRIDGE_LIST", subject=call.subject,
+                               hint="CEPH_ACCESS=bridge needs bridge hosts in the datastore")
+    local_file = _local_source(call)
+    if call.action == "stat" and (local_file or _is_http(call)):
+        return action(call)  # nothing of Ceph: answer here
+    python = settings.get("BRIDGE_PYTHON") or sys.executable
+    first = call.doc.image.id % len(hosts) if call.doc.elem.find("IMAGE") is not None else 0
+    tried = []
+    for host in hosts[first:] + hosts[:first]:
+        outcome = _run_on(host, python, call, local_file)
+        if outcome is None:
+            log.info(f"bridge {host} is unreachable, trying the next one")
+            tried.append(host)
+            continue
+        return outcome
+    raise BackendUnavailable(f"no bridge host is reachable ({', '.join(tried)})",
+                             hint="check BRIDGE_LIST and ssh from the front-end to those hosts")
+
+
+def _is_http(call: Call) -> bool:
+    path: str | None = (call.doc.image.opt("PATH")
+                        if call.doc.elem.find("IMAGE") is not None else None)
+    return path is not None and urllib.parse.urlsplit(path).scheme in ("http", "https")
+
+
+def _local_source(call: Call) -> Path | None:
+    if call.action not in ("cp", "stat"):
+        return None
+    path: str = call.doc.image.text("PATH")
+    scheme = urllib.parse.urlsplit(path).scheme
+    if scheme not in ("", "file"):
+        return None
+    local = Path(urllib.parse.urlsplit(path).path if scheme else path)
+    check_path_allowed(local, ds_settings(call))  # the file is here: so is the check
+    return local
+
+
+def _run_on(host: str, python: str, call: Call, local_file: Path | None) -> str | None:
+    """Run the call on ``host``; None when ssh cannot reach it."""
+    env = [f"{ON_BRIDGE}=1"] + ([f"{FRAMED_STDIN}=1"] if local_file else [])
+    argv = ["env", *env, python, "-m", "one_drivers", call.family, call.driver, call.action,
+            *call.extras["argv"]]
+    proc = remote.popen(host, argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                        stderr=subprocess.PIPE)
+    out: list[bytes] = []
+    err: list[str] = []
+    readers = [threading.Thread(target=lambda: out.append(_read(proc.stdout)), daemon=True),
+               threading.Thread(target=_relay, args=(proc.stderr, err), daemon=True)]
+    for t in readers:
+        t.start()
+    if proc.stdin is None:
+        raise RuntimeError("ssh started without a stdin pipe")
+    try:
+        proc.stdin.write(call.extras["stdin"].rstrip(b"\n") + (b"\n" if local_file else b""))
+        if local_file is not None:
+            with open(local_file, "rb") as fh:
+                while data := fh.read(CHUNK):
+                    proc.stdin.write(data)
+        proc.stdin.close()
+    except BrokenPipeError:
+        pass  # the remote side ended early: its exit code says why
+    timeout = call.deadline.cap(call.deadline.remaining(), f"the bridge {host} answered")
+    try:
+        rc = proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise
+    for t in readers:
+        t.join(5)
+    if rc == SSH_UNREACHABLE and not err:
+        return None
+    if rc == SSH_UNREACHABLE and err and err[-1].startswith(("ssh:", "Connection")):
+        return None
+    if rc != 0:
+        raise BridgeFailure(err[-1] if err else f"failed on bridge {host} (exit {rc})", rc)
+    return b"".join(out).decode()
+
+
+def _read(stream: IO[bytes] | None) -> bytes:
+    return stream.read() if stream is not None else b""
+
+
+def _relay(stream: IO[bytes] | None, lines: list[str]) -> None:
+    """Forward the bridge's progress lines as they come; keep the rest for the error."""
+    if stream is None:
+        return
+    for raw in stream:
+        line = raw.decode(errors="replace").rstrip("\n")
+        if line.startswith(("INFO:", "WARN:", "DEBUG:")):
+            sys.stderr.write(line + "\n")
+            sys.stderr.flush()
+        elif line.strip():
+            lines.append(line)

@@ -1,0 +1,83 @@
+"""BRIDGE_LIST mode: actions run on a bridge host over the lab's real sshd."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import ds_doc, last_line, rbd_names, read_image, run_remote
+
+pytestmark = pytest.mark.lab
+
+MIB = 1024 * 1024
+
+
+@pytest.fixture
+def bridge_env(lab_env, tmp_path):
+    """An ssh config with the lab host and a bridge that does not answer."""
+    cfg = tmp_path / "ssh_config"
+    cfg.write_text(f"Include {lab_env['ONE_DRIVERS_SSH_CONFIG']}\n"  # first: not under a Host
+                   "Host dead-bridge\n  HostName 127.0.0.1\n  Port 9\n  BatchMode yes\n"
+                   "  ConnectTimeout 3\n")
+    return {**os.environ, "ONE_DRIVERS_SSH_CONFIG": str(cfg)}
+
+
+def accepted_logins(lab_env) -> int:
+    log = Path(lab_env["ONE_DRIVERS_SSH_CONFIG"]).parent / "sshd.log"
+    return log.read_text(errors="replace").count("Accepted publickey")
+
+
+def test_actions_run_on_the_first_reachable_bridge(lab_env, remotes, ceph_admin, bridge_env,
+                                                   tmp_path):
+    import rbd
+
+    _, ioctx = ceph_admin
+    data = os.urandom(3 * MIB) + bytes(5 * MIB)
+    src = tmp_path / "disk.raw"
+    src.write_bytes(data)
+    iid = 770_000_000 + os.getpid() % 100_000
+    bridge = {"CEPH_ACCESS": "bridge", "BRIDGE_LIST": "dead-bridge one-lab-host",
+              "SAFE_DIRS": "/tmp"}
+    logins = accepted_logins(lab_env)
+    try:
+        # an even image id starts at the first bridge, the dead one
+        doc = ds_doc(lab_env, iid * 2, image={"PATH": str(src)}, ds=bridge)
+        proc = run_remote(remotes, "datastore/rbd/cp", [str(iid * 2)], doc, env=bridge_env)
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout == f"one/one-{iid * 2} raw\n"
+        assert "INFO: bridge dead-bridge is unreachable, trying the next one" in proc.stderr
+        assert accepted_logins(lab_env) > logins  # it really went over ssh
+        assert read_image(ioctx, f"one-{iid * 2}") == data  # the file travelled with the call
+
+        mon = run_remote(remotes, "datastore/rbd/monitor", ["100"], ds_doc(lab_env, ds=bridge),
+                         env=bridge_env)
+        assert mon.returncode == 0 and mon.stdout.startswith("USED_MB="), mon.stderr
+
+        missing = ds_doc(lab_env, iid * 2 + 1, image={"PATH": "http://127.0.0.1:9/x"}, ds=bridge)
+        proc = run_remote(remotes, "datastore/rbd/cp", [str(iid * 2 + 1)], missing,
+                          env=bridge_env)
+        assert proc.returncode == 4  # the bridge's own exit code and line
+        assert last_line(proc.stderr).startswith(f"image {iid * 2 + 1}: cannot download")
+
+        rm = ds_doc(lab_env, iid * 2, image={"SOURCE": f"one/one-{iid * 2}"}, ds=bridge)
+        assert run_remote(remotes, "datastore/rbd/rm", [str(iid * 2)], rm,
+                          env=bridge_env).returncode == 0
+        assert f"one-{iid * 2}" not in rbd_names(ioctx)
+    finally:
+        for name in (f"one-{iid * 2}",):
+            if name in rbd_names(ioctx):
+                rbd.RBD().remove(ioctx, name)
+
+
+def test_no_reachable_bridge_and_no_bridge_list(lab_env, remotes, bridge_env):
+    doc = ds_doc(lab_env, ds={"CEPH_ACCESS": "bridge", "BRIDGE_LIST": "dead-bridge"})
+    proc = run_remote(remotes, "datastore/rbd/monitor", ["100"], doc, env=bridge_env)
+    assert proc.returncode == 4
+    assert last_line(proc.stderr) == (
+        "datastore 100: no bridge host is reachable (dead-bridge); "
+        "check BRIDGE_LIST and ssh from the front-end to those hosts")
+    doc = ds_doc(lab_env, ds={"CEPH_ACCESS": "bridge"})
+    proc = run_remote(remotes, "datastore/rbd/monitor", ["100"], doc, env=bridge_env)
+    assert proc.returncode == 3 and "missing required attribute BRIDGE_LIST" in proc.stderr
