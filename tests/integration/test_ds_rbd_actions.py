@@ -7,6 +7,7 @@ import gzip
 import hashlib
 import http.server
 import itertools
+import json
 import lzma
 import os
 import random
@@ -119,10 +120,10 @@ def test_cp_raw_streams_sparse_and_answers_source_format(lab_env, remotes, ceph_
     import rbd
 
     with rbd.Image(ioctx, f"one-{iid}", read_only=True) as image:
-        meta = dict(image.metadata_list())
-    assert meta["one_drivers.owner"] == "one-drivers"
-    assert meta["one_drivers.image"] == str(iid) and meta["one_drivers.datastore"] == "100"
-    assert "one_drivers.creator" in meta
+        meta = json.loads(image.metadata_get("one_drivers"))
+    assert meta["owner"] == "one-drivers" and meta["kind"] == "image"
+    assert meta["image"] == str(iid) and meta["datastore"] == "100"
+    assert meta["creator"] and int(meta["created"]) > 0
     # idempotent: a re-run answers the same and changes nothing
     again = cp(lab_env, remotes, iid, str(path))
     assert again.returncode == 0 and again.stdout == proc.stdout

@@ -1,13 +1,17 @@
-"""Ownership in RBD image-meta: what we created, for whom. GC deletes only what carries it."""
+"""Ownership in RBD image-meta: what we created, for whom. GC deletes only what carries it.
+
+One metadata key (``one_drivers``) with a small JSON value: one write per image we create.
+"""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import time
 from typing import Any
 
-PREFIX = "one_drivers."
+KEY = "one_drivers"
 OWNER = "one-drivers"
 
 
@@ -16,18 +20,21 @@ def stamp(kind: str, **fields: object) -> dict[str, str]:
     meta = {"owner": OWNER, "kind": kind, "created": str(int(time.time())),
             "creator": f"{socket.gethostname()}:{os.getpid()}"}
     meta.update({k: str(v) for k, v in fields.items() if v is not None})
-    return {PREFIX + k: v for k, v in meta.items()}
+    return meta
 
 
 def apply(image: Any, meta: dict[str, str]) -> None:
-    for key, value in meta.items():
-        image.metadata_set(key, value)
+    image.metadata_set(KEY, json.dumps(meta, separators=(",", ":"), sort_keys=True))
 
 
 def read(image: Any) -> dict[str, str]:
-    """Our metadata of an open image (prefix stripped); empty when it is not ours."""
-    out: dict[str, str] = {}
-    for key, value in image.metadata_list():
-        if key.startswith(PREFIX):
-            out[key[len(PREFIX):]] = value
-    return out if out.get("owner") == OWNER else {}
+    """Our metadata of an open image; empty when it is not ours."""
+    import rbd
+
+    try:
+        meta = json.loads(image.metadata_get(KEY))
+    except (KeyError, rbd.ImageNotFound, ValueError):
+        return {}
+    if not isinstance(meta, dict) or meta.get("owner") != OWNER:
+        return {}
+    return {str(k): str(v) for k, v in meta.items()}

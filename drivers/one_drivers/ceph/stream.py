@@ -151,3 +151,51 @@ def copy_into(stream: Readable, image: Any, *, size_hint: int | None, what: str,
     if capacity != offset:
         image.resize(offset)
     return offset
+
+
+def data_extents(fd: int, size: int) -> list[tuple[int, int]]:
+    """(offset, length) of the allocated parts of a sparse file (SEEK_DATA / SEEK_HOLE)."""
+    extents = []
+    offset = 0
+    while offset < size:
+        try:
+            start = os.lseek(fd, offset, os.SEEK_DATA)
+        except OSError:  # ENXIO: no data after offset
+            break
+        end = min(os.lseek(fd, start, os.SEEK_HOLE), size)
+        extents.append((start, end - start))
+        offset = end
+    return extents
+
+
+def copy_file_extents(fd: int, size: int, image: Any, *, what: str,
+                      on_chunk: Callable[[bytes], None] | None = None,
+                      rate: float | None = None, check: Callable[[], object] | None = None,
+                      ) -> None:
+    """Copy a local file into ``image`` (already ``size`` bytes) reading only its data extents:
+    holes are neither read nor written (``rbd import`` reads them). ``on_chunk`` still sees the
+    whole content in order, holes as zeros, for checksums."""
+    writer = SparseWriter(image)
+    progress = Progress(what, size)
+    start = time.monotonic()
+    pos = 0
+    for off, length in [*data_extents(fd, size), (size, 0)]:
+        while on_chunk is not None and pos < off:  # a hole
+            n = min(CHUNK, off - pos)
+            on_chunk(_ZERO[:n])
+            pos += n
+        pos = off
+        for chunk_off in range(off, off + length, CHUNK):
+            data = os.pread(fd, min(CHUNK, off + length - chunk_off), chunk_off)
+            if on_chunk is not None:
+                on_chunk(data)
+            writer.write(chunk_off, data)
+            pos = chunk_off + len(data)
+            progress.update(pos)
+            if rate:
+                ahead = pos / rate - (time.monotonic() - start)
+                if ahead > 0:
+                    time.sleep(ahead)
+            if check is not None:
+                check()
+    writer.finish()

@@ -23,7 +23,6 @@ from one_drivers.core.contract import Call
 from one_drivers.core.errors import BackendUnavailable, DriverError, MissingAttribute
 from one_drivers.core.runner import FRAMED_STDIN
 from one_drivers.datastore.rbd.common import ds_settings
-from one_drivers.datastore.rbd.sources import check_path_allowed
 
 ON_BRIDGE = "ONE_DRIVERS_ON_BRIDGE"
 SSH_UNREACHABLE = 255
@@ -80,6 +79,8 @@ def _local_source(call: Call) -> Path | None:
     if scheme not in ("", "file"):
         return None
     local = Path(urllib.parse.urlsplit(path).path if scheme else path)
+    from one_drivers.datastore.rbd.sources import check_path_allowed
+
     check_path_allowed(local, ds_settings(call))  # the file is here: so is the check
     return local
 

@@ -20,10 +20,13 @@ from one_drivers.core.errors import ActionFailed
 
 def finished(pool: Pool, dst: ImageSpec, image_id: int) -> bool:
     """True when ``dst`` is already our image for ``image_id``; refuse to touch anyone else's."""
-    if not exists(pool.ioctx, dst.name):
+    import rbd
+
+    try:
+        with open_image(pool.ioctx, dst.name, read_only=True) as image:
+            meta = ownership.read(image)
+    except rbd.ImageNotFound:
         return False
-    with open_image(pool.ioctx, dst.name, read_only=True) as image:
-        meta = ownership.read(image)
     if meta.get("image") == str(image_id):
         return True
     raise ActionFailed(f"RBD image {dst} already exists and is not one-drivers' image "

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from one_drivers.ceph.naming import ImageSpec
 from one_drivers.ceph.pool import rbd_pool
-from one_drivers.ceph.rbd_ops import children, depth, open_image, snap_names
+from one_drivers.ceph.rbd_ops import children, depth, open_image, parent, snap_names
 from one_drivers.ceph.rbd_ops import clone as rbd_clone
 from one_drivers.core import log
 from one_drivers.core.contract import Call
@@ -37,7 +37,8 @@ def clone(call: Call) -> str:
                 with open_image(src_ioctx, src.name) as source:
                     if snap not in snap_names(source):
                         source.create_snap(snap)
-                levels = depth(pool.cluster, src_ioctx, src.name) + 1
+                    is_clone = parent(source) is not None
+                levels = depth(pool.cluster, src_ioctx, src.name) + 1 if is_clone else 1
                 rbd_clone(src_ioctx, ImageSpec(src.pool, src.name, snap), pool.ioctx, name,
                           data_pool=pool.access.data_pool, meta=meta)
                 if levels <= max_depth:

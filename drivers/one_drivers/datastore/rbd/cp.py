@@ -19,7 +19,14 @@ from typing import Any
 from one_drivers.ceph import qemu_img
 from one_drivers.ceph.pool import Pool, rbd_pool
 from one_drivers.ceph.rbd_ops import create, open_image
-from one_drivers.ceph.stream import CHUNK, Progress, copy_into, parse_rate, read_full
+from one_drivers.ceph.stream import (
+    CHUNK,
+    Progress,
+    copy_file_extents,
+    copy_into,
+    parse_rate,
+    read_full,
+)
 from one_drivers.core import log
 from one_drivers.core.config import Settings
 from one_drivers.core.contract import Call
@@ -38,6 +45,9 @@ class Checksums:
     def __init__(self, template_md5: str | None, template_sha1: str | None) -> None:
         self.expected = {k: v.strip().lower() for k, v in
                          (("md5", template_md5), ("sha1", template_sha1)) if v}
+        self.hashers = {k: hashlib.new(k, usedforsecurity=False) for k in self.expected}
+
+    def reset(self) -> None:
         self.hashers = {k: hashlib.new(k, usedforsecurity=False) for k in self.expected}
 
     def update(self, data: bytes) -> None:
@@ -94,11 +104,21 @@ def import_source(pool: Pool, name: str, meta: dict[str, str], call: Call,
         fmt = sniff_format(src.stream.peek(64 * 1024))
         log.info(f"importing {path} ({fmt}{', ' + src.compression if src.compression else ''})"
                  f" into {pool.name}/{name}")
+        rate = parse_rate(settings.get("LIMIT_TRANSFER_BW"))
+        if fmt == "raw" and src.local_path is not None and src.size is not None:
+            sums.reset()  # the whole file is read again below, holes skipped
+            create(pool.ioctx, name, src.size, data_pool=data_pool, meta=meta)
+            with open(src.local_path, "rb") as fh, open_image(pool.ioctx, name) as rbd_image:
+                copy_file_extents(fh.fileno(), src.size, rbd_image, what=f"importing {path}",
+                                  on_chunk=sums.update if sums.expected else None, rate=rate,
+                                  check=lambda: call.deadline.cap(1, "the import finished"))
+            sums.verify(path)
+            return
         if fmt == "raw":
             create(pool.ioctx, name, src.size or 0, data_pool=data_pool, meta=meta)
             with open_image(pool.ioctx, name) as rbd_image:
                 copy_into(src.stream, rbd_image, size_hint=src.size, what=f"importing {path}",
-                          rate=parse_rate(settings.get("LIMIT_TRANSFER_BW")),
+                          rate=rate,
                           check=lambda: call.deadline.cap(1, "the import finished"))
             sums.verify(path)
             return

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from one_drivers.ceph.pool import Pool, rbd_pool
 from one_drivers.ceph.rbd_ops import create, open_image
-from one_drivers.ceph.stream import CHUNK, SparseWriter
+from one_drivers.ceph.stream import copy_file_extents
 from one_drivers.core import log
 from one_drivers.core.contract import Call
 from one_drivers.core.errors import ActionFailed, BackendTimeout, BadInput
@@ -24,21 +24,6 @@ from one_drivers.datastore.rbd.common import answer, ds_settings, target
 
 MKFS_OPTIONS = {"ext2": ["-F", "-q"], "ext3": ["-F", "-q"], "ext4": ["-F", "-q"],
                 "xfs": ["-f", "-q"]}
-
-
-def data_extents(fd: int, size: int) -> list[tuple[int, int]]:
-    """(offset, length) of the allocated parts of a sparse file (SEEK_DATA / SEEK_HOLE)."""
-    extents = []
-    offset = 0
-    while offset < size:
-        try:
-            start = os.lseek(fd, offset, os.SEEK_DATA)
-        except OSError:  # ENXIO: no data after offset
-            break
-        end = os.lseek(fd, start, os.SEEK_HOLE)
-        extents.append((start, end - start))
-        offset = end
-    return extents
 
 
 def format_into(pool: Pool, name: str, size: int, fs: str, staging_dir: Path,
@@ -59,12 +44,7 @@ def format_into(pool: Pool, name: str, size: int, fs: str, staging_dir: Path,
             err = proc.stderr.decode(errors="replace").strip().splitlines()
             raise ActionFailed(f"mkfs.{fs} failed: {err[-1] if err else proc.returncode}")
         with open_image(pool.ioctx, name) as image:
-            writer = SparseWriter(image)
-            for start, length in data_extents(fd, size):
-                for off in range(start, start + length, CHUNK):
-                    n = min(CHUNK, start + length - off)
-                    writer.write(off, os.pread(fd, n, off))
-            writer.finish()
+            copy_file_extents(fd, size, image, what=f"writing the {fs} file system")
     finally:
         os.close(fd)
         Path(tmp).unlink(missing_ok=True)

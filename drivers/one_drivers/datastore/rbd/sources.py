@@ -11,9 +11,7 @@ import gzip
 import lzma
 import os
 import struct
-import urllib.error
 import urllib.parse
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -203,6 +201,9 @@ def _decompressor(kind: str, stream: Peekable) -> Any:
 
 
 def _open_http(url: str, timeout: float) -> tuple[IO[bytes], int | None]:
+    import urllib.error  # ~17 ms of imports: only for http sources
+    import urllib.request
+
     request = urllib.request.Request(url, headers={"User-Agent": "one-drivers"})  # noqa: S310
     try:
         response = urllib.request.urlopen(request, timeout=timeout)  # noqa: S310
