@@ -553,3 +553,30 @@ def test_pool_quota_reached(lab_env, remotes, ceph_admin, image_ids, sample):
         mon(prefix="osd pool set-quota", pool=pool, field="max_bytes", val="0")
         filler.remove_object("quota-filler")
         filler.close()
+
+
+def test_clones_share_a_snapshot_only_while_the_source_is_unchanged(lab_env, remotes, ceph_admin,
+                                                                    image_ids, sample):
+    import rbd
+
+    path, data = sample
+    _, ioctx = ceph_admin
+    src, a, b, c = image_ids(), image_ids(), image_ids(), image_ids()
+    assert cp(lab_env, remotes, src, str(path)).returncode == 0
+    for new in (a, b):
+        assert clone(lab_env, remotes, new, f"one/one-{src}").returncode == 0
+
+    def parent_snap(iid):
+        with rbd.Image(ioctx, f"one-{iid}", read_only=True) as image:
+            return image.get_parent_image_spec()["snap_name"]
+
+    assert parent_snap(a) == parent_snap(b)  # unchanged source: one snapshot serves both
+    with rbd.Image(ioctx, f"one-{src}") as image:
+        image.write(b"changed", 0)
+    assert clone(lab_env, remotes, c, f"one/one-{src}").returncode == 0
+    assert parent_snap(c) != parent_snap(a)
+    assert read_image(ioctx, f"one-{a}") == data
+    assert read_image(ioctx, f"one-{c}")[:7] == b"changed"
+    for iid in (a, b, c, src):
+        assert rm(lab_env, remotes, iid).returncode == 0
+    assert not {f"one-{i}" for i in (src, a, b, c)} & (rbd_names(ioctx) | trash_names(ioctx))

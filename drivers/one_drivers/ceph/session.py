@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import errno
 import json
-from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
+from typing import Any, NamedTuple
 
 from one_drivers.core.config import Settings
 from one_drivers.core.errors import (
@@ -25,8 +24,7 @@ from one_drivers.core.retry import Deadline
 DEFAULT_CALL_TIMEOUT = 30.0
 
 
-@dataclass(frozen=True)
-class CephAccess:
+class CephAccess(NamedTuple):
     """Where and as whom to connect: POOL_NAME, CEPH_USER, CEPH_KEY, CEPH_CONF, CEPH_HOST."""
 
     pool: str

@@ -8,8 +8,7 @@ With EC_POOL_NAME the data lives in the EC pool, so its space is what counts.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from one_drivers.ceph.session import CephAccess, CephSession
 from one_drivers.core.contract import Call
@@ -18,8 +17,7 @@ from one_drivers.core.errors import NotFound
 MIB = 1024 * 1024
 
 
-@dataclass(frozen=True)
-class Capacity:
+class Capacity(NamedTuple):
     used_mb: int
     total_mb: int
     free_mb: int
