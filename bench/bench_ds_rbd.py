@@ -162,7 +162,7 @@ def main() -> dict[str, float]:
         remotes = work / "remotes"
         install(remotes, python=sys.executable)
         return {
-            "cp_vs_rbd_import": bench_cp(env, remotes, ioctx, work, runs=3),
+            "cp_vs_rbd_import": bench_cp(env, remotes, ioctx, work, runs=5),
             "clone_vs_rbd_cp": bench_clone(env, remotes, ioctx, runs=5),
             "monitor_1000_vs_10": bench_monitor(env, remotes, ioctx, runs=10),
         }

@@ -22,7 +22,7 @@ class Readable(Protocol):
 
 
 CHUNK = 4 * 1024 * 1024  # one RBD object
-WINDOW = 16  # writes in flight (64 MiB of buffers at most)
+WINDOW = 8  # writes in flight (32 MiB of buffers); more does not help one OSD
 _ZERO = bytes(CHUNK)
 
 
