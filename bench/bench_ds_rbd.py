@@ -21,12 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from common import report
-
 from one_drivers.core.remotes import install
+from one_drivers.lab.documents import ds_doc
 from one_drivers.lab.lab import Lab
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tests.helpers import ds_doc  # noqa: E402
 
 GIB = 1 << 30
 MIB = 1 << 20

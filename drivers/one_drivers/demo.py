@@ -14,27 +14,13 @@ import time
 from pathlib import Path
 
 from one_drivers.core.remotes import install
+from one_drivers.lab.documents import ds_doc
 from one_drivers.lab.lab import Lab
 
 
 def datastore_xml(ds_id: int, env: dict[str, str], **extra: str) -> str:
-    """A DS_DRIVER_ACTION_DATA for the lab's Ceph, as oned builds it for an image datastore."""
-    attrs = {
-        "DISK_TYPE": "RBD",
-        "POOL_NAME": env["ONE_LAB_CEPH_POOL"],
-        "CEPH_USER": env["ONE_LAB_CEPH_USER"],
-        "CEPH_KEY": env["ONE_LAB_CEPH_KEYRING"],
-        "CEPH_CONF": env["CEPH_CONF"],
-        "CEPH_HOST": env["ONE_LAB_CEPH_MON"],
-        **extra,
-    }
-    template = "".join(f"<{k}>{v}</{k}>" for k, v in attrs.items())
-    return (
-        "<DS_DRIVER_ACTION_DATA><DATASTORE>"
-        f"<ID>{ds_id}</ID><NAME>lab_rbd</NAME><DS_MAD>rbd</DS_MAD><TM_MAD>rbd</TM_MAD>"
-        f"<TYPE>0</TYPE><TEMPLATE>{template}</TEMPLATE>"
-        "</DATASTORE></DS_DRIVER_ACTION_DATA>"
-    )
+    """A datastore-only DS_DRIVER_ACTION_DATA for the lab (what monitor receives)."""
+    return ds_doc(env, ds_id=ds_id, ds=extra)
 
 
 def run_shim(remotes: Path, family: str, driver: str, action: str, argv: list[str],

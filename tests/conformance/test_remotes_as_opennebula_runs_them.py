@@ -57,7 +57,8 @@ def test_wrong_argument_count_and_unknown_action(remotes):
                            "1"], input=b"", capture_output=True, timeout=60, check=False)
     assert proc.returncode == 2
     assert proc.stderr.decode().strip() == (
-        "driver datastore/rbd has no action 'nosuch'; it implements: monitor")
+        "driver datastore/rbd has no action 'nosuch'; it implements: clone, cp, export, "
+        "mkfs, monitor, rm, snap_delete, snap_flatten, snap_revert, stat")
 
 
 @pytest.mark.lab
