@@ -17,6 +17,9 @@ from one_drivers.core.remotes import install
 from one_drivers.lab.documents import ds_doc
 from one_drivers.lab.lab import Lab
 
+DEMO_IMAGE = 4242  # image ids the demo uses in the lab's pool
+DEMO_CLONE = 4243
+
 
 def datastore_xml(ds_id: int, env: dict[str, str], **extra: str) -> str:
     """A datastore-only DS_DRIVER_ACTION_DATA for the lab (what monitor receives)."""
@@ -26,16 +29,37 @@ def datastore_xml(ds_id: int, env: dict[str, str], **extra: str) -> str:
 def run_shim(remotes: Path, family: str, driver: str, action: str, argv: list[str],
              stdin: bytes) -> subprocess.CompletedProcess[bytes]:
     shim = remotes / family / driver / action
-    return subprocess.run([str(shim), *argv], input=stdin, capture_output=True, timeout=120,
+    return subprocess.run([str(shim), *argv], input=stdin, capture_output=True, timeout=600,
                           check=False)
 
 
-def _show(title: str, proc: subprocess.CompletedProcess[bytes], took: float) -> None:
-    print(f"\n$ {title}   (exit {proc.returncode}, {took * 1000:.0f} ms)")
-    for stream in (proc.stdout, proc.stderr):
-        text = stream.decode(errors="replace").rstrip()
-        if text:
-            print("  " + text.replace("\n", "\n  "))
+class Demo:
+    def __init__(self, remotes: Path, env: dict[str, str]) -> None:
+        self.remotes, self.env = remotes, env
+
+    def ds(self, action: str, image_id: int | None, title: str, *, ok: bool = True,
+           **doc: object) -> subprocess.CompletedProcess[bytes]:
+        argv = [str(image_id if image_id is not None else 100)]
+        data = base64.b64encode(ds_doc(self.env, image_id, **doc).encode())  # type: ignore[arg-type]
+        t = time.monotonic()
+        proc = run_shim(self.remotes, "datastore", "rbd", action, argv, data)
+        took = time.monotonic() - t
+        print(f"\n$ datastore/rbd/{action} {argv[0]} <<< base64(DS_DRIVER_ACTION_DATA)  "
+              f"# {title}   (exit {proc.returncode}, {took * 1000:.0f} ms)")
+        for stream in (proc.stdout, proc.stderr):
+            text = stream.decode(errors="replace").rstrip()
+            if text:
+                print("  " + text.replace("\n", "\n  "))
+        if ok and proc.returncode != 0:
+            raise SystemExit(f"demo step failed: datastore/rbd/{action}")
+        return proc
+
+
+def rbd_info(env: dict[str, str], name: str) -> None:
+    proc = subprocess.run(["rbd", "--conf", env["CEPH_CONF"], "--id", env["ONE_LAB_CEPH_USER"],
+                           "--keyring", env["ONE_LAB_CEPH_KEYRING"], "du", f"one/{name}"],
+                          capture_output=True, text=True, check=False, timeout=60)
+    print("  " + (proc.stdout or proc.stderr).rstrip().replace("\n", "\n  "))
 
 
 def run_demo() -> int:
@@ -56,27 +80,39 @@ def run_demo() -> int:
     print(f"\n== remotes installed in {remotes}: {len(report.written)} written, "
           f"{len(report.unchanged)} unchanged")
     env = lab.env()
+    demo = Demo(remotes, env)
+    disk = lab.guest.build_disk()
+    safe = {"SAFE_DIRS": str(disk.parent)}
 
-    print("\n== datastore/rbd/monitor, as oned's DS MAD runs it (id in argv, base64 XML on stdin),"
-          " as the restricted cephx user")
-    doc = base64.b64encode(datastore_xml(100, env).encode())
-    t = time.monotonic()
-    proc = run_shim(remotes, "datastore", "rbd", "monitor", ["100"], doc)
-    _show("datastore/rbd/monitor 100 <<< base64(DS_DRIVER_ACTION_DATA)", proc,
-          time.monotonic() - t)
-    if proc.returncode != 0:
-        return 1
+    print(f"\n== a guest disk image ({disk.name}, qcow2, {disk.stat().st_size >> 10} KiB) into "
+          "Ceph, as the restricted cephx user 'one'")
+    for iid in (DEMO_CLONE, DEMO_IMAGE):  # a previous demo's images
+        demo.ds("rm", iid, "clean up a previous demo", image={"SOURCE": f"one/one-{iid}"})
+    demo.ds("stat", DEMO_IMAGE, "its virtual size in MB", image={"PATH": str(disk)}, ds=safe)
+    demo.ds("cp", DEMO_IMAGE, "register it: qcow2 converted straight into RBD",
+            image={"PATH": str(disk)}, ds=safe)
+    rbd_info(env, f"one-{DEMO_IMAGE}")
+    demo.ds("cp", DEMO_IMAGE, "run again: idempotent", image={"PATH": str(disk)}, ds=safe)
+    demo.ds("clone", DEMO_CLONE, "oneimage clone: copy-on-write, instant",
+            image={"PATH": f"one/one-{DEMO_IMAGE}"})
+    rbd_info(env, f"one-{DEMO_CLONE}")
+    demo.ds("export", DEMO_IMAGE, "for a marketplace: a URL cp can import",
+            image={"SOURCE": f"one/one-{DEMO_IMAGE}"})
+    demo.ds("monitor", None, "datastore capacity: one Ceph round trip")
+    demo.ds("rm", DEMO_IMAGE, "the source goes first: hidden until its clone goes",
+            image={"SOURCE": f"one/one-{DEMO_IMAGE}"})
+    demo.ds("rm", DEMO_CLONE, "the clone goes: the hidden source is collected",
+            image={"SOURCE": f"one/one-{DEMO_CLONE}"})
 
-    print("\n== the same action with bad input: one plain line, a documented exit code")
-    for label, data in (("not base64", b"%%%"), ("not XML", base64.b64encode(b"<oops"))):
-        t = time.monotonic()
-        bad = run_shim(remotes, "datastore", "rbd", "monitor", ["100"], data)
-        _show(f"datastore/rbd/monitor 100 <<< {label}", bad, time.monotonic() - t)
-    denied = datastore_xml(100, env, CEPH_USER="admin")
-    t = time.monotonic()
-    bad = run_shim(remotes, "datastore", "rbd", "monitor", ["100"],
-                   base64.b64encode(denied.encode()))
-    _show("datastore/rbd/monitor 100 <<< CEPH_USER=admin with the 'one' user's key", bad,
-          time.monotonic() - t)
+    print("\n== bad input: one plain line and a documented exit code, nothing half-made")
+    demo.ds("cp", DEMO_IMAGE, "a file outside SAFE_DIRS", ok=False,
+            image={"PATH": "/etc/shadow"})
+    demo.ds("cp", DEMO_IMAGE, "a wrong checksum", ok=False, image={"PATH": str(disk)},
+            image_template={"MD5": "0" * 32}, ds=safe)
+    demo.ds("monitor", None, "another cephx user with the 'one' key", ok=False,
+            ds={"CEPH_USER": "admin"})
+    bad = run_shim(remotes, "datastore", "rbd", "monitor", ["100"], b"%%%")
+    print(f"\n$ datastore/rbd/monitor 100 <<< '%%%'   (exit {bad.returncode})\n  "
+          + bad.stderr.decode().strip())
     print("\nDone. `make lab-down` stops the lab.")
     return 0

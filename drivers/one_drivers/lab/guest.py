@@ -55,6 +55,30 @@ class Guest:
         return {"ONE_LAB_GUEST_KERNEL": str(self.kernel), "ONE_LAB_GUEST_INITRD": str(self.initrd),
                 "ONE_LAB_GUEST_READY": READY_LINE}
 
+    @property
+    def disk(self) -> Path:
+        return self.dir / "guest-disk.qcow2"
+
+    def build_disk(self) -> Path:
+        """A qcow2 disk image of the guest: an ext4 file system holding its kernel and initrd
+        (what a marketplace image is to OpenNebula: a file to import)."""
+        if self.disk.exists():
+            return self.disk
+        self.build()
+        with tempfile.TemporaryDirectory(dir=self.dir) as tmp:
+            content = Path(tmp) / "content" / "boot"
+            content.mkdir(parents=True)
+            shutil.copyfile(self.kernel, content / "vmlinuz")
+            shutil.copyfile(self.initrd, content / "initrd.gz")
+            raw = Path(tmp) / "disk.raw"
+            run(["mkfs.ext4", "-q", "-F", "-L", "one-guest", "-d", str(content.parent),
+                 str(raw), "128M"], timeout=120)
+            qcow = Path(tmp) / "disk.qcow2"
+            run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(raw), str(qcow)],
+                timeout=120)
+            qcow.replace(self.disk)
+        return self.disk
+
     def built(self) -> bool:
         return self.kernel.exists() and self.initrd.exists()
 
