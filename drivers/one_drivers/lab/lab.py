@@ -21,9 +21,11 @@ from one_drivers.lab.ceph import CephLab
 from one_drivers.lab.guest import Guest
 from one_drivers.lab.libvirtd import LibvirtLab
 from one_drivers.lab.ovs import OvsLab
+from one_drivers.lab.proc import LabError
 from one_drivers.lab.sshd import SshLab
 
 DEFAULT_DIR = "/var/tmp/one-drivers-lab"
+CEPH_SETTLE = 60  # seconds a running but unhealthy cluster gets before it is rebuilt
 
 
 def lab_dir() -> Path:
@@ -80,7 +82,7 @@ class Lab:
                 timings[name] = round(time.monotonic() - t, 2)
 
             step("guest_image", self.guest.built(), self.guest.build)
-            step("ceph", self.ceph.running() and self.ceph.healthy(), self.ceph.up)
+            step("ceph", self._ceph_settles(), self.ceph.up)
             ovs_ok = self.ovs.healthy()
             step("ovs", ovs_ok, self.ovs.up)
             # libvirtd binds the OVS run dir at start: a new OVS needs a new libvirtd
@@ -89,6 +91,17 @@ class Lab:
             step("ssh", self.ssh.healthy(), lambda: self.ssh.up(created))
             self._save_created(created)
         return timings
+
+    def _ceph_settles(self) -> bool:
+        """A running cluster in HEALTH_WARN (slow ops after a test froze the OSD, say) gets time
+        to recover rather than being rebuilt; one that does not recover is started clean."""
+        if not self.ceph.running():
+            return False
+        try:
+            self.ceph.wait_healthy(timeout=CEPH_SETTLE)
+        except LabError:
+            return False
+        return True
 
     def down(self) -> list[str]:
         with self._locked():
