@@ -57,6 +57,25 @@ class Progress:
             log.info(f"{self.what}: {mib} MiB")
 
 
+class Pacer:
+    """Between chunks of a copy: progress lines, the LIMIT_TRANSFER_BW cap, the deadline."""
+
+    def __init__(self, what: str, total: int | None, rate: float | None,
+                 check: Callable[[], object] | None) -> None:
+        self.progress = Progress(what, total)
+        self.rate, self.check = rate, check
+        self.start = time.monotonic()
+
+    def advance(self, done: int) -> None:
+        self.progress.update(done)
+        if self.rate:
+            ahead = done / self.rate - (time.monotonic() - self.start)
+            if ahead > 0:
+                time.sleep(ahead)
+        if self.check is not None:
+            self.check()
+
+
 class SparseWriter:
     """Pipelined writes into an open rbd.Image, skipping zero chunks."""
 
@@ -123,10 +142,9 @@ def copy_into(stream: Readable, image: Any, *, size_hint: int | None, what: str,
     between chunks (deadline).
     """
     writer = SparseWriter(image)
-    progress = Progress(what, size_hint)
+    pacer = Pacer(what, size_hint, rate, check)
     capacity = image.size()
     offset = 0
-    start = time.monotonic()
     while True:
         data = read_full(stream, CHUNK)
         if not data:
@@ -140,13 +158,7 @@ def copy_into(stream: Readable, image: Any, *, size_hint: int | None, what: str,
             image.resize(capacity)
         writer.write(offset, data)
         offset = end
-        progress.update(offset)
-        if rate:
-            ahead = offset / rate - (time.monotonic() - start)
-            if ahead > 0:
-                time.sleep(ahead)
-        if check is not None:
-            check()
+        pacer.advance(offset)
     writer.finish()
     if capacity != offset:
         image.resize(offset)
@@ -176,8 +188,7 @@ def copy_file_extents(fd: int, size: int, image: Any, *, what: str,
     holes are neither read nor written (``rbd import`` reads them). ``on_chunk`` still sees the
     whole content in order, holes as zeros, for checksums."""
     writer = SparseWriter(image)
-    progress = Progress(what, size)
-    start = time.monotonic()
+    pacer = Pacer(what, size, rate, check)
     pos = 0
     for off, length in [*data_extents(fd, size), (size, 0)]:
         while on_chunk is not None and pos < off:  # a hole
@@ -191,11 +202,5 @@ def copy_file_extents(fd: int, size: int, image: Any, *, what: str,
                 on_chunk(data)
             writer.write(chunk_off, data)
             pos = chunk_off + len(data)
-            progress.update(pos)
-            if rate:
-                ahead = pos / rate - (time.monotonic() - start)
-                if ahead > 0:
-                    time.sleep(ahead)
-            if check is not None:
-                check()
+            pacer.advance(pos)
     writer.finish()
