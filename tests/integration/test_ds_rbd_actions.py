@@ -580,3 +580,63 @@ def test_clones_share_a_snapshot_only_while_the_source_is_unchanged(lab_env, rem
     for iid in (a, b, c, src):
         assert rm(lab_env, remotes, iid).returncode == 0
     assert not {f"one-{i}" for i in (src, a, b, c)} & (rbd_names(ioctx) | trash_names(ioctx))
+
+
+def test_export_gives_a_url_cp_imports(lab_env, remotes, ceph_admin, image_ids, sample):
+    import xml.etree.ElementTree as ET
+
+    path, data = sample
+    _, ioctx = ceph_admin
+    src, copy = image_ids(), image_ids()
+    assert cp(lab_env, remotes, src, str(path)).returncode == 0
+    proc = run_remote(remotes, "datastore/rbd/export", [str(src)],
+                      ds_doc(lab_env, src, image={"SOURCE": f"one/one-{src}"}))
+    assert proc.returncode == 0, proc.stderr
+    info = ET.fromstring(proc.stdout)  # noqa: S314 - our own output
+    assert info.tag == "IMPORT_INFO"
+    assert info.findtext("MD5") == hashlib.md5(data).hexdigest()
+    assert (info.findtext("SIZE"), info.findtext("FORMAT"), info.findtext("DISPOSE")) == (
+        "32", "raw", "NO")
+    url = info.findtext("IMPORT_SOURCE")
+    assert url.startswith("rbd://") and f"/one/one-{src}?" in url
+    assert "CEPH_KEY=" in url  # a path to the keyring: never the key itself
+    key = Path(lab_env["ONE_LAB_CEPH_KEYRING"]).read_text().split("key = ")[1].split()[0]
+    assert key not in url
+    proc = cp(lab_env, remotes, copy, url, template={"MD5": info.findtext("MD5")})
+    assert proc.returncode == 0, proc.stderr
+    assert read_image(ioctx, f"one-{copy}") == data
+    assert allocated(ioctx, f"one-{copy}") == 8 * MIB
+
+
+def test_reruns_converge(lab_env, remotes, ceph_admin, image_ids):
+    import rbd
+
+    _, ioctx = ceph_admin
+    iid = image_ids()
+    doc = ds_doc(lab_env, iid, image={"SIZE": 16, "FS": "ext4", "PERSISTENT": 1,
+                                      "SOURCE": f"one/one-{iid}", "TARGET_SNAPSHOT": 0})
+    for _ in range(2):
+        proc = run_remote(remotes, "datastore/rbd/mkfs", [str(iid)], doc)
+        assert (proc.returncode, proc.stdout) == (0, f"one/one-{iid} raw\n"), proc.stderr
+    before = read_image(ioctx, f"one-{iid}")
+    with rbd.Image(ioctx, f"one-{iid}") as image:
+        image.create_snap("0")
+        image.write(b"x" * 4096, 0)
+    for _ in range(2):
+        assert run_remote(remotes, "datastore/rbd/snap_revert", [str(iid)], doc).returncode == 0
+        assert read_image(ioctx, f"one-{iid}") == before
+    for _ in range(2):
+        assert run_remote(remotes, "datastore/rbd/snap_delete", [str(iid)], doc).returncode == 0
+    for _ in range(2):
+        assert run_remote(remotes, "datastore/rbd/rm", [str(iid)], doc).returncode == 0
+    assert f"one-{iid}" not in rbd_names(ioctx) | trash_names(ioctx)
+
+
+def test_a_cephx_user_that_does_not_exist(lab_env, remotes, image_ids, sample):
+    path, _ = sample
+    proc = cp(lab_env, remotes, image_ids(), str(path), ds={"CEPH_USER": "nobody"})
+    assert proc.returncode == 5
+    assert "Ceph refused the connection" in last_line(proc.stderr)
+    proc = cp(lab_env, remotes, image_ids(), str(path),
+              ds={"CEPH_USER": "nobody", "CEPH_KEY": ""})
+    assert proc.returncode == 5
