@@ -20,6 +20,7 @@ from typing import Any
 from one_drivers.lab.ceph import CephLab
 from one_drivers.lab.guest import Guest
 from one_drivers.lab.libvirtd import LibvirtLab
+from one_drivers.lab.oned_standin import OnedStandin
 from one_drivers.lab.ovs import OvsLab
 from one_drivers.lab.proc import LabError
 from one_drivers.lab.sshd import SshLab
@@ -42,6 +43,7 @@ class Lab:
         self.libvirt = LibvirtLab(self.root, self.ovs.run_dir)
         self.ssh = SshLab(self.root, port_offset)
         self.guest = Guest(self.root)
+        self.oned = OnedStandin(self.root, port_offset)
         self.created_file = self.root / "created-dirs"
 
     @contextmanager
@@ -53,7 +55,7 @@ class Lab:
 
     def env(self) -> dict[str, str]:
         env = {"ONE_DRIVERS_LAB_DIR": str(self.root)}
-        for part in (self.ceph, self.ovs, self.libvirt, self.ssh, self.guest):
+        for part in (self.ceph, self.ovs, self.libvirt, self.ssh, self.guest, self.oned):
             env.update(part.env())
         return env
 
@@ -63,6 +65,7 @@ class Lab:
             "ovs": self.ovs.healthy(),
             "libvirt": self.libvirt.healthy() if self.libvirt.running() else False,
             "ssh": self.ssh.healthy(),
+            "oned": self.oned.healthy(),
             "guest_image": self.guest.built(),
         }
         out["healthy"] = all(out.values())
@@ -89,6 +92,7 @@ class Lab:
             step("libvirt", ovs_ok and self.libvirt.running() and self.libvirt.healthy(),
                  lambda: self.libvirt.up(created))
             step("ssh", self.ssh.healthy(), lambda: self.ssh.up(created))
+            step("oned", self.oned.healthy(), self.oned.up)
             self._save_created(created)
         return timings
 
@@ -105,8 +109,8 @@ class Lab:
 
     def down(self) -> list[str]:
         with self._locked():
-            stopped = [*self.ssh.down(), *self.libvirt.down(), *self.ovs.down(),
-                       *self.ceph.down()]
+            stopped = [*self.oned.down(), *self.ssh.down(), *self.libvirt.down(),
+                       *self.ovs.down(), *self.ceph.down()]
             for path in reversed(self._created()):
                 with contextlib.suppress(OSError):  # not empty: someone else uses it now
                     Path(path).rmdir()

@@ -9,22 +9,19 @@ goes. CEPH_TRASH=yes moves the image to the trash for TRASH_DEFERMENT seconds in
 
 from __future__ import annotations
 
+from one_drivers.ceph.cloning import release_parent
 from one_drivers.ceph.naming import ImageSpec, carrier_pattern, staging_name
 from one_drivers.ceph.pool import Pool, rbd_pool
 from one_drivers.ceph.rbd_ops import (
     ceph_errors,
-    children,
-    collect_parent,
     exists,
     open_image,
     parent,
     remove_image,
-    snap_names,
 )
 from one_drivers.core import log
 from one_drivers.core.contract import Call
 from one_drivers.datastore.rbd.build import drop_staging
-from one_drivers.datastore.rbd.clone import CLONE_SNAP_PREFIX
 from one_drivers.datastore.rbd.common import ds_settings, source_spec
 
 
@@ -40,17 +37,6 @@ def ancestry(pool: Pool, spec: ImageSpec) -> tuple[ImageSpec | None, list[ImageS
         with open_image(pool.ioctx, current.name, read_only=True) as image:
             current = parent(image)
     return first, carriers
-
-
-def release_parent_snap(pool: Pool, par: ImageSpec) -> None:
-    """Drop our clone snapshot on the parent once nothing hangs from it; purge a hidden parent."""
-    if par.snap and par.snap.startswith(CLONE_SNAP_PREFIX):
-        with pool.other(par.pool) as ioctx:
-            if exists(ioctx, par.name):
-                with open_image(ioctx, par.name) as image:
-                    if par.snap in snap_names(image) and not children(image, par.snap):
-                        image.remove_snap(par.snap)
-    collect_parent(pool.cluster, par)
 
 
 def rm(call: Call) -> None:
@@ -78,4 +64,4 @@ def rm(call: Call) -> None:
             if remove_image(pool.cluster, pool.ioctx, carrier.name) == "removed":
                 log.info(f"removed {carrier}, a snapshot carrier left by upstream's driver")
         if par is not None and outcome == "removed":
-            release_parent_snap(pool, par)
+            release_parent(pool, par)

@@ -1,0 +1,121 @@
+"""A small oned stand-in for the lab: serves recorded VM and datastore XML over XML-RPC.
+
+``one.vm.info`` and ``one.datastore.info`` answer as oned does (``[ok, xml-or-message, code]``)
+from ``<dir>/vm/<id>.xml`` and ``<dir>/datastore/<id>.xml``, read on every call so tests can record
+documents while it runs; the session must match the lab's one_auth.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from pathlib import Path
+from xmlrpc.server import SimpleXMLRPCRequestHandler, SimpleXMLRPCServer
+
+from one_drivers.lab.proc import LabError, alive, read_pid, spawn, stop, wait_for
+
+PORT = 12633
+AUTHENTICATION, NO_EXISTS = 0x0100, 0x0400
+Answer = list[bool | str | int]
+
+
+class OnedStandin:
+    """The lab component: start, stop, and where tests record documents."""
+
+    def __init__(self, root: Path, port_offset: int = 0) -> None:
+        self.dir = root / "oned"
+        self.port = PORT + port_offset
+        self.pidfile = self.dir / "oned-standin.pid"
+        self.auth = self.dir / "one_auth"
+
+    def env(self) -> dict[str, str]:
+        return {"ONE_XMLRPC": f"http://127.0.0.1:{self.port}/RPC2", "ONE_AUTH": str(self.auth),
+                "ONE_LAB_ONED_DIR": str(self.dir)}
+
+    def record(self, kind: str, obj_id: int, xml: str) -> None:
+        """Make the stand-in answer ``xml`` for that VM or datastore from now on."""
+        path = self.dir / kind / f"{obj_id}.xml"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(xml)
+        tmp.replace(path)
+
+    def running(self) -> bool:
+        return alive(read_pid(self.pidfile))
+
+    def healthy(self) -> bool:
+        if not self.running():
+            return False
+        from one_drivers.core.errors import DriverError, NotFound
+        from one_drivers.core.oned import Oned
+
+        try:
+            Oned(self.env()["ONE_XMLRPC"], self.auth.read_text().strip(), timeout=2).vm(-1)
+        except NotFound:
+            return True
+        except (DriverError, OSError):
+            return False
+        return True
+
+    def up(self) -> None:
+        self.down()
+        for sub in ("vm", "datastore"):  # recorded documents do not survive a restart
+            shutil.rmtree(self.dir / sub, ignore_errors=True)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.auth.write_text("oneadmin:lab-secret\n")
+        self.auth.chmod(0o600)
+        spawn([sys.executable, "-m", "one_drivers.lab.oned_standin", "--dir", str(self.dir),
+               "--port", str(self.port)], log=self.dir / "oned-standin.log",
+              pidfile=self.pidfile)
+
+        def serving() -> bool:
+            if not self.running():
+                raise LabError(f"the oned stand-in exited; see {self.dir}/oned-standin.log")
+            return self.healthy()
+
+        wait_for(serving, timeout=15, what="the oned stand-in", interval=0.05)
+
+    def down(self) -> list[str]:
+        return ["oned-standin"] if stop(self.pidfile) else []
+
+
+def serve(directory: Path, port: int) -> None:
+    session = (directory / "one_auth").read_text().strip()
+
+    def info(kind: str, method: str, sess: str, obj_id: int, decrypt: bool = False) -> Answer:
+        if sess != session:
+            return [False, f"[{method}] User couldn't be authenticated, aborting call.",
+                    AUTHENTICATION]
+        path = directory / kind / f"{int(obj_id)}.xml"
+        if not path.exists():
+            what = "virtual machine" if kind == "vm" else "datastore"
+            return [False, f"[{method}] Error getting {what} [{obj_id}].", NO_EXISTS]
+        return [True, path.read_text(), 0]
+
+    class Quiet(SimpleXMLRPCRequestHandler):
+        rpc_paths = ("/RPC2",)
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    server = SimpleXMLRPCServer(("127.0.0.1", port), requestHandler=Quiet, logRequests=False,
+                                allow_none=True)
+    server.register_function(lambda s, i, d=False: info("vm", "one.vm.info", s, i, d),
+                             "one.vm.info")
+    server.register_function(
+        lambda s, i, d=False: info("datastore", "one.datastore.info", s, i, d),
+        "one.datastore.info")
+    server.serve_forever()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--dir", required=True, type=Path)
+    parser.add_argument("--port", required=True, type=int)
+    args = parser.parse_args()
+    serve(args.dir, args.port)
+
+
+if __name__ == "__main__":
+    main()
