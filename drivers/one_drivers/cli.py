@@ -90,6 +90,19 @@ def cmd_trash_purge(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_run_transfer(args: argparse.Namespace) -> int:
+    from one_drivers.core.config import DEFAULT_REMOTES
+    from one_drivers.core.errors import DriverError
+    from one_drivers.tm.transfer import run_transfer
+
+    try:
+        return run_transfer(Path(args.file), Path(args.remotes or DEFAULT_REMOTES),
+                            timeout=args.timeout)
+    except DriverError as exc:
+        print(exc, file=sys.stderr)
+        return exc.exit_code
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from one_drivers.demo import run_demo
 
@@ -125,6 +138,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--remotes", help="OpenNebula remotes dir holding the driver configuration")
     p.add_argument("--timeout", type=float, default=300, help="seconds the purge may take")
     p.set_defaults(func=cmd_trash_purge)
+
+    p = sub.add_parser("tm", help="transfer manager tools")
+    tm_sub = p.add_subparsers(dest="tm_command", required=True)
+    p = tm_sub.add_parser("run-transfer", help="run an oned transfer file line by line")
+    p.add_argument("file", help="transfer file (transfer.<seq>.<op>)")
+    p.add_argument("--remotes", help="remotes tree with the TM scripts (default: "
+                                      "/var/lib/one/remotes)")
+    p.add_argument("--timeout", type=float, default=3600, help="seconds per line")
+    p.set_defaults(func=cmd_run_transfer)
 
     p = sub.add_parser("demo", help="bring the lab up and run real actions end to end")
     p.set_defaults(func=cmd_demo)

@@ -17,6 +17,7 @@ from one_drivers.core.errors import UsageError
 # family -> driver name -> package. Adding a driver means adding a line here.
 PACKAGES: dict[str, dict[str, str]] = {
     "datastore": {"rbd": "one_drivers.datastore.rbd"},
+    "tm": {"rbd": "one_drivers.tm.rbd"},
 }
 
 ActionFn = Callable[[Call], "str | None"]

@@ -40,3 +40,34 @@ def ds_doc(env: dict[str, str], image_id: int | None = None, *, ds_id: int = 100
                  f"<TEMPLATE>{elements(lab_ds_template(env, **(ds or {})))}</TEMPLATE>"
                  "</DATASTORE></DS_DRIVER_ACTION_DATA>")
     return "".join(parts)
+
+
+def datastore_doc(env: dict[str, str], ds_id: int, *, system: bool = False,
+                  **extra: Any) -> str:
+    """A DATASTORE as ``one.datastore.info`` returns it (image or system, TM_MAD rbd)."""
+    return (f"<DATASTORE><ID>{ds_id}</ID><NAME>{'sys' if system else 'img'}_{ds_id}</NAME>"
+            f"<DS_MAD>{'-' if system else 'rbd'}</DS_MAD><TM_MAD>rbd</TM_MAD>"
+            f"<TYPE>{1 if system else 0}</TYPE><BASE_PATH>/var/lib/one/datastores/{ds_id}"
+            f"</BASE_PATH><TEMPLATE>{elements(lab_ds_template(env, **extra))}</TEMPLATE>"
+            "</DATASTORE>")
+
+
+def disk_attrs(env: dict[str, str], disk_id: int, **attrs: Any) -> dict[str, Any]:
+    """A VM DISK with what oned copies from its datastore (INHERIT_DATASTORE_ATTR)."""
+    inherited = {k: v for k, v in lab_ds_template(env).items()
+                 if k in ("POOL_NAME", "CEPH_USER", "CEPH_KEY", "CEPH_CONF", "CEPH_HOST",
+                          "DISK_TYPE")}
+    return {"DISK_ID": disk_id, "TM_MAD": "rbd", "TARGET": f"vd{chr(97 + disk_id)}",
+            **inherited, **attrs}
+
+
+def vm_doc(vm_id: int, disks: list[dict[str, Any]], *, lcm_state: int = 3,
+           host: str = "node1", sys_ds: int = 0) -> str:
+    """A VM as ``one.vm.info`` returns it, with DISKs and a HISTORY record."""
+    disk_xml = "".join(f"<DISK>{elements(d)}</DISK>" for d in disks)
+    return (f"<VM><ID>{vm_id}</ID><NAME>vm{vm_id}</NAME><STATE>3</STATE>"
+            f"<LCM_STATE>{lcm_state}</LCM_STATE><DEPLOY_ID/>"
+            f"<TEMPLATE>{disk_xml}</TEMPLATE><USER_TEMPLATE/>"
+            f"<HISTORY_RECORDS><HISTORY><HOSTNAME>{escape(host)}</HOSTNAME><HID>0</HID>"
+            f"<DS_ID>{sys_ds}</DS_ID><VM_MAD>libvirt</VM_MAD><TM_MAD>rbd</TM_MAD></HISTORY>"
+            "</HISTORY_RECORDS></VM>")

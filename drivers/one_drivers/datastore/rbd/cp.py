@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from one_drivers.ceph import qemu_img
+from one_drivers.ceph.build import build_image
+from one_drivers.ceph.ownership import stamp
 from one_drivers.ceph.pool import Pool, rbd_pool
 from one_drivers.ceph.rbd_ops import create, open_image
 from one_drivers.ceph.stream import (
@@ -32,7 +34,6 @@ from one_drivers.core.config import Settings
 from one_drivers.core.contract import Call
 from one_drivers.core.errors import ActionFailed, BadInput
 from one_drivers.core.retry import Deadline
-from one_drivers.datastore.rbd.build import build_image
 from one_drivers.datastore.rbd.common import answer, ds_settings, target
 from one_drivers.datastore.rbd.sources import Opened, open_source, sniff_format
 
@@ -152,7 +153,8 @@ def cp(call: Call) -> str:
     settings = ds_settings(call)
     dst = target(call, settings)
     with rbd_pool(settings, call.deadline, call.subject) as pool:
-        build_image(pool, dst, image_id=call.doc.image.id, datastore_id=call.doc.datastore.id,
+        build_image(pool, dst, meta=stamp("image", datastore=call.doc.datastore.id,
+                                            image=call.doc.image.id), identity=("image",),
                     subject=call.subject,
                     make=lambda name, meta: import_source(pool, name, meta, call, settings))
     return answer(dst)

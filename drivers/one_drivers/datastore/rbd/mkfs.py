@@ -7,13 +7,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from one_drivers.ceph.build import build_image
 from one_drivers.ceph.formatting import check_supported, format_into
+from one_drivers.ceph.ownership import stamp
 from one_drivers.ceph.pool import rbd_pool
 from one_drivers.ceph.rbd_ops import create
 from one_drivers.core import log
 from one_drivers.core.contract import Call
 from one_drivers.core.errors import BadInput
-from one_drivers.datastore.rbd.build import build_image
 from one_drivers.datastore.rbd.common import answer, ds_settings, target
 
 
@@ -39,6 +40,7 @@ def mkfs(call: Call) -> str:
                 log.info(f"formatting {image.size_mb} MB as {fs}")
                 format_into(pool.ioctx, name, size, fs, staging_dir, call.deadline)
 
-        build_image(pool, dst, image_id=image.id, datastore_id=call.doc.datastore.id,
+        build_image(pool, dst, meta=stamp("image", datastore=call.doc.datastore.id,
+                                            image=image.id), identity=("image",),
                     make=make, subject=call.subject)
     return answer(dst)

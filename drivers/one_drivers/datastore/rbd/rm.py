@@ -9,6 +9,7 @@ goes. CEPH_TRASH=yes moves the image to the trash for TRASH_DEFERMENT seconds in
 
 from __future__ import annotations
 
+from one_drivers.ceph.build import drop_staging
 from one_drivers.ceph.cloning import release_parent
 from one_drivers.ceph.naming import ImageSpec, carrier_pattern, staging_name
 from one_drivers.ceph.pool import Pool, rbd_pool
@@ -21,7 +22,6 @@ from one_drivers.ceph.rbd_ops import (
 )
 from one_drivers.core import log
 from one_drivers.core.contract import Call
-from one_drivers.datastore.rbd.build import drop_staging
 from one_drivers.datastore.rbd.common import ds_settings, source_spec
 
 

@@ -18,8 +18,9 @@ from one_drivers.core import log
 from one_drivers.core.errors import ActionFailed
 
 
-def finished(pool: Pool, dst: ImageSpec, image_id: int) -> bool:
-    """True when ``dst`` is already our image for ``image_id``; refuse to touch anyone else's."""
+def finished(pool: Pool, dst: ImageSpec, identity: dict[str, str]) -> bool:
+    """True when ``dst`` is already ours with this ``identity`` (image id, or VM and disk);
+    refuse to touch anyone else's."""
     import rbd
 
     try:
@@ -27,10 +28,10 @@ def finished(pool: Pool, dst: ImageSpec, image_id: int) -> bool:
             meta = ownership.read(image)
     except rbd.ImageNotFound:
         return False
-    if meta.get("image") == str(image_id):
+    if meta and all(meta.get(k) == v for k, v in identity.items()):
         return True
-    raise ActionFailed(f"RBD image {dst} already exists and is not one-drivers' image "
-                       f"{image_id}", hint="it was left there by something else: "
+    raise ActionFailed(f"RBD image {dst} already exists and is not ours",
+                       hint="it was left there by something else: "
                        "check and remove it by hand, it is not ours to delete")
 
 
@@ -47,21 +48,21 @@ def drop_staging(pool: Pool, name: str) -> None:
     remove_image(pool.cluster, pool.ioctx, name)
 
 
-def build_image(pool: Pool, dst: ImageSpec, *, image_id: int, datastore_id: int,
+def build_image(pool: Pool, dst: ImageSpec, *, meta: dict[str, str], identity: tuple[str, ...],
                 make: Callable[[str, dict[str, str]], None], subject: str) -> bool:
-    """Run ``make(staging_name, metadata)`` and move the result to ``dst``.
+    """Run ``make(staging_name, meta)`` and move the result to ``dst``. ``identity`` names the
+    metadata fields that make an existing ``dst`` this very image (a finished earlier run).
 
     Returns False when the image was already there (nothing done).
     """
     import rbd
 
     with ceph_errors(f"checking {dst}", subject):
-        if finished(pool, dst, image_id):
+        if finished(pool, dst, {k: meta[k] for k in identity}):
             log.info(f"{dst} is already there: nothing to do")
             return False
         staging = staging_name(dst.name)
         drop_staging(pool, staging)
-    meta = ownership.stamp("image", datastore=datastore_id, image=image_id)
     try:
         with ceph_errors(f"writing {pool.name}/{staging}", subject):
             make(staging, meta)

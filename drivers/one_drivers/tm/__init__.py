@@ -1,0 +1,1 @@
+"""Transfer manager (TM) drivers: ``remotes/tm/<driver>/<action>``."""

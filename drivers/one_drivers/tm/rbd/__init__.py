@@ -1,0 +1,48 @@
+"""The ``rbd`` transfer-manager driver: VM disks as Ceph RBD images, through librbd."""
+
+from one_drivers.core.registry import Driver
+
+_M = "one_drivers.tm.rbd"
+
+DRIVER = Driver(
+    family="tm",
+    name="rbd",
+    description="Ceph RBD disks for VMs (librbd); VM directories on hosts over ssh",
+    actions={
+        "clone": f"{_M}.disks:clone",
+        "ln": f"{_M}.disks:ln",
+        "mkimage": f"{_M}.disks:mkimage",
+        "mkswap": f"{_M}.disks:mkswap",
+        "delete": f"{_M}.disks:delete",
+        "resize": f"{_M}.disks:resize",
+        "mvds": f"{_M}.disks:mvds",
+        "cpds": f"{_M}.disks:cpds",
+        "snap_create": f"{_M}.snapshots:snap_create",
+        "snap_revert": f"{_M}.snapshots:snap_revert",
+        "snap_delete": f"{_M}.snapshots:snap_delete",
+        "context": f"{_M}.vmdir:context",
+        "mv": f"{_M}.vmdir:mv",
+    },
+    defaults={
+        "POOL_NAME": ("one", "pool for volatile disks (the system datastore's POOL_NAME wins)"),
+        "CEPH_CONF": ("/etc/ceph/ceph.conf", "ceph.conf used to find the monitors"),
+        "CEPH_USER": ("", "cephx user (the disk's CEPH_USER, inherited from its datastore, wins)"),
+        "CEPH_KEY": ("", "keyring or keyfile of CEPH_USER"),
+        "CEPH_TRASH": ("no", "yes: delete moves disks to the RBD trash"),
+        "TRASH_DEFERMENT": ("86400", "seconds a trashed disk is kept"),
+        "CLONE_MAX_DEPTH": ("5", "clone chains deeper than this are flattened at once"),
+        "STAGING_DIR": ("/var/tmp", "where file systems for volatile disks are made"),
+        "ONED_TIMEOUT": ("15", "seconds a document lookup in oned may take"),
+        "SSH_TIMEOUT": ("60", "seconds a command on a host may take"),
+        "ACTION_TIMEOUT": ("1800", "seconds an action may take in total"),
+        "CEPH_CALL_TIMEOUT": ("30", "seconds a single Ceph call may take"),
+    },
+    oned_conf={
+        "LN_TARGET": "NONE",
+        "CLONE_TARGET": "SELF",
+        "SHARED": "YES",
+        "DS_MIGRATE": "NO",
+        "DRIVER": "raw",
+        "ALLOW_ORPHANS": "mixed",
+    },
+)

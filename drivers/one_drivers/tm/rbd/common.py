@@ -1,0 +1,69 @@
+"""What every TM action of the ``rbd`` driver shares.
+
+TM action lines carry only ``host:path``, ids and sizes; the disk's Ceph attributes (inherited from
+its image datastore: POOL_NAME, CEPH_USER, CEPH_KEY, CEPH_CONF, CEPH_TRASH...) come from the VM
+document and EC_POOL_NAME from the datastore, both read from oned (:mod:`one_drivers.core.oned`).
+Settings layer: defaults < driver config file < datastore template < disk attributes.
+"""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from typing import NamedTuple
+
+from one_drivers.ceph.naming import ImageSpec
+from one_drivers.core.config import Settings
+from one_drivers.core.contract import Call, HostPath
+from one_drivers.core.documents import VM, Datastore, Disk
+from one_drivers.core.errors import BadInput
+from one_drivers.core.oned import Oned
+
+
+class DiskContext(NamedTuple):
+    vm: VM
+    datastore: Datastore
+    disk: Disk
+    settings: Settings
+    spec: ImageSpec  # the RBD image this disk is
+    kind: str  # clone | persistent | volatile
+    source: ImageSpec | None  # the image a clone or persistent disk comes from
+
+
+def oned_for(call: Call) -> Oned:
+    return Oned(timeout=call.deadline.cap(call.settings.float("ONED_TIMEOUT", 15),
+                                          "asking oned"))
+
+
+def disk_image(vmid: int, disk: Disk, settings: Settings) -> tuple[ImageSpec, str,
+                                                                    ImageSpec | None]:
+    """The RBD image of a VM disk, upstream's names: ``SOURCE`` for a persistent disk,
+    ``SOURCE-<VM>-<DISK>`` for a clone, ``<POOL>/one-sys-<VM>-<DISK>`` for a volatile one."""
+    if disk.source is None:
+        pool = settings.get("POOL_NAME", "one") or "one"
+        return ImageSpec(pool, f"one-sys-{vmid}-{disk.disk_id}"), "volatile", None
+    source = ImageSpec.parse(disk.source, settings.get("POOL_NAME"))
+    if disk.clone:
+        return (ImageSpec(source.pool, f"{source.name}-{vmid}-{disk.disk_id}"), "clone",
+                source)
+    return source, "persistent", source
+
+
+def load(call: Call, where: HostPath, *, datastore_id: int | str | None = "dsid") -> DiskContext:
+    """The VM, datastore and disk an action line names (``where`` ends in ``disk.<i>``).
+    ``datastore_id`` None: the line has no datastore (resize may not), use the disk alone."""
+    vmid = call.args["vmid"]
+    index = where.disk_index
+    if index is None:
+        raise BadInput(f"{where} does not name a disk (expected .../disk.<i>)")
+    oned = oned_for(call)
+    vm = oned.vm(vmid)
+    ds_id = call.args["dsid"] if datastore_id == "dsid" else datastore_id
+    datastore = (oned.datastore(int(ds_id)) if ds_id is not None
+                 else Datastore(ET.Element("DATASTORE")))
+    disk = vm.disk(index)
+    if disk is None:
+        raise BadInput(f"VM {vmid} has no DISK with DISK_ID={index}",
+                       hint="the VM template and the transfer line disagree")
+    settings = call.settings.over(datastore.template).over(disk)
+    spec, kind, source = disk_image(vmid, disk, settings)
+    return DiskContext(vm, datastore, disk, settings, spec, kind, source)

@@ -1,0 +1,127 @@
+"""TM actions on the VM directory of a host: context, mv, delete (of the directory).
+
+With a Ceph system datastore the directory holds only what the host needs locally: the context
+ISO, the deployment file, snapshot metadata. Commands reach hosts through core remote execution
+(ssh in BatchMode, argv lists); data between two hosts flows through the front-end, so hosts need
+no ssh access to each other and a move to the same host is a no-op.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+from one_drivers.ceph.pool import rbd_pool
+from one_drivers.ceph.rbd_ops import ceph_errors, exists, remove_image
+from one_drivers.core import log, remote
+from one_drivers.core.contract import Call, HostPath
+from one_drivers.core.errors import ActionFailed, BadInput
+
+CHECKPOINT = "one-sys-{vmid}-checkpoint"
+
+
+def vm_dir_of(where: HostPath, vmid: int) -> str:
+    """The VM directory a line names, refusing anything that is not ``.../<VMID>``: these
+    paths end in ``rm -rf``."""
+    path = where.vm_dir.rstrip("/")
+    if not re.fullmatch(rf"/.+/\d+/{vmid}", path) or ".." in path.split("/"):
+        raise BadInput(f"{where} is not a VM directory of VM {vmid}",
+                       hint="expected <DATASTORE_LOCATION>/<SYS_DS_ID>/<VM_ID>")
+    return path
+
+
+def delete_vm_dir(call: Call, where: HostPath) -> None:
+    """The VM directory on the host, and the checkpoint image a stop may have left in Ceph."""
+    vmid = call.args["vmid"]
+    path = vm_dir_of(where, vmid)
+    timeout = call.deadline.cap(call.settings.float("SSH_TIMEOUT", 60), f"removing {path}")
+    remote.run(where.host, ["rm", "-rf", "--", path], timeout=timeout)
+    log.info(f"removed {where.host}:{path}")
+    settings = call.settings
+    try:
+        from one_drivers.tm.rbd.common import oned_for
+
+        settings = settings.over(oned_for(call).datastore(call.args["dsid"]).template)
+    except Exception as exc:  # the checkpoint is optional: a missing datastore must not block
+        log.info(f"no system datastore {call.args['dsid']} template ({exc}); "
+                 "looking for the checkpoint in the default pool")
+    name = CHECKPOINT.format(vmid=vmid)
+    with rbd_pool(settings, call.deadline, call.subject) as pool, \
+            ceph_errors(f"removing {pool.name}/{name}", call.subject):
+        if exists(pool.ioctx, name):
+            remove_image(pool.cluster, pool.ioctx, name)
+            log.info(f"removed {pool.name}/{name}")
+
+
+def context(call: Call) -> None:
+    """The context ISO, built here from the files given and written to ``disk.<i>`` on the host.
+    ``file:name`` entries are put in the ISO as ``name``."""
+    dst: HostPath = call.args["dst"]
+    vm_dir_of(dst, call.args["vmid"])
+    with tempfile.TemporaryDirectory(prefix="one-drivers-context-") as tmp:
+        content = Path(tmp) / "content"
+        content.mkdir()
+        for i, spec in enumerate(call.args["files"]):
+            src, _, name = spec.partition(":")
+            name = name or ("context.sh" if i == 0 else Path(src).name)
+            if "/" in name or name in ("", ".", ".."):
+                raise BadInput(f"context file name {name!r} is not a plain file name")
+            try:
+                shutil.copyfile(src, content / name)
+            except OSError as exc:
+                raise ActionFailed(f"cannot read context file {src}: {exc.strerror}") from None
+        iso = Path(tmp) / "context.iso"
+        timeout = call.deadline.cap(120, "building the context ISO")
+        try:
+            proc = subprocess.run(["xorriso", "-as", "mkisofs", "-quiet", "-V", "CONTEXT",
+                                   "-J", "-R", "-o", str(iso), str(content)],
+                                  capture_output=True, timeout=timeout, check=False)
+        except FileNotFoundError:
+            raise ActionFailed("xorriso is not installed on the front-end") from None
+        if proc.returncode != 0:
+            lines = proc.stderr.decode(errors="replace").strip().splitlines()
+            raise ActionFailed(f"building the context ISO failed: {lines[-1] if lines else ''}")
+        ssh_timeout = call.deadline.cap(call.settings.float("SSH_TIMEOUT", 60), "copying")
+        remote.run(dst.host, ["mkdir", "-p", "--", dst.vm_dir], timeout=ssh_timeout)
+        with open(iso, "rb") as fh:
+            remote.run(dst.host, ["dd", f"of={dst.path}.tmp", "bs=1M", "status=none"],
+                       stdin=fh, timeout=ssh_timeout)
+        remote.run(dst.host, ["mv", "-f", "--", f"{dst.path}.tmp", dst.path],
+                   timeout=ssh_timeout)
+    log.info(f"context ISO written to {dst}")
+
+
+def mv(call: Call) -> None:
+    """Per disk: nothing, disks are in Ceph. The VM directory: from host to host (stop,
+    undeploy, resume, cold migration), streamed through the front-end."""
+    src: HostPath = call.args["src"]
+    dst: HostPath = call.args["dst"]
+    if src.disk_index is not None:
+        return
+    vmid = call.args["vmid"]
+    src_dir, dst_dir = vm_dir_of(src, vmid), vm_dir_of(dst, vmid)
+    if src_dir == dst_dir and (src.host == dst.host or
+                               (remote.is_local(src.host) and remote.is_local(dst.host))):
+        log.info("source and destination are the same: nothing to move")
+        return
+    timeout = call.deadline.cap(call.settings.float("SSH_TIMEOUT", 600), "moving the VM dir")
+    parent, name = src_dir.rsplit("/", 1)
+    dst_parent = dst_dir.rsplit("/", 1)[0]
+    remote.run(dst.host, ["rm", "-rf", "--", dst_dir], timeout=timeout)
+    remote.run(dst.host, ["mkdir", "-p", "--", dst_parent], timeout=timeout)
+    reader = remote.popen(src.host, ["tar", "--sparse", "-C", parent, "-cf", "-", name],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        remote.run(dst.host, ["tar", "-C", dst_parent, "-xf", "-"], stdin=reader.stdout,
+                   timeout=timeout)
+    finally:
+        if reader.stdout is not None:
+            reader.stdout.close()
+        rc = reader.wait(timeout=timeout)
+    if rc != 0:
+        raise ActionFailed(f"reading {src} failed (tar exit {rc})")
+    remote.run(src.host, ["rm", "-rf", "--", src_dir], timeout=timeout)
+    log.info(f"moved {src} to {dst}")

@@ -1,0 +1,240 @@
+"""TM rbd: a VM's disks through their whole life, with transfer files as oned writes them, the
+documents served by the lab's oned stand-in, Ceph checked after each step, the VM directory on a
+host reached over the lab's real sshd."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import random
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from one_drivers.lab.documents import datastore_doc, disk_attrs, ds_doc, vm_doc
+from one_drivers.lab.lab import Lab
+from tests.helpers import allocated, rbd_names, read_image, run_remote, trash_names
+
+pytestmark = pytest.mark.lab
+
+MIB = 1024 * 1024
+IMAGE_DS, SYS_DS = 100, 101
+_ids = itertools.count(random.randint(10_000, 90_000) * 10)
+
+
+@pytest.fixture
+def world(lab_env, remotes, ceph_admin, tmp_path):
+    """Two datastores recorded in the oned stand-in, an image (cp'd through the DS driver) and a
+    persistent image, a VM directory root on the 'host'."""
+    oned = Lab().oned
+    oned.record("datastore", IMAGE_DS, datastore_doc(lab_env, IMAGE_DS))
+    oned.record("datastore", SYS_DS, datastore_doc(lab_env, SYS_DS, system=True))
+    image, persistent = next(_ids), next(_ids)
+    data = os.urandom(2 * MIB) + bytes(6 * MIB)
+    src = tmp_path / "disk.raw"
+    src.write_bytes(data)
+    for iid in (image, persistent):
+        doc = ds_doc(lab_env, iid, image={"PATH": str(src)}, ds={"SAFE_DIRS": "/tmp"})
+        assert run_remote(remotes, "datastore/rbd/cp", [str(iid)], doc).returncode == 0
+    root = tmp_path / "datastores"
+    yield {"oned": oned, "image": image, "persistent": persistent, "data": data, "root": root,
+           "env": lab_env}
+    for iid in (image, persistent):
+        run_remote(remotes, "datastore/rbd/rm", [str(iid)],
+                   ds_doc(lab_env, iid, image={"SOURCE": f"one/one-{iid}"}))
+
+
+def run_transfer(remotes: Path, tmp_path: Path, lines: list[str], env=None):
+    transfer = tmp_path / f"transfer.{next(_ids)}"
+    transfer.write_text("\n".join(lines) + "\n")
+    return subprocess.run([str(Path(sys.executable).parent / "one-drivers"), "tm",
+                           "run-transfer", str(transfer), "--remotes", str(remotes)],
+                          capture_output=True, text=True, timeout=600, check=False, env=env)
+
+
+def record_vm(world, vmid: int, host: str, **extra_disk_attrs) -> None:
+    env, image, persistent = world["env"], world["image"], world["persistent"]
+    disks = [
+        disk_attrs(env, 0, IMAGE_ID=image, SOURCE=f"one/one-{image}", CLONE="YES", TYPE="RBD",
+                   DATASTORE_ID=IMAGE_DS, SIZE=16, ORIGINAL_SIZE=8, **extra_disk_attrs),
+        disk_attrs(env, 1, TYPE="FS", FS="ext4", SIZE=32, DATASTORE_ID=SYS_DS),
+        disk_attrs(env, 2, TYPE="SWAP", SIZE=16, DATASTORE_ID=SYS_DS),
+        disk_attrs(env, 3, IMAGE_ID=persistent, SOURCE=f"one/one-{persistent}", CLONE="NO",
+                   PERSISTENT="YES", TYPE="RBD", DATASTORE_ID=IMAGE_DS),
+    ]
+    world["oned"].record("vm", vmid, vm_doc(vmid, disks, host=host, sys_ds=SYS_DS))
+
+
+def test_a_vm_life_through_transfer_files(world, remotes, ceph_admin, tmp_path, lab_env):
+    import rbd
+
+    _, ioctx = ceph_admin
+    vmid, image, persistent = next(_ids), world["image"], world["persistent"]
+    host = lab_env["ONE_LAB_SSH_HOST"]  # a host reached over real ssh
+    vm_dir = f"{world['root']}/{SYS_DS}/{vmid}"
+    record_vm(world, vmid, host)
+    ctx_file = tmp_path / "context.sh"
+    ctx_file.write_text("ETH0_IP='10.0.0.2'\n")
+    (tmp_path / "key.pub").write_text("ssh-ed25519 AAAA test\n")
+
+    prolog = run_transfer(remotes, tmp_path, [
+        f"CLONE rbd fe:one/one-{image} {host}:{vm_dir}/disk.0 {vmid} {IMAGE_DS}",
+        f"MKIMAGE rbd 32 raw {host}:{vm_dir}/disk.1 {vmid} {SYS_DS}",
+        f"MKSWAP rbd 16 {host}:{vm_dir}/disk.2 {vmid} {SYS_DS}",
+        f"LN rbd fe:one/one-{persistent} {host}:{vm_dir}/disk.3 {vmid} {IMAGE_DS}",
+        f"CONTEXT rbd {ctx_file} {tmp_path}/key.pub:authorized_keys {host}:{vm_dir}/disk.4 "
+        f"{vmid} {SYS_DS}",
+    ])
+    assert prolog.returncode == 0, prolog.stdout + prolog.stderr
+    clone_name = f"one-{image}-{vmid}-0"
+    with rbd.Image(ioctx, clone_name, read_only=True) as disk:
+        assert disk.get_parent_image_spec()["image_name"] == f"one-{image}"
+        assert disk.size() == 16 * MIB  # grown to the disk's SIZE
+    assert read_image(ioctx, clone_name)[:8 * MIB] == world["data"]
+    assert allocated(ioctx, clone_name) == 0  # copy-on-write
+    fs_disk = read_image(ioctx, f"one-sys-{vmid}-1")
+    assert len(fs_disk) == 32 * MIB and fs_disk[1080:1082] == b"\x53\xef"  # ext4
+    assert read_image(ioctx, f"one-sys-{vmid}-2")[4086:4096] == b"SWAPSPACE2"
+    iso = Path(vm_dir) / "disk.4"
+    listing = subprocess.run(["xorriso", "-indev", str(iso), "-ls", "/"], capture_output=True,
+                             text=True, check=True).stdout
+    assert "context.sh" in listing and "authorized_keys" in listing
+
+    again = run_transfer(remotes, tmp_path, [  # oned may retry a prolog: it converges
+        f"CLONE rbd fe:one/one-{image} {host}:{vm_dir}/disk.0 {vmid} {IMAGE_DS}",
+        f"MKIMAGE rbd 32 raw {host}:{vm_dir}/disk.1 {vmid} {SYS_DS}",
+    ])
+    assert again.returncode == 0, again.stdout + again.stderr
+
+    # disk snapshots on the running clone, a revert, a delete, a resize
+    with rbd.Image(ioctx, clone_name) as disk:
+        disk.write(b"before", 0)
+    snaps = run_transfer(remotes, tmp_path, [
+        f"SNAP_CREATE rbd {host}:{vm_dir}/disk.0 0 {vmid} {IMAGE_DS}",
+    ])
+    assert snaps.returncode == 0, snaps.stdout + snaps.stderr
+    with rbd.Image(ioctx, clone_name) as disk:
+        disk.write(b"after!", 0)
+    steps = run_transfer(remotes, tmp_path, [
+        f"SNAP_REVERT rbd {host}:{vm_dir}/disk.0 0 {vmid} {IMAGE_DS}",
+        f"SNAP_DELETE rbd {host}:{vm_dir}/disk.0 0 {vmid} {IMAGE_DS}",
+        f"RESIZE rbd {host}:{vm_dir}/disk.0 24 {vmid} {IMAGE_DS}",
+    ])
+    assert steps.returncode == 0, steps.stdout + steps.stderr
+    assert read_image(ioctx, clone_name)[:6] == b"before"
+    with rbd.Image(ioctx, clone_name, read_only=True) as disk:
+        assert disk.size() == 24 * MIB and list(disk.list_snaps()) == []
+
+    # disk-saveas into an image whose name the datastore reserved
+    saved = next(_ids)
+    reserve = run_remote(remotes, "datastore/rbd/mkfs", [str(saved)],
+                         ds_doc(lab_env, saved, image={"SIZE": 24, "FORMAT": "save_as"}))
+    assert reserve.stdout == f"one/one-{saved} raw\n"
+    cpds = run_transfer(remotes, tmp_path, [
+        f"CPDS rbd {host}:{vm_dir}/disk.0 one/one-{saved} -1 {vmid} {IMAGE_DS}",
+    ])
+    assert cpds.returncode == 0, cpds.stdout + cpds.stderr
+    assert read_image(ioctx, f"one-{saved}") == read_image(ioctx, clone_name)
+
+    # stop: the VM directory goes to the front-end (here: this machine, another path)
+    fe_dir = f"{tmp_path}/fe/datastores/{SYS_DS}/{vmid}"
+    stop = run_transfer(remotes, tmp_path, [
+        f"MV rbd {host}:{vm_dir}/disk.0 localhost:{fe_dir}/disk.0 {vmid} {IMAGE_DS}",
+        f"MV rbd {host}:{vm_dir} localhost:{fe_dir} {vmid} {SYS_DS}",
+    ])
+    assert stop.returncode == 0, stop.stdout + stop.stderr
+    assert (Path(fe_dir) / "disk.4").exists() and not Path(vm_dir).exists()
+    resume = run_transfer(remotes, tmp_path, [
+        f"MV rbd localhost:{fe_dir} {host}:{vm_dir} {vmid} {SYS_DS}",
+        f"MV rbd {host}:{vm_dir} {host}:{vm_dir} {vmid} {SYS_DS}",  # same host: no-op
+    ])
+    assert resume.returncode == 0, resume.stdout + resume.stderr
+    assert (Path(vm_dir) / "disk.4").exists()
+
+    # terminate: persistent disk kept, everything else gone, the image's clone snapshot too
+    epilog = run_transfer(remotes, tmp_path, [
+        f"MVDS rbd {host}:{vm_dir}/disk.3 one/one-{persistent} {vmid} {IMAGE_DS}",
+        f"DELETE rbd {host}:{vm_dir}/disk.0 {vmid} {IMAGE_DS}",
+        f"DELETE rbd {host}:{vm_dir}/disk.1 {vmid} {SYS_DS}",
+        f"DELETE rbd {host}:{vm_dir}/disk.2 {vmid} {SYS_DS}",
+        f"DELETE rbd {host}:{vm_dir}/disk.3 {vmid} {IMAGE_DS}",
+        f"DELETE rbd {host}:{vm_dir} {vmid} {SYS_DS}",
+    ])
+    assert epilog.returncode == 0, epilog.stdout + epilog.stderr
+    names = rbd_names(ioctx) | trash_names(ioctx)
+    assert not {n for n in names if f"-{vmid}-" in n}
+    assert {f"one-{image}", f"one-{persistent}", f"one-{saved}"} <= names
+    with rbd.Image(ioctx, f"one-{image}", read_only=True) as img:
+        assert [s["name"] for s in img.list_snaps()] == []  # its clone snapshot went too
+    assert not Path(vm_dir).exists()
+    repeat = run_transfer(remotes, tmp_path, [  # a retried epilog succeeds on what is gone
+        f"DELETE rbd {host}:{vm_dir}/disk.0 {vmid} {IMAGE_DS}",
+        f"DELETE rbd {host}:{vm_dir} {vmid} {SYS_DS}",
+    ])
+    assert repeat.returncode == 0, repeat.stdout + repeat.stderr
+    run_remote(remotes, "datastore/rbd/rm", [str(saved)],
+               ds_doc(lab_env, saved, image={"SOURCE": f"one/one-{saved}"}))
+
+
+def test_fifteen_clones_of_one_image_at_once(world, remotes, ceph_admin, tmp_path, lab_env):
+    _, ioctx = ceph_admin
+    vms = [next(_ids) for _ in range(15)]
+    for vmid in vms:
+        record_vm(world, vmid, "localhost")
+
+    def clone(vmid: int) -> subprocess.CompletedProcess[str]:
+        return run_transfer(remotes, tmp_path, [
+            f"CLONE rbd fe:one/one-{world['image']} localhost:{world['root']}/{SYS_DS}/{vmid}"
+            f"/disk.0 {vmid} {IMAGE_DS}"])
+
+    with ThreadPoolExecutor(15) as pool:
+        results = list(pool.map(clone, vms))
+    assert [r.returncode for r in results] == [0] * 15, [r.stderr for r in results if
+                                                         r.returncode]
+    for vmid in vms:
+        assert read_image(ioctx, f"one-{world['image']}-{vmid}-0")[:8 * MIB] == world["data"]
+    with ThreadPoolExecutor(15) as pool:
+        gone = list(pool.map(lambda v: run_transfer(remotes, tmp_path, [
+            f"DELETE rbd localhost:{world['root']}/{SYS_DS}/{v}/disk.0 {v} {IMAGE_DS}"]), vms))
+    assert [r.returncode for r in gone] == [0] * 15
+    assert not {n for n in rbd_names(ioctx) if n.startswith(f"one-{world['image']}-")}
+
+
+def test_bad_lines_missing_disks_and_unreachable_hosts(world, remotes, tmp_path, lab_env):
+    vmid = next(_ids)
+    record_vm(world, vmid, "localhost")
+    vm_dir = f"{world['root']}/{SYS_DS}/{vmid}"
+    bad = run_transfer(remotes, tmp_path, ["CLONE"])
+    assert bad.returncode == 3 and "is not '<ACTION> <TM_MAD> <ARGS...>'" in bad.stderr
+    unknown = run_transfer(remotes, tmp_path, [f"FROBNICATE rbd a b {vmid} 1"])
+    assert unknown.returncode == 2
+    no_disk = run_transfer(remotes, tmp_path, [
+        f"CLONE rbd fe:one/one-{world['image']} localhost:{vm_dir}/disk.9 {vmid} {IMAGE_DS}"])
+    assert no_disk.returncode == 3
+    assert f"VM {vmid} has no DISK with DISK_ID=9" in no_disk.stderr
+    no_vm = run_transfer(remotes, tmp_path, [
+        f"CLONE rbd fe:one/one-{world['image']} localhost:/x/{SYS_DS}/1/disk.0 1 {IMAGE_DS}"])
+    assert no_vm.returncode == 6 and "Error getting virtual machine [1]" in no_vm.stderr
+    stops = run_transfer(remotes, tmp_path, [
+        f"MKSWAP rbd 16 localhost:{vm_dir}/disk.9 {vmid} {SYS_DS}",
+        f"MKSWAP rbd 16 localhost:{vm_dir}/disk.2 {vmid} {SYS_DS}",
+    ])
+    assert stops.returncode == 3 and "line 1 (MKSWAP)" in stops.stderr
+    assert f"MKSWAP rbd 16 localhost:{vm_dir}/disk.2" not in stops.stdout  # stopped there
+    cfg = tmp_path / "ssh_config"
+    cfg.write_text("Host dead-host\n  HostName 127.0.0.1\n  Port 9\n  BatchMode yes\n")
+    ctx = tmp_path / "context.sh"
+    ctx.write_text("X=1\n")
+    dead = run_transfer(remotes, tmp_path, [
+        f"CONTEXT rbd {ctx} dead-host:{vm_dir}/disk.4 {vmid} {SYS_DS}"],
+        env={**os.environ, "ONE_DRIVERS_SSH_CONFIG": str(cfg)})
+    assert dead.returncode == 4 and "cannot reach dead-host over ssh" in dead.stderr
+    oned_down = run_transfer(remotes, tmp_path, [
+        f"CLONE rbd fe:one/one-{world['image']} localhost:{vm_dir}/disk.0 {vmid} {IMAGE_DS}"],
+        env={**os.environ, "ONE_XMLRPC": "http://127.0.0.1:9/RPC2"})
+    assert oned_down.returncode == 4 and "cannot reach oned" in oned_down.stderr
+    evil = run_transfer(remotes, tmp_path, [f"DELETE rbd localhost:/ {vmid} {SYS_DS}"])
+    assert evil.returncode == 3 and "is not a VM directory" in evil.stderr
