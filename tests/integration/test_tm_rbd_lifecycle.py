@@ -215,9 +215,11 @@ def test_bad_lines_missing_disks_and_unreachable_hosts(world, remotes, tmp_path,
         f"CLONE rbd fe:one/one-{world['image']} localhost:{vm_dir}/disk.9 {vmid} {IMAGE_DS}"])
     assert no_disk.returncode == 3
     assert f"VM {vmid} has no DISK with DISK_ID=9" in no_disk.stderr
+    ghost = 987_654_321  # never recorded in the stand-in
     no_vm = run_transfer(remotes, tmp_path, [
-        f"CLONE rbd fe:one/one-{world['image']} localhost:/x/{SYS_DS}/1/disk.0 1 {IMAGE_DS}"])
-    assert no_vm.returncode == 6 and "Error getting virtual machine [1]" in no_vm.stderr
+        f"CLONE rbd fe:one/one-{world['image']} localhost:/x/{SYS_DS}/{ghost}/disk.0 {ghost} "
+        f"{IMAGE_DS}"])
+    assert no_vm.returncode == 6 and f"Error getting virtual machine [{ghost}]" in no_vm.stderr
     stops = run_transfer(remotes, tmp_path, [
         f"MKSWAP rbd 16 localhost:{vm_dir}/disk.9 {vmid} {SYS_DS}",
         f"MKSWAP rbd 16 localhost:{vm_dir}/disk.2 {vmid} {SYS_DS}",

@@ -74,7 +74,8 @@ def _adopt(pool: Pool, dst: ImageSpec, src: ImageSpec, meta: dict[str, str],
 
 
 def clone_image(pool: Pool, src: ImageSpec, dst: ImageSpec, *, new_snap: str,
-                meta: dict[str, str], identity: dict[str, str], max_depth: int) -> int:
+                meta: dict[str, str], identity: dict[str, str], max_depth: int,
+                grow_to: int = 0) -> int:
     """Clone ``src`` (an image) as ``dst`` in ``pool``; returns the chain depth of the result."""
     import rbd
 
@@ -87,7 +88,7 @@ def clone_image(pool: Pool, src: ImageSpec, dst: ImageSpec, *, new_snap: str,
                 if snap not in snap_names(source):
                     source.create_snap(snap)
                 clone(src_ioctx, origin, pool.ioctx, dst.name, data_pool=pool.access.data_pool,
-                      meta=meta)
+                      meta=meta, grow_to=grow_to)
             except rbd.ImageExists:
                 _adopt(pool, dst, src, meta, identity)
         levels = depth(pool.cluster, src_ioctx, src.name) + 1 if is_clone else 1

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +30,8 @@ def check_supported(fs: str, supported: str | None) -> None:
 
 def format_into(ioctx: Any, name: str, size: int, fs: str, staging_dir: Path,
                 deadline: Deadline) -> None:
+    import tempfile  # only actions that format pay for it
+
     staging_dir.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix="one-drivers-mkfs-", dir=staging_dir)
     tool = MAKERS[fs][0]

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import time
 from typing import Any
 
@@ -18,7 +17,7 @@ OWNER = "one-drivers"
 def stamp(kind: str, **fields: object) -> dict[str, str]:
     """The metadata written on an image we create (``kind``: image, clone, volatile, ...)."""
     meta = {"owner": OWNER, "kind": kind, "created": str(int(time.time())),
-            "creator": f"{socket.gethostname()}:{os.getpid()}"}
+            "creator": f"{os.uname().nodename}:{os.getpid()}"}
     meta.update({k: str(v) for k, v in fields.items() if v is not None})
     return meta
 

@@ -64,7 +64,7 @@ def create(ioctx: Any, name: str, size: int, *, data_pool: str | None,
 
 
 def clone(parent_ioctx: Any, parent: ImageSpec, ioctx: Any, name: str, *,
-          data_pool: str | None, meta: dict[str, str]) -> None:
+          data_pool: str | None, meta: dict[str, str], grow_to: int = 0) -> None:
     """A copy-on-write clone of ``parent`` (with its snapshot) as ``name``.
 
     Clone v2 needs no protected snapshot; a parent snapshot that is protected already (upstream's
@@ -78,6 +78,8 @@ def clone(parent_ioctx: Any, parent: ImageSpec, ioctx: Any, name: str, *,
                     data_pool=data_pool or None)
     with open_image(ioctx, name) as image:
         ownership.apply(image, meta)
+        if image.size() < grow_to:  # a disk bigger than its image: in the same open
+            image.resize(grow_to)
 
 
 def user_snaps(image: Any) -> list[dict[str, Any]]:

@@ -18,7 +18,6 @@ import socket
 import urllib.parse
 import xml.etree.ElementTree as ET
 from pathlib import Path
-from xml.sax.saxutils import escape
 
 from one_drivers.core.documents import VM, Datastore
 from one_drivers.core.errors import (
@@ -29,7 +28,7 @@ from one_drivers.core.errors import (
     NotFound,
     PermissionDenied,
 )
-from one_drivers.core.xmlview import parse_xml
+from one_drivers.core.xmlview import escape, parse_xml
 
 DEFAULT_ENDPOINT = "http://localhost:2633/RPC2"
 # OpenNebula's error codes (include/RequestManager... ErrorCode)

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from typing import Any
-from xml.sax.saxutils import escape
+
+from one_drivers.core.xmlview import escape
 
 
 def elements(values: dict[str, Any]) -> str:

@@ -9,12 +9,12 @@ from __future__ import annotations
 import hashlib
 import socket
 import urllib.parse
-from xml.sax.saxutils import escape
 
 from one_drivers.ceph.pool import rbd_pool
 from one_drivers.ceph.rbd_ops import ceph_errors, open_image
 from one_drivers.ceph.stream import CHUNK, Progress
 from one_drivers.core.contract import Call
+from one_drivers.core.xmlview import escape
 from one_drivers.datastore.rbd.common import ds_settings, source_spec
 
 MIB = 1024 * 1024

@@ -29,7 +29,6 @@ from one_drivers.core import log
 from one_drivers.core.contract import Call, HostPath
 from one_drivers.core.errors import ActionFailed, BadInput, NotFound
 from one_drivers.tm.rbd.common import DiskContext, load
-from one_drivers.tm.rbd.vmdir import delete_vm_dir
 
 MIB = 1024 * 1024
 LCM_DISK_RESIZE = 62  # a running VM's disk resize: libvirt's block resize grows the image
@@ -63,8 +62,8 @@ def clone(call: Call) -> None:
                                                call.subject):
         levels = clone_image(pool, ctx.source, ctx.spec, new_snap=f"vm{vmid}-{disk_id}",
                              meta=meta, identity={"vm": str(vmid), "disk": str(disk_id)},
-                             max_depth=ctx.settings.int("CLONE_MAX_DEPTH", 5))
-        _grow(pool, ctx.spec.name, ctx.disk.size_mb)
+                             max_depth=ctx.settings.int("CLONE_MAX_DEPTH", 5),
+                             grow_to=(ctx.disk.size_mb or 0) * MIB)
     log.info(f"{ctx.spec}: copy-on-write clone of {ctx.source}"
              + (f" ({levels} level(s) deep)" if levels else " (flattened)"))
 
@@ -120,6 +119,8 @@ def delete(call: Call) -> None:
     persistent image. For the VM directory: the directory on the host and the checkpoint."""
     where: HostPath = call.args["dst"]
     if where.disk_index is None:
+        from one_drivers.tm.rbd.vmdir import delete_vm_dir  # the host side: ssh and friends
+
         delete_vm_dir(call, where)
         return
     try:

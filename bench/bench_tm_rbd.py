@@ -1,0 +1,241 @@
+"""TM rbd against upstream's ``rbd`` CLI sequences, on the lab's Ceph (issue 8's targets).
+
+Upstream's ssh sessions and ``onevm show`` / ``onedatastore show`` calls are not counted, so the
+baselines flatter upstream; ours includes its two oned lookups (the lab's stand-in).
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from common import report
+from one_drivers.core.remotes import install
+from one_drivers.lab.documents import datastore_doc, disk_attrs, vm_doc
+from one_drivers.lab.lab import Lab
+
+GIB = 1 << 30
+IMAGE_DS = 100
+
+
+def timed(argv: list[str], check: bool = True) -> float:
+    t = time.perf_counter()
+    proc = subprocess.run(argv, capture_output=True, check=False)
+    took = time.perf_counter() - t
+    if check and proc.returncode != 0:
+        raise RuntimeError(f"{argv}: {proc.stderr.decode(errors='replace').strip()}")
+    return took
+
+
+def remove(ioctx: Any, *names: str) -> None:
+    import rbd
+
+    for name in names:
+        try:
+            with rbd.Image(ioctx, name) as image:
+                for snap in list(image.list_snaps()):
+                    if image.is_protected_snap(snap["name"]):
+                        image.unprotect_snap(snap["name"])
+                    image.remove_snap(snap["name"])
+            rbd.RBD().remove(ioctx, name)
+        except rbd.ImageNotFound:
+            continue
+
+
+class Setup:
+    def __init__(self, env: dict[str, str], ioctx: Any, remotes: Path) -> None:
+        self.env, self.ioctx, self.remotes = env, ioctx, remotes
+        self.oned = Lab().oned
+        self.oned.record("datastore", IMAGE_DS, datastore_doc(env, IMAGE_DS))
+        self.rbd = ["rbd", "--conf", env["CEPH_CONF"], "--id", env["ONE_LAB_CEPH_USER"],
+                    "--keyring", env["ONE_LAB_CEPH_KEYRING"]]
+
+    def vm(self, vmid: int, image: str) -> None:
+        disk = disk_attrs(self.env, 0, SOURCE=f"one/{image}", CLONE="YES", TYPE="RBD",
+                          DATASTORE_ID=IMAGE_DS)
+        self.oned.record("vm", vmid, vm_doc(vmid, [disk]))
+
+    def tm(self, action: str, *args: object) -> list[str]:
+        return [str(self.remotes / "tm" / "rbd" / action), *map(str, args)]
+
+
+def bench_clone(s: Setup, runs: int) -> float:
+    import rbd
+
+    results = {}
+    for label, size in (("1 GiB", GIB), ("100 GiB", 100 * GIB)):
+        image = f"one-{993_000 + size // GIB}"
+        rbd.RBD().create(s.ioctx, image, size)
+        ours, theirs = [], []
+        for i in range(runs):
+            vmid = 80_000 + i
+            s.vm(vmid, image)
+            ours.append(timed(s.tm("clone", f"fe:one/{image}", f"node:/d/0/{vmid}/disk.0",
+                                   vmid, IMAGE_DS)))
+            remove(s.ioctx, f"{image}-{vmid}-0")
+            t = time.perf_counter()  # upstream's sequence for the same work
+            timed([*s.rbd, "info", f"one/{image}-{vmid}-0"], check=False)
+            timed([*s.rbd, "info", f"one/{image}"])
+            timed([*s.rbd, "snap", "create", f"one/{image}@snap"])
+            timed([*s.rbd, "snap", "protect", f"one/{image}@snap"])
+            timed([*s.rbd, "clone", f"one/{image}@snap", f"one/{image}-{vmid}-0"])
+            theirs.append(time.perf_counter() - t)
+            remove(s.ioctx, f"{image}-{vmid}-0")
+            with rbd.Image(s.ioctx, image) as img:
+                img.unprotect_snap("snap")
+                img.remove_snap("snap")
+        results[label] = (statistics.median(ours), statistics.median(theirs))
+        remove(s.ioctx, image)
+    ours_1, theirs_1 = results["1 GiB"]
+    report(f"TM clone, as a process ({runs} runs each)", "tm/rbd/clone (with 2 oned lookups)",
+           ours_1, "rbd info, info, snap create, protect, clone (upstream)", theirs_1)
+    print(f"  ratio {theirs_1 / ours_1:.1f}x (target >= 2x); 1 GiB vs 100 GiB image: "
+          f"{ours_1 * 1000:.0f} vs {results['100 GiB'][0] * 1000:.0f} ms")
+    return theirs_1 / ours_1
+
+
+def breakdown(s: Setup) -> None:
+    """Where a clone's time goes, measured in one process step by step."""
+    import rbd
+
+    image = "one-994000"
+    rbd.RBD().create(s.ioctx, image, GIB)
+    s.vm(81_000, image)
+    code = f"""
+import time, sys
+t0 = time.perf_counter(); marks = []
+def mark(what):
+    marks.append((what, time.perf_counter()))
+import one_drivers.core.runner, one_drivers.tm.rbd.disks; mark("one_drivers imports")
+import rados, rbd; mark("rados + rbd imports")
+from one_drivers.core.oned import Oned
+o = Oned(); o.vm(81000); o.datastore({IMAGE_DS}); mark("two oned lookups")
+c = rados.Rados(conffile={s.env['CEPH_CONF']!r}, rados_id={s.env['ONE_LAB_CEPH_USER']!r},
+                conf={{"keyring": {s.env['ONE_LAB_CEPH_KEYRING']!r}}})
+c.connect(); io = c.open_ioctx("one"); mark("Ceph connect")
+with rbd.Image(io, {image!r}) as i: i.create_snap("b")
+rbd.RBD().clone(io, {image!r}, "b", io, "bench-bd")
+with rbd.Image(io, "bench-bd") as i: i.metadata_set("one_drivers", "{{}}")
+mark("Ceph work (snapshot, clone, metadata)")
+rbd.RBD().remove(io, "bench-bd")
+with rbd.Image(io, {image!r}) as i: i.remove_snap("b")
+c.shutdown()
+prev = t0
+for what, t in marks:
+    print(f"{{what}}: {{(t - prev) * 1000:.1f}} ms"); prev = t
+"""
+    bare = statistics.median(timed([sys.executable, "-I", "-c", "pass"]) for _ in range(10))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    print(f"  breakdown: interpreter start {bare * 1000:.1f} ms; "
+          + "; ".join(out.strip().splitlines()))
+    remove(s.ioctx, image)
+
+
+def bench_parallel(s: Setup, count: int = 100, width: int = 15) -> float:
+    import rbd
+
+    image = "one-995000"
+    rbd.RBD().create(s.ioctx, image, GIB)
+    vms = [82_000 + i for i in range(count)]
+    for vmid in vms:
+        s.vm(vmid, image)
+
+    def one(vmid: int) -> int:
+        proc = subprocess.run(s.tm("clone", f"fe:one/{image}", f"node:/d/0/{vmid}/disk.0",
+                                   vmid, IMAGE_DS), capture_output=True, check=False)
+        return proc.returncode
+
+    t = time.perf_counter()
+    with ThreadPoolExecutor(width) as pool:
+        codes = list(pool.map(one, vms))
+    took = time.perf_counter() - t
+    failures = sum(1 for c in codes if c != 0)
+    print(f"\n{count} TM clones of one image, {width} at a time: {took:.1f} s in all, "
+          f"{took / count * 1000:.0f} ms each on average, {failures} failures")
+    remove(s.ioctx, *[f"{image}-{v}-0" for v in vms], image)
+    return float(failures)
+
+
+def bench_delete(s: Setup, runs: int) -> float:
+    import rbd
+
+    image = "one-996000"
+    rbd.RBD().create(s.ioctx, image, GIB)
+    ours, theirs = [], []
+    for i in range(runs):
+        vmid = 83_000 + i
+        s.vm(vmid, image)
+        clone = f"{image}-{vmid}-0"
+        for protect, times in ((False, ours), (True, theirs)):
+            with rbd.Image(s.ioctx, image) as img:
+                img.create_snap("snap")
+                img.protect_snap("snap")
+            rbd.RBD().clone(s.ioctx, image, "snap", s.ioctx, clone)
+            with rbd.Image(s.ioctx, clone) as c:
+                for n in range(5):
+                    c.create_snap(str(n))
+                    if protect:
+                        c.protect_snap(str(n))
+            if not protect:
+                times.append(timed(s.tm("delete", f"node:/d/0/{vmid}/disk.0", vmid,
+                                        IMAGE_DS)))
+                remove(s.ioctx, clone)
+                with rbd.Image(s.ioctx, image) as img:
+                    if "snap" in [x["name"] for x in img.list_snaps()]:
+                        img.unprotect_snap("snap")
+                        img.remove_snap("snap")
+                continue
+            t = time.perf_counter()  # upstream: rbd_top_parent, rbd_rm_r, rbd_rm_snap
+            timed([*s.rbd, "info", f"one/{clone}"])
+            timed([*s.rbd, "info", f"one/{image}"])
+            timed([*s.rbd, "snap", "ls", "--format", "json", f"one/{clone}"])
+            for n in range(5):
+                timed([*s.rbd, "children", f"one/{clone}@{n}"])
+                timed([*s.rbd, "snap", "unprotect", f"one/{clone}@{n}"])
+                timed([*s.rbd, "snap", "rm", f"one/{clone}@{n}"])
+            timed([*s.rbd, "rm", f"one/{clone}"])
+            timed([*s.rbd, "children", f"one/{image}@snap"])
+            timed([*s.rbd, "snap", "unprotect", f"one/{image}@snap"])
+            timed([*s.rbd, "snap", "rm", f"one/{image}@snap"])
+            times.append(time.perf_counter() - t)
+    remove(s.ioctx, image)
+    a, b = statistics.median(ours), statistics.median(theirs)
+    report(f"TM delete of a clone with 5 snapshots ({runs} runs each)", "tm/rbd/delete", a,
+           "upstream's 22 rbd CLI calls for it", b)
+    print(f"  ratio {b / a:.1f}x (target >= 5x)")
+    return b / a
+
+
+def main() -> dict[str, float]:
+    import rados
+
+    env = Lab().env()
+    os.environ.update(env)
+    cluster = rados.Rados(conffile=env["CEPH_CONF"], rados_id="admin")
+    cluster.connect(timeout=10)
+    ioctx = cluster.open_ioctx(env["ONE_LAB_CEPH_POOL"])
+    with tempfile.TemporaryDirectory() as tmp:
+        remotes = Path(tmp)
+        install(remotes, python=sys.executable)
+        s = Setup(env, ioctx, remotes)
+        try:
+            results = {"tm_clone_vs_cli": bench_clone(s, runs=7)}
+            breakdown(s)
+            results["tm_parallel_failures"] = bench_parallel(s)
+            results["tm_delete_vs_cli"] = bench_delete(s, runs=5)
+            return results
+        finally:
+            ioctx.close()
+            cluster.shutdown()
+
+
+if __name__ == "__main__":
+    main()
