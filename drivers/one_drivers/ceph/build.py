@@ -14,7 +14,7 @@ from one_drivers.ceph import ownership
 from one_drivers.ceph.naming import ImageSpec, staging_name
 from one_drivers.ceph.pool import Pool
 from one_drivers.ceph.rbd_ops import ceph_errors, exists, open_image, remove_image
-from one_drivers.core import log
+from one_drivers.core import faults, log
 from one_drivers.core.errors import ActionFailed
 
 
@@ -40,7 +40,8 @@ def drop_staging(pool: Pool, name: str) -> None:
     if not exists(pool.ioctx, name):
         return
     with open_image(pool.ioctx, name, read_only=True) as image:
-        ours = bool(ownership.read(image))
+        # the staging suffix is ours alone: unstamped means a crash right after its creation
+        ours = bool(ownership.read(image)) or not ownership.stamped(image)
     if not ours:
         raise ActionFailed(f"RBD image {pool.name}/{name} is in the way and is not ours",
                            hint="remove it by hand")
@@ -66,6 +67,7 @@ def build_image(pool: Pool, dst: ImageSpec, *, meta: dict[str, str], identity: t
     try:
         with ceph_errors(f"writing {pool.name}/{staging}", subject):
             make(staging, meta)
+        faults.point("build:made")
         with ceph_errors(f"renaming {pool.name}/{staging} to {dst.name}", subject):
             rbd.RBD().rename(pool.ioctx, staging, dst.name)
     except BaseException:

@@ -27,7 +27,7 @@ from one_drivers.ceph.rbd_ops import (
     snap_names,
     user_snaps,
 )
-from one_drivers.core import log
+from one_drivers.core import faults, log
 from one_drivers.core.errors import ActionFailed
 
 CLONE_SNAP_PREFIX = "one-drivers-clone-"
@@ -57,15 +57,20 @@ def reusable_snapshot(source: Any) -> str | None:
     return None if changed else str(newest["name"])
 
 
-def _adopt(pool: Pool, dst: ImageSpec, src: ImageSpec, meta: dict[str, str],
-           identity: dict[str, str]) -> None:
-    """``dst`` exists: fine if it is this clone (done, or interrupted before its metadata)."""
+def _adopt(pool: Pool, dst: ImageSpec, src: ImageSpec, source_meta: dict[str, str],
+           meta: dict[str, str], identity: dict[str, str]) -> None:
+    """``dst`` exists: fine if it is this clone (done, or interrupted before its metadata).
+
+    librbd copies the parent's image-meta into a clone, so an interrupted clone carries the
+    source's ownership record (or none), never one of its own.
+    """
     with open_image(pool.ioctx, dst.name) as image:
         mine = ownership.read(image)
         if mine and all(mine.get(k) == v for k, v in identity.items()):
             return
         up = parent(image)
-        if not mine and up is not None and (up.pool, up.name) == (src.pool, src.name) and \
+        if (not mine or mine == source_meta) and up is not None and \
+                (up.pool, up.name) == (src.pool, src.name) and \
                 (up.snap or "").startswith(CLONE_SNAP_PREFIX):
             ownership.apply(image, meta)  # our interrupted clone
             return
@@ -82,15 +87,28 @@ def clone_image(pool: Pool, src: ImageSpec, dst: ImageSpec, *, new_snap: str,
     with pool.other(src.pool) as src_ioctx:
         with open_image(src_ioctx, src.name) as source:
             is_clone = parent(source) is not None
-            snap = reusable_snapshot(source) or f"{CLONE_SNAP_PREFIX}{new_snap}"
+            reused = reusable_snapshot(source)
+            snap = reused or f"{CLONE_SNAP_PREFIX}{new_snap}"
             origin = ImageSpec(src.pool, src.name, snap)
             try:  # the common case first: nothing there yet
                 if snap not in snap_names(source):
                     source.create_snap(snap)
-                clone(src_ioctx, origin, pool.ioctx, dst.name, data_pool=pool.access.data_pool,
-                      meta=meta, grow_to=grow_to)
+                    faults.point("clone:snapshot-taken")
+                try:
+                    clone(src_ioctx, origin, pool.ioctx, dst.name,
+                          data_pool=pool.access.data_pool, meta=meta, grow_to=grow_to)
+                except rbd.ImageNotFound:
+                    if not reused:
+                        raise
+                    # a delete released the shared snapshot under us: take our own
+                    snap = f"{CLONE_SNAP_PREFIX}{new_snap}"
+                    origin = ImageSpec(src.pool, src.name, snap)
+                    if snap not in snap_names(source):
+                        source.create_snap(snap)
+                    clone(src_ioctx, origin, pool.ioctx, dst.name,
+                          data_pool=pool.access.data_pool, meta=meta, grow_to=grow_to)
             except rbd.ImageExists:
-                _adopt(pool, dst, src, meta, identity)
+                _adopt(pool, dst, src, ownership.read(source), meta, identity)
         levels = depth(pool.cluster, src_ioctx, src.name) + 1 if is_clone else 1
         if levels <= max_depth:
             return levels
@@ -102,6 +120,29 @@ def clone_image(pool: Pool, src: ImageSpec, dst: ImageSpec, *, new_snap: str,
         if up is not None and up.snap:
             release_parent(pool, up)
     return 0
+
+
+def sweep_clone_snapshots(pool: Pool, source: ImageSpec, min_age: float = 300) -> int:
+    """Remove our clone snapshots of ``source`` that nothing hangs from: what a delete that
+    crashed after removing its clone left. Young ones are spared: a clone may be about to use
+    them."""
+    import datetime
+
+    now = datetime.datetime.now(datetime.UTC).replace(tzinfo=None)  # librbd: naive UTC
+    removed = 0
+    with pool.other(source.pool) as ioctx:
+        if not exists(ioctx, source.name):
+            return 0
+        with open_image(ioctx, source.name) as image:
+            for snap in user_snaps(image):
+                name = snap["name"]
+                if not name.startswith(CLONE_SNAP_PREFIX) or children(image, name):
+                    continue
+                age = (now - image.get_snap_timestamp(snap["id"])).total_seconds()
+                if age >= min_age:
+                    image.remove_snap(name)
+                    removed += 1
+    return removed
 
 
 def release_parent(pool: Pool, par: ImageSpec) -> None:

@@ -26,6 +26,15 @@ def apply(image: Any, meta: dict[str, str]) -> None:
     image.metadata_set(KEY, json.dumps(meta, separators=(",", ":"), sort_keys=True))
 
 
+def stamped(image: Any) -> bool:
+    """Whether the image carries an ownership record at all (ours or not)."""
+    try:
+        image.metadata_get(KEY)
+    except KeyError:
+        return False
+    return True
+
+
 def read(image: Any) -> dict[str, str]:
     """Our metadata of an open image; empty when it is not ours."""
     import rbd

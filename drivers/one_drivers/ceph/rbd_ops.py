@@ -16,7 +16,7 @@ from typing import Any
 from one_drivers.ceph import ownership
 from one_drivers.ceph.naming import ImageSpec
 from one_drivers.ceph.session import translate
-from one_drivers.core import log
+from one_drivers.core import faults, log
 
 
 @contextmanager
@@ -59,6 +59,7 @@ def create(ioctx: Any, name: str, size: int, *, data_pool: str | None,
     import rbd
 
     rbd.RBD().create(ioctx, name, size, old_format=False, data_pool=data_pool or None)
+    faults.point("create:created")
     with open_image(ioctx, name) as image:
         ownership.apply(image, meta)
 
@@ -76,6 +77,7 @@ def clone(parent_ioctx: Any, parent: ImageSpec, ioctx: Any, name: str, *,
         raise ValueError(f"cloning {parent} needs a parent snapshot")
     rbd.RBD().clone(parent_ioctx, parent.name, parent.snap, ioctx, name,
                     data_pool=data_pool or None)
+    faults.point("clone:cloned")
     with open_image(ioctx, name) as image:
         ownership.apply(image, meta)
         if image.size() < grow_to:  # a disk bigger than its image: in the same open
@@ -181,6 +183,7 @@ def remove_image(cluster: Any, ioctx: Any, name: str) -> str:
         with open_image(ioctx, name) as image:
             for snap in snap_names(image):
                 remove_snap(cluster, image, snap)
+                faults.point("remove:snapshot-removed")
     except rbd.ImageNotFound:
         return "absent"
     try:

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from one_drivers.ceph.session import translate
-from one_drivers.core import log
+from one_drivers.core import faults, log
 
 
 class Readable(Protocol):
@@ -67,6 +67,7 @@ class Pacer:
         self.start = time.monotonic()
 
     def advance(self, done: int) -> None:
+        faults.point("copy:progress")
         self.progress.update(done)
         if self.rate:
             ahead = done / self.rate - (time.monotonic() - self.start)

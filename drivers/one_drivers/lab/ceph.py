@@ -158,6 +158,8 @@ osd_objectstore = bluestore
 bluestore_block_create = true
 bluestore_block_size = 21474836480
 bdev_aio_poll_ms = 10
+# a killed client's watch holds an image busy this long (30 s by default): crash tests wait it
+osd_client_watch_timeout = 5
 osd_memory_target = 1073741824
 mgr_initial_modules = iostat
 rbd_default_clone_format = auto

@@ -11,7 +11,7 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 
 from one_drivers.ceph.build import build_image
-from one_drivers.ceph.cloning import clone_image, release_parent
+from one_drivers.ceph.cloning import clone_image, release_parent, sweep_clone_snapshots
 from one_drivers.ceph.formatting import check_supported, format_into
 from one_drivers.ceph.naming import ImageSpec
 from one_drivers.ceph.ownership import stamp
@@ -25,7 +25,7 @@ from one_drivers.ceph.rbd_ops import (
     remove_image,
 )
 from one_drivers.ceph.stream import CHUNK, SparseWriter
-from one_drivers.core import log
+from one_drivers.core import faults, log
 from one_drivers.core.contract import Call, HostPath
 from one_drivers.core.errors import ActionFailed, BadInput, NotFound
 from one_drivers.tm.rbd.common import DiskContext, load
@@ -134,6 +134,9 @@ def delete(call: Call) -> None:
     with _pool(call, ctx) as pool, ceph_errors(f"removing {ctx.spec}", call.subject):
         if not exists(pool.ioctx, ctx.spec.name):
             log.info(f"{ctx.spec} is already gone")
+            if ctx.source is not None:  # a re-run after a crash: the clone snapshot may remain
+                sweep_clone_snapshots(pool, ctx.source,
+                                      min_age=ctx.settings.float("SWEEP_MIN_AGE", 300))
             return
         with open_image(pool.ioctx, ctx.spec.name, read_only=True) as image:
             up = parent(image)
@@ -145,6 +148,7 @@ def delete(call: Call) -> None:
             log.info(f"moved {ctx.spec} to the RBD trash for {delay} s")
             return
         remove_image(pool.cluster, pool.ioctx, ctx.spec.name)
+        faults.point("delete:removed")
         if up is not None:
             release_parent(pool, up)
     log.info(f"removed {ctx.spec}")

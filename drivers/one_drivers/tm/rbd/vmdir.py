@@ -16,7 +16,7 @@ from pathlib import Path
 
 from one_drivers.ceph.pool import rbd_pool
 from one_drivers.ceph.rbd_ops import ceph_errors, exists, remove_image
-from one_drivers.core import log, remote
+from one_drivers.core import faults, log, remote
 from one_drivers.core.contract import Call, HostPath
 from one_drivers.core.errors import ActionFailed, BadInput
 
@@ -123,5 +123,6 @@ def mv(call: Call) -> None:
         rc = reader.wait(timeout=timeout)
     if rc != 0:
         raise ActionFailed(f"reading {src} failed (tar exit {rc})")
+    faults.point("mv:copied")
     remote.run(src.host, ["rm", "-rf", "--", src_dir], timeout=timeout)
     log.info(f"moved {src} to {dst}")
