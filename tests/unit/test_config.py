@@ -39,4 +39,4 @@ def test_require_names_the_subject():
 
 
 def test_config_path_mirrors_upstream_layout(tmp_path):
-    assert config_path("datastore", "rbd", tmp_path) == tmp_path / "etc/datastore/rbd/rbd.conf"
+    assert config_path("datastore", "rbd", tmp_path) == str(tmp_path / "etc/datastore/rbd/rbd.conf")

@@ -31,3 +31,16 @@ def test_local_run_streams_stdin_and_reports_failures():
         remote.run(None, ["no-such-tool"], timeout=5)
     with pytest.raises(BackendTimeout, match=r"sleep here did not finish within 0\.2 s"):
         remote.run(None, ["sleep", "5"], timeout=0.2)
+
+
+def test_oned_endpoint_parsing():
+    from one_drivers.core.errors import BadInput
+    from one_drivers.core.oned import split_endpoint
+
+    assert split_endpoint("http://localhost:2633/RPC2") == ("http", "localhost", 2633, "/RPC2")
+    assert split_endpoint("https://one.example") == ("https", "one.example", 443, "/")
+    assert split_endpoint("http://[::1]:2633/RPC2") == ("http", "::1", 2633, "/RPC2")
+    with pytest.raises(BadInput):
+        split_endpoint("ftp://x")
+    with pytest.raises(BadInput):
+        split_endpoint("http://host:port/")

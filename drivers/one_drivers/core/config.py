@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Mapping
-from pathlib import Path
 
 from one_drivers.core.errors import BadInput, MissingAttribute
 from one_drivers.core.xmlview import Template, to_bool, to_int
@@ -16,10 +15,10 @@ from one_drivers.core.xmlview import Template, to_bool, to_int
 DEFAULT_REMOTES = "/var/lib/one/remotes"
 
 
-def config_path(family: str, driver: str, remotes: str | os.PathLike[str] | None = None) -> Path:
+def config_path(family: str, driver: str, remotes: str | os.PathLike[str] | None = None) -> str:
     """``<remotes>/etc/<family>/<driver>/<driver>.conf`` (mirrors upstream's layout)."""
-    base = Path(remotes or os.environ.get("ONE_DRIVERS_REMOTES", DEFAULT_REMOTES))
-    return base / "etc" / family / driver / f"{driver}.conf"
+    base = os.fspath(remotes or os.environ.get("ONE_DRIVERS_REMOTES", DEFAULT_REMOTES))
+    return os.path.join(base, "etc", family, driver, f"{driver}.conf")
 
 
 def parse_rc(text: str, *, source: str = "config") -> dict[str, str]:
@@ -39,9 +38,10 @@ def parse_rc(text: str, *, source: str = "config") -> dict[str, str]:
     return values
 
 
-def load_file(path: Path) -> dict[str, str]:
+def load_file(path: str) -> dict[str, str]:
     try:
-        return parse_rc(path.read_text(), source=str(path))
+        with open(path, encoding="utf-8") as fh:
+            return parse_rc(fh.read(), source=path)
     except FileNotFoundError:
         return {}
 

@@ -7,7 +7,6 @@ driver of a family parses its input the same way and errors read the same.
 
 from __future__ import annotations
 
-import enum
 from typing import IO, Any, NamedTuple
 
 from one_drivers.core import documents as docs
@@ -19,7 +18,9 @@ from one_drivers.core.xmlview import XmlView, decode_base64, parse_xml, to_int
 DEFAULT_ACTION_TIMEOUT = 300.0
 
 
-class Stdin(enum.Enum):
+class Stdin:
+    """What an action reads on stdin (plain constants: enum costs start-up time)."""
+
     NONE = "none"  # stdin is not read at all
     BASE64_XML = "base64 XML"  # DS, IPAM, VNM, TM migrate: a base64 document
     XML = "XML"  # VMM (decoded action data), auth, IM configuration
@@ -59,7 +60,7 @@ class Param(NamedTuple):
 
 class Signature(NamedTuple):
     params: tuple[Param, ...] = ()
-    stdin: Stdin = Stdin.NONE
+    stdin: str = Stdin.NONE
     document: type[XmlView] | None = None  # view class for the stdin (or argv) document
     vmm_trailer: bool = False  # VMM: `<vmid> <host>` appended by one_vmm_exec
     doc_param: str | None = None  # market: the document travels in this argv parameter

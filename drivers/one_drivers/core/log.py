@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import sys
 import time
-from pathlib import Path
 
 DEFAULT_LOG = "/var/log/one/one-drivers.log"
 
@@ -21,16 +20,15 @@ def set_context(label: str) -> None:
     _context["label"] = label
 
 
-def log_path() -> Path:
+def log_path() -> str:
     configured = os.environ.get("ONE_DRIVERS_LOG")
     if configured:
-        return Path(configured)
-    default = Path(DEFAULT_LOG)
-    if os.access(default.parent, os.W_OK):
-        return default
+        return configured
+    if os.access(os.path.dirname(DEFAULT_LOG), os.W_OK):
+        return DEFAULT_LOG
     import tempfile  # only on hosts without /var/log/one
 
-    return Path(tempfile.gettempdir()) / "one-drivers.log"
+    return os.path.join(tempfile.gettempdir(), "one-drivers.log")
 
 
 def write_log(level: str, message: str) -> None:
@@ -39,7 +37,7 @@ def write_log(level: str, message: str) -> None:
     record = f"{stamp} [{os.getpid()}] {level} {_context['label']}: {message}\n"
     try:
         path = log_path()
-        path.parent.mkdir(parents=True, exist_ok=True)
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         with open(path, "a", encoding="utf-8") as fh:
             fh.write(record)
         _context["path"] = str(path)
@@ -71,4 +69,4 @@ def exception(message: str) -> str:
     import traceback  # only bugs pay for it
 
     write_log("ERROR", f"{message}\n{traceback.format_exc()}")
-    return _context["path"] or str(log_path())
+    return _context["path"] or log_path()

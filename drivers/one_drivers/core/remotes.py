@@ -72,7 +72,7 @@ def install(dest: Path, *, python: str | None = None,
             if old.name not in wanted and old.is_file() and _is_ours(old):
                 old.unlink()
                 report.removed.append(old)
-        conf = config_path(drv.family, drv.name, dest)
+        conf = Path(config_path(drv.family, drv.name, dest))
         if conf.exists():
             report.kept_config.append(conf)
         elif drv.defaults:

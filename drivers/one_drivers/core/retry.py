@@ -7,7 +7,6 @@ tenacity is imported lazily: an action that fails on bad input never pays for it
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -83,6 +82,8 @@ def call_with_timeout(fn: Callable[..., T], *args: Any, timeout: float, what: st
     If it does not return in time we raise and leave the thread behind: the action process exits
     soon after, which is the only safe way to abandon a call stuck inside a C library.
     """
+    import threading  # only calls without a timeout of their own pay for it
+
     result: list[T] = []
     error: list[BaseException] = []
 

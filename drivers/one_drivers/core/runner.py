@@ -12,7 +12,6 @@ import io
 import os
 import signal
 import sys
-from pathlib import Path
 from types import FrameType
 from typing import IO
 
@@ -45,7 +44,7 @@ def run(
     *,
     stdin: IO[bytes] | None,
     stdout: IO[str],
-    remotes: str | Path | None = None,
+    remotes: str | os.PathLike[str] | None = None,
 ) -> int:
     label = f"{family}/{driver_name}/{action}"
     log.set_context(label)
@@ -105,8 +104,17 @@ def main(argv: list[str] | None = None) -> int:
     return run(family, driver, action, rest, stdin=sys.stdin.buffer, stdout=sys.stdout)
 
 
+def exit_now(code: int) -> None:
+    """End a one-shot action process without interpreter teardown (~11 ms of module and
+    librados finalizers). Safe here: every resource is closed by ``with`` blocks before the
+    answer, the log is written record by record, no atexit handler is registered."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 def shim(path: str, family: str, driver: str, action: str) -> None:
     """Entry of the generated remotes shims: ``<remotes>/<family>/<driver>/<action>``."""
-    remotes = Path(path).resolve().parents[2]
-    sys.exit(run(family, driver, action, sys.argv[1:], stdin=sys.stdin.buffer,
+    remotes = os.path.dirname(os.path.dirname(os.path.dirname(os.path.realpath(path))))
+    exit_now(run(family, driver, action, sys.argv[1:], stdin=sys.stdin.buffer,
                  stdout=sys.stdout, remotes=remotes))

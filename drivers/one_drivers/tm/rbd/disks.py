@@ -8,11 +8,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import AbstractContextManager
-from pathlib import Path
 
 from one_drivers.ceph.build import build_image
 from one_drivers.ceph.cloning import clone_image, release_parent, sweep_clone_snapshots
-from one_drivers.ceph.formatting import check_supported, format_into
 from one_drivers.ceph.naming import ImageSpec
 from one_drivers.ceph.ownership import stamp
 from one_drivers.ceph.pool import Pool, rbd_pool
@@ -24,7 +22,6 @@ from one_drivers.ceph.rbd_ops import (
     parent,
     remove_image,
 )
-from one_drivers.ceph.stream import CHUNK, SparseWriter
 from one_drivers.core import faults, log
 from one_drivers.core.contract import Call, HostPath
 from one_drivers.core.errors import ActionFailed, BadInput, NotFound
@@ -84,6 +81,10 @@ def _volatile(call: Call, fs_of: Callable[[DiskContext], str | None]) -> None:
     size = call.args["size_mb"] * MIB
     if size <= 0:
         raise BadInput(f"size is {call.args['size_mb']} MB")
+    from pathlib import Path  # volatile disks only: formatting needs files
+
+    from one_drivers.ceph.formatting import check_supported, format_into
+
     if fs:
         check_supported(fs, ctx.settings.get("SUPPORTED_FS"))
     vmid, disk_id = call.args["vmid"], ctx.disk.disk_id
@@ -176,6 +177,8 @@ def mvds(call: Call) -> None:
 def cpds(call: Call) -> None:
     """disk-saveas: the disk's current state, or one of its snapshots, into the new image
     ``NEW_SOURCE`` (its name was reserved by the datastore's mkfs with FORMAT=save_as)."""
+    from one_drivers.ceph.stream import CHUNK, SparseWriter  # only a copy needs them
+
     ctx = load(call, call.args["src"])
     new = ImageSpec.parse(call.args["new_source"], ctx.spec.pool)
     snap = None if call.args["snap_id"] == -1 else str(call.args["snap_id"])
