@@ -73,8 +73,9 @@ def test_a_vm_life_through_transfer_files(world, remotes, ceph_admin, tmp_path, 
 
     _, ioctx = ceph_admin
     vmid, image, persistent = next(_ids), world["image"], world["persistent"]
-    host = lab_env["ONE_LAB_SSH_HOST"]  # a host reached over real ssh
-    vm_dir = f"{world['root']}/{SYS_DS}/{vmid}"
+    host = lab_env["ONE_LAB_SSH_HOST"]  # a host reached over real ssh, with its own datastores
+    vm_dir = f"/var/lib/one/datastores/{SYS_DS}/{vmid}"
+    on_host = Path(lab_env["ONE_LAB_HOST_DATASTORES"]) / str(SYS_DS) / str(vmid)
     record_vm(world, vmid, host)
     ctx_file = tmp_path / "context.sh"
     ctx_file.write_text("ETH0_IP='10.0.0.2'\n")
@@ -98,10 +99,12 @@ def test_a_vm_life_through_transfer_files(world, remotes, ceph_admin, tmp_path, 
     fs_disk = read_image(ioctx, f"one-sys-{vmid}-1")
     assert len(fs_disk) == 32 * MIB and fs_disk[1080:1082] == b"\x53\xef"  # ext4
     assert read_image(ioctx, f"one-sys-{vmid}-2")[4086:4096] == b"SWAPSPACE2"
-    iso = Path(vm_dir) / "disk.4"
+    iso = on_host / "disk.4"  # written on the host, not here
+    assert not Path(vm_dir).exists()
     listing = subprocess.run(["xorriso", "-indev", str(iso), "-ls", "/"], capture_output=True,
                              text=True, check=True).stdout
     assert "context.sh" in listing and "authorized_keys" in listing
+    iso_bytes = iso.read_bytes()
 
     again = run_transfer(remotes, tmp_path, [  # oned may retry a prolog: it converges
         f"CLONE rbd fe:one/one-{image} {host}:{vm_dir}/disk.0 {vmid} {IMAGE_DS}",
@@ -139,20 +142,20 @@ def test_a_vm_life_through_transfer_files(world, remotes, ceph_admin, tmp_path, 
     assert cpds.returncode == 0, cpds.stdout + cpds.stderr
     assert read_image(ioctx, f"one-{saved}") == read_image(ioctx, clone_name)
 
-    # stop: the VM directory goes to the front-end (here: this machine, another path)
-    fe_dir = f"{tmp_path}/fe/datastores/{SYS_DS}/{vmid}"
+    # stop: the VM directory goes from the host to the front-end (this machine), same path
     stop = run_transfer(remotes, tmp_path, [
-        f"MV rbd {host}:{vm_dir}/disk.0 localhost:{fe_dir}/disk.0 {vmid} {IMAGE_DS}",
-        f"MV rbd {host}:{vm_dir} localhost:{fe_dir} {vmid} {SYS_DS}",
+        f"MV rbd {host}:{vm_dir}/disk.0 localhost:{vm_dir}/disk.0 {vmid} {IMAGE_DS}",
+        f"MV rbd {host}:{vm_dir} localhost:{vm_dir} {vmid} {SYS_DS}",
     ])
     assert stop.returncode == 0, stop.stdout + stop.stderr
-    assert (Path(fe_dir) / "disk.4").exists() and not Path(vm_dir).exists()
+    assert (Path(vm_dir) / "disk.4").read_bytes() == iso_bytes and not on_host.exists()
+    assert not (Path(vm_dir) / ".one-drivers-copy").exists()
     resume = run_transfer(remotes, tmp_path, [
-        f"MV rbd localhost:{fe_dir} {host}:{vm_dir} {vmid} {SYS_DS}",
+        f"MV rbd localhost:{vm_dir} {host}:{vm_dir} {vmid} {SYS_DS}",
         f"MV rbd {host}:{vm_dir} {host}:{vm_dir} {vmid} {SYS_DS}",  # same host: no-op
     ])
     assert resume.returncode == 0, resume.stdout + resume.stderr
-    assert (Path(vm_dir) / "disk.4").exists()
+    assert (on_host / "disk.4").read_bytes() == iso_bytes and not Path(vm_dir).exists()
 
     # terminate: persistent disk kept, everything else gone, the image's clone snapshot too
     epilog = run_transfer(remotes, tmp_path, [
@@ -169,7 +172,7 @@ def test_a_vm_life_through_transfer_files(world, remotes, ceph_admin, tmp_path, 
     assert {f"one-{image}", f"one-{persistent}", f"one-{saved}"} <= names
     with rbd.Image(ioctx, f"one-{image}", read_only=True) as img:
         assert [s["name"] for s in img.list_snaps()] == []  # its clone snapshot went too
-    assert not Path(vm_dir).exists()
+    assert not on_host.exists()
     repeat = run_transfer(remotes, tmp_path, [  # a retried epilog succeeds on what is gone
         f"DELETE rbd {host}:{vm_dir}/disk.0 {vmid} {IMAGE_DS}",
         f"DELETE rbd {host}:{vm_dir} {vmid} {SYS_DS}",
@@ -240,3 +243,69 @@ def test_bad_lines_missing_disks_and_unreachable_hosts(world, remotes, tmp_path,
     assert oned_down.returncode == 4 and "cannot reach oned" in oned_down.stderr
     evil = run_transfer(remotes, tmp_path, [f"DELETE rbd localhost:/ {vmid} {SYS_DS}"])
     assert evil.returncode == 3 and "is not a VM directory" in evil.stderr
+
+
+def test_live_migration_of_the_vm_directory(world, remotes, lab_env, tmp_path):
+    import base64
+
+    vmid = next(_ids)
+    record_vm(world, vmid, "localhost")
+    host = lab_env["ONE_LAB_SSH_HOST"]
+    vm_dir = f"/var/lib/one/datastores/{SYS_DS}/{vmid}"
+    on_host = Path(lab_env["ONE_LAB_HOST_DATASTORES"]) / str(SYS_DS) / str(vmid)
+    on_host.mkdir(parents=True)
+    (on_host / "deployment.0").write_text("<domain/>")
+    # another TM drives disk 3: its migrate actions are called, with our name as the caller
+    other = remotes / "tm" / "other"
+    other.mkdir(parents=True, exist_ok=True)
+    calls = tmp_path / "other-calls"
+    for action in ("premigrate", "postmigrate", "failmigrate"):
+        script = other / action
+        script.write_text(f"#!/bin/sh\necho {action} \"$@\" >> {calls}\ncat >> {calls}\n")
+        script.chmod(0o755)
+    disks = [disk_attrs(lab_env, 0, TYPE="FS", SIZE=1, DATASTORE_ID=SYS_DS),
+             disk_attrs(lab_env, 3, TM_MAD="other", SOURCE="x/y", TYPE="FILE")]
+    vm = vm_doc(vmid, disks, host=host, sys_ds=SYS_DS)
+    stdin = base64.b64encode(vm.encode())
+
+    def migrate(action, src, dst):
+        return subprocess.run([str(remotes / "tm" / "rbd" / action), src, dst, vm_dir,
+                               str(vmid), str(SYS_DS)], input=stdin, capture_output=True,
+                              timeout=120, check=False)
+
+    pre = migrate("premigrate", host, "localhost")
+    assert pre.returncode == 0, pre.stderr
+    assert (Path(vm_dir) / "deployment.0").read_text() == "<domain/>"
+    assert (on_host / "deployment.0").exists()  # the source keeps its copy until the end
+    fail = migrate("failmigrate", host, "localhost")
+    assert fail.returncode == 0, fail.stderr
+    assert not Path(vm_dir).exists() and (on_host / "deployment.0").exists()
+    assert migrate("premigrate", host, "localhost").returncode == 0
+    post = migrate("postmigrate", host, "localhost")
+    assert post.returncode == 0, post.stderr
+    assert (Path(vm_dir) / "deployment.0").exists() and not on_host.exists()
+    assert not (Path(vm_dir) / ".one-drivers-copy").exists()
+    log = calls.read_text()
+    assert f"premigrate {host} localhost {vm_dir} {vmid} {SYS_DS} rbd" in log
+    assert f"failmigrate {host} localhost {vm_dir} {vmid} {SYS_DS} rbd" in log
+    assert stdin.decode() in log  # the VM, as oned sent it
+    # two names for one machine (short name and FQDN, OpenNebula/one#3010): nothing is lost
+    ssh_dir = Path(lab_env["ONE_DRIVERS_SSH_CONFIG"]).parent
+    port = Path(lab_env["ONE_DRIVERS_SSH_CONFIG"]).read_text().split("Port ")[1].split()[0]
+    alias_cfg = tmp_path / "ssh_config"
+    alias_cfg.write_text(f"Include {lab_env['ONE_DRIVERS_SSH_CONFIG']}\n"
+                         f"Host one-lab-alias\n  HostName 127.0.0.1\n  Port {port}\n"
+                         f"  User root\n  IdentityFile {ssh_dir}/id_ed25519\n"
+                         f"  UserKnownHostsFile {ssh_dir}/known_hosts\n"
+                         f"  HostKeyAlias [127.0.0.1]:{port}\n  BatchMode yes\n")
+    env = {**os.environ, "ONE_DRIVERS_SSH_CONFIG": str(alias_cfg)}
+    (on_host.parent).mkdir(parents=True, exist_ok=True)
+    on_host.mkdir()
+    (on_host / "disk.4").write_text("iso")
+    moved = subprocess.run([str(remotes / "tm" / "rbd" / "mv"), f"{host}:{vm_dir}",
+                            f"one-lab-alias:{vm_dir}", str(vmid), str(SYS_DS)],
+                           capture_output=True, text=True, timeout=120, check=False, env=env)
+    assert moved.returncode == 0, moved.stderr
+    assert "are the same directory: kept" in moved.stderr
+    assert (on_host / "disk.4").read_text() == "iso"
+    subprocess.run(["rm", "-rf", vm_dir, str(on_host)], check=True)

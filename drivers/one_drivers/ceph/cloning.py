@@ -128,6 +128,8 @@ def sweep_clone_snapshots(pool: Pool, source: ImageSpec, min_age: float = 300) -
     them."""
     import datetime
 
+    import rbd
+
     now = datetime.datetime.now(datetime.UTC).replace(tzinfo=None)  # librbd: naive UTC
     removed = 0
     with pool.other(source.pool) as ioctx:
@@ -136,21 +138,28 @@ def sweep_clone_snapshots(pool: Pool, source: ImageSpec, min_age: float = 300) -
         with open_image(ioctx, source.name) as image:
             for snap in user_snaps(image):
                 name = snap["name"]
-                if not name.startswith(CLONE_SNAP_PREFIX) or children(image, name):
-                    continue
-                age = (now - image.get_snap_timestamp(snap["id"])).total_seconds()
-                if age >= min_age:
-                    image.remove_snap(name)
-                    removed += 1
+                try:
+                    if not name.startswith(CLONE_SNAP_PREFIX) or children(image, name):
+                        continue
+                    age = (now - image.get_snap_timestamp(snap["id"])).total_seconds()
+                    if age >= min_age:
+                        image.remove_snap(name)
+                        removed += 1
+                except rbd.ImageNotFound:
+                    continue  # removed meanwhile by a concurrent delete
     return removed
 
 
 def release_parent(pool: Pool, par: ImageSpec) -> None:
     """Drop our clone snapshot on ``par`` once nothing hangs from it; purge a hidden parent."""
+    import rbd
+
     if par.snap and par.snap.startswith(CLONE_SNAP_PREFIX):
         with pool.other(par.pool) as ioctx:
-            if exists(ioctx, par.name):
+            try:
                 with open_image(ioctx, par.name) as image:
                     if par.snap in snap_names(image) and not children(image, par.snap):
                         image.remove_snap(par.snap)
+            except rbd.ImageNotFound:
+                pass  # the image, or the snapshot, went with a concurrent delete: fine
     collect_parent(pool.cluster, par)

@@ -62,7 +62,7 @@ def run(
         else:
             raw = stdin.read() if stdin is not None and reads_stdin(family, action) else b""
         call = parse_call(family, driver_name, action, argv, io.BytesIO(raw))
-        call.extras.update(argv=list(argv), stdin=raw, data=rest)
+        call.extras.update(argv=list(argv), stdin=raw, data=rest, remotes=remotes)
         subject = call.subject
         settings = Settings(
             [driver.default_values(), load_file(config_path(family, driver_name, remotes))],

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import shutil
 import socket
+import sys
 from pathlib import Path
 
 from one_drivers.lab.proc import LabError, alive, read_pid, run, spawn, stop, wait_for
@@ -15,6 +16,7 @@ from one_drivers.lab.proc import LabError, alive, read_pid, run, spawn, stop, wa
 PORT = 16022
 HOST_ALIAS = "one-lab-host"
 PRIVSEP_DIR = "/run/sshd"
+DATASTORES = "/var/lib/one/datastores"  # the host's own copy of it, as on a separate machine
 
 
 class SshLab:
@@ -25,8 +27,14 @@ class SshLab:
         self.config = self.dir / "ssh_config"
         self.key = self.dir / "id_ed25519"
 
+    @property
+    def host_datastores(self) -> Path:
+        """What the ssh host sees at /var/lib/one/datastores (the front-end sees its own)."""
+        return self.dir.parent / "ssh-host" / "datastores"
+
     def env(self) -> dict[str, str]:
-        return {"ONE_DRIVERS_SSH_CONFIG": str(self.config), "ONE_LAB_SSH_HOST": HOST_ALIAS}
+        return {"ONE_DRIVERS_SSH_CONFIG": str(self.config), "ONE_LAB_SSH_HOST": HOST_ALIAS,
+                "ONE_LAB_HOST_DATASTORES": str(self.host_datastores)}
 
     def running(self) -> bool:
         return alive(read_pid(self.pidfile))
@@ -63,8 +71,16 @@ class SshLab:
             "  BatchMode yes\n  LogLevel ERROR\n"
         )
         sshd = shutil.which("sshd") or "/usr/sbin/sshd"
-        # -D: stay in the foreground so the PID we record is sshd's own
-        spawn([sshd, "-D", "-e", "-f", str(sshd_config)], log=self.dir / "sshd.log",
+        self.host_datastores.mkdir(parents=True, exist_ok=True)
+        for path in ("/var/lib/one", DATASTORES):  # mount point for the host's private view
+            if not Path(path).exists():
+                Path(path).mkdir()
+                created_dirs.append(path)
+        # -D: stay in the foreground so the PID we record is sshd's own; in its own mount
+        # namespace the host has its own /var/lib/one/datastores, like a separate machine
+        spawn(["unshare", "--mount", "--propagation", "private", "--", sys.executable, "-m",
+               "one_drivers.lab.mountns", f"{self.host_datastores}={DATASTORES}", "--",
+               sshd, "-D", "-e", "-f", str(sshd_config)], log=self.dir / "sshd.log",
               pidfile=self.pidfile)
 
         def listening() -> bool:

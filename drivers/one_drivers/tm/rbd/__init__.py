@@ -22,6 +22,9 @@ DRIVER = Driver(
         "snap_delete": f"{_M}.snapshots:snap_delete",
         "context": f"{_M}.vmdir:context",
         "mv": f"{_M}.vmdir:mv",
+        "premigrate": f"{_M}.migrate:premigrate",
+        "postmigrate": f"{_M}.migrate:postmigrate",
+        "failmigrate": f"{_M}.migrate:failmigrate",
     },
     defaults={
         "POOL_NAME": ("one", "pool for volatile disks (the system datastore's POOL_NAME wins)"),

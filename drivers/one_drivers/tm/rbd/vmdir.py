@@ -94,6 +94,59 @@ def context(call: Call) -> None:
     log.info(f"context ISO written to {dst}")
 
 
+MARKER = ".one-drivers-copy"
+
+
+def _run(host: str, argv: list[str], timeout: float, *, check: bool = True) -> int:
+    return remote.run(host, argv, timeout=timeout, check=check).returncode
+
+
+def copy_dir(src: HostPath, src_dir: str, dst: HostPath, dst_dir: str,
+             timeout: float) -> str:
+    """Copy a VM directory between hosts through the front-end; returns the copy's nonce.
+
+    The copy lands in a temporary directory and replaces ``dst_dir`` only when complete, so the
+    source is never touched: even when both names are the same machine (short name and FQDN,
+    OpenNebula/one#3010) nothing is lost. A marker holding a nonce proves later whether two
+    paths are the same directory.
+    """
+    import secrets
+
+    nonce = secrets.token_hex(8)
+    parent, name = src_dir.rsplit("/", 1)
+    dst_parent = dst_dir.rsplit("/", 1)[0]
+    staging = f"{dst_parent}/.one-drivers-tmp-{nonce}"
+    _run(dst.host, ["mkdir", "-p", "--", staging], timeout)
+    reader = remote.popen(src.host, ["tar", "--sparse", "-C", parent, "-cf", "-", name],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        remote.run(dst.host, ["tar", "-C", staging, "-xf", "-"], stdin=reader.stdout,
+                   timeout=timeout)
+    except BaseException:
+        remote.run(dst.host, ["rm", "-rf", "--", staging], timeout=timeout, check=False)
+        raise
+    finally:
+        if reader.stdout is not None:
+            reader.stdout.close()
+        rc = reader.wait(timeout=timeout)
+    if rc != 0:
+        remote.run(dst.host, ["rm", "-rf", "--", staging], timeout=timeout, check=False)
+        raise ActionFailed(f"reading {src.host}:{src_dir} failed (tar exit {rc})")
+    faults.point("copy-dir:copied")
+    remote.run(dst.host, ["dd", f"of={staging}/{name}/{MARKER}", "status=none"],
+               input=nonce.encode(), timeout=timeout)
+    _run(dst.host, ["rm", "-rf", "--", dst_dir], timeout)
+    _run(dst.host, ["mv", "--", f"{staging}/{name}", dst_dir], timeout)
+    _run(dst.host, ["rmdir", "--", staging], timeout, check=False)
+    return nonce
+
+
+def same_directory(host: str, path: str, nonce: str, timeout: float) -> bool:
+    """Whether ``host:path`` holds the copy marked with ``nonce`` (then it is the copy)."""
+    proc = remote.run(host, ["cat", "--", f"{path}/{MARKER}"], timeout=timeout, check=False)
+    return proc.returncode == 0 and proc.stdout.decode().strip() == nonce
+
+
 def mv(call: Call) -> None:
     """Per disk: nothing, disks are in Ceph. The VM directory: from host to host (stop,
     undeploy, resume, cold migration), streamed through the front-end."""
@@ -108,21 +161,15 @@ def mv(call: Call) -> None:
         log.info("source and destination are the same: nothing to move")
         return
     timeout = call.deadline.cap(call.settings.float("SSH_TIMEOUT", 600), "moving the VM dir")
-    parent, name = src_dir.rsplit("/", 1)
-    dst_parent = dst_dir.rsplit("/", 1)[0]
-    remote.run(dst.host, ["rm", "-rf", "--", dst_dir], timeout=timeout)
-    remote.run(dst.host, ["mkdir", "-p", "--", dst_parent], timeout=timeout)
-    reader = remote.popen(src.host, ["tar", "--sparse", "-C", parent, "-cf", "-", name],
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
-        remote.run(dst.host, ["tar", "-C", dst_parent, "-xf", "-"], stdin=reader.stdout,
-                   timeout=timeout)
-    finally:
-        if reader.stdout is not None:
-            reader.stdout.close()
-        rc = reader.wait(timeout=timeout)
-    if rc != 0:
-        raise ActionFailed(f"reading {src} failed (tar exit {rc})")
-    faults.point("mv:copied")
-    remote.run(src.host, ["rm", "-rf", "--", src_dir], timeout=timeout)
+    if _run(src.host, ["test", "-d", src_dir], timeout, check=False) != 0:
+        if _run(dst.host, ["test", "-d", dst_dir], timeout, check=False) == 0:
+            log.info(f"{dst} is already there and {src} is gone: moved by an earlier run")
+            return
+        raise ActionFailed(f"the VM directory {src} does not exist")
+    nonce = copy_dir(src, src_dir, dst, dst_dir, timeout)
+    if same_directory(src.host, src_dir, nonce, timeout):
+        log.info(f"{src} and {dst} are the same directory: kept")
+    else:
+        _run(src.host, ["rm", "-rf", "--", src_dir], timeout)
+    _run(dst.host, ["rm", "-f", "--", f"{dst_dir}/{MARKER}"], timeout, check=False)
     log.info(f"moved {src} to {dst}")
