@@ -309,3 +309,47 @@ def test_live_migration_of_the_vm_directory(world, remotes, lab_env, tmp_path):
     assert "are the same directory: kept" in moved.stderr
     assert (on_host / "disk.4").read_text() == "iso"
     subprocess.run(["rm", "-rf", vm_dir, str(on_host)], check=True)
+
+
+def test_system_datastore_monitor_sends_disk_sizes(world, remotes, ceph_admin, lab_env,
+                                                   tmp_path):
+    import base64
+    import re
+    import socket
+    import zlib
+
+    import rbd
+
+    _, ioctx = ceph_admin
+    vmid = next(_ids)
+    record_vm(world, vmid, "localhost")
+    vm_dir = f"{world['root']}/{SYS_DS}/{vmid}"
+    prolog = run_transfer(remotes, tmp_path, [
+        f"CLONE rbd fe:one/one-{world['image']} localhost:{vm_dir}/disk.0 {vmid} {IMAGE_DS}",
+        f"MKSWAP rbd 16 localhost:{vm_dir}/disk.2 {vmid} {SYS_DS}",
+    ])
+    assert prolog.returncode == 0, prolog.stderr
+    with rbd.Image(ioctx, f"one-{world['image']}-{vmid}-0") as disk:
+        disk.write(os.urandom(4 * MIB), 8 * MIB)  # one object of its own
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as monitord:
+        monitord.bind(("127.0.0.1", 0))
+        monitord.settimeout(10)
+        doc = ds_doc(lab_env, ds_id=SYS_DS, ds={"MONITORD_PORT": monitord.getsockname()[1]})
+        doc = doc.replace("</DS_DRIVER_ACTION_DATA>",
+                          "<MONITOR_VM_DISKS>1</MONITOR_VM_DISKS></DS_DRIVER_ACTION_DATA>")
+        proc = run_remote(remotes, "tm/rbd/monitor", [str(SYS_DS)], doc)
+        assert proc.returncode == 0, proc.stderr
+        assert [ln.split("=")[0] for ln in proc.stdout.split()] == ["USED_MB", "TOTAL_MB",
+                                                                     "FREE_MB"]
+        datagram = monitord.recv(65536).decode()
+    kind, result, host_id, ts, payload = datagram.split()
+    assert (kind, result, host_id, ts) == ("MONITOR_VM", "SUCCESS", "-1", "0")
+    body = zlib.decompress(base64.b64decode(payload)).decode()
+    vms = dict(re.findall(r'VM=\[ID=(\d+), MONITOR="([^"]*)"\]', body))
+    monitor = base64.b64decode(vms[str(vmid)]).decode()
+    sizes = dict(re.findall(r"DISK_SIZE=\[ID=(\d+), SIZE=(\d+)\]", monitor))
+    assert sizes["0"] == "4"  # its own object, not the parent's data
+    assert 0 < int(sizes["2"]) <= 16
+    run_transfer(remotes, tmp_path, [
+        f"DELETE rbd localhost:{vm_dir}/disk.0 {vmid} {IMAGE_DS}",
+        f"DELETE rbd localhost:{vm_dir}/disk.2 {vmid} {SYS_DS}"])

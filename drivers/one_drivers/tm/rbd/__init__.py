@@ -25,6 +25,7 @@ DRIVER = Driver(
         "premigrate": f"{_M}.migrate:premigrate",
         "postmigrate": f"{_M}.migrate:postmigrate",
         "failmigrate": f"{_M}.migrate:failmigrate",
+        "monitor": f"{_M}.monitor:monitor",
     },
     defaults={
         "POOL_NAME": ("one", "pool for volatile disks (the system datastore's POOL_NAME wins)"),
@@ -37,6 +38,8 @@ DRIVER = Driver(
         "STAGING_DIR": ("/var/tmp", "where file systems for volatile disks are made"),
         "ONED_TIMEOUT": ("15", "seconds a document lookup in oned may take"),
         "SSH_TIMEOUT": ("60", "seconds a command on a host may take"),
+        "MONITORD_ADDRESS": ("127.0.0.1", "where monitord listens (monitord.conf NETWORK)"),
+        "MONITORD_PORT": ("4124", "monitord's UDP port"),
         "ACTION_TIMEOUT": ("1800", "seconds an action may take in total"),
         "CEPH_CALL_TIMEOUT": ("30", "seconds a single Ceph call may take"),
     },
