@@ -353,3 +353,46 @@ def test_system_datastore_monitor_sends_disk_sizes(world, remotes, ceph_admin, l
     run_transfer(remotes, tmp_path, [
         f"DELETE rbd localhost:{vm_dir}/disk.0 {vmid} {IMAGE_DS}",
         f"DELETE rbd localhost:{vm_dir}/disk.2 {vmid} {SYS_DS}"])
+
+
+def test_live_snapshot_of_a_running_guest(world, remotes, ceph_admin, lab_env, tmp_path):
+    """A running guest without an agent: the snapshot is taken crash-consistent and says so."""
+    import time
+
+    import libvirt
+    import rbd
+
+    _, ioctx = ceph_admin
+    conn = libvirt.open(lab_env["LIBVIRT_DEFAULT_URI"])
+    console = tmp_path / "console.log"
+    dom = conn.createXML(f"""<domain type='qemu'><name>tm-live-{next(_ids)}</name>
+      <memory unit='MiB'>128</memory><vcpu>1</vcpu>
+      <os><type arch='x86_64' machine='pc'>hvm</type>
+        <kernel>{lab_env['ONE_LAB_GUEST_KERNEL']}</kernel>
+        <initrd>{lab_env['ONE_LAB_GUEST_INITRD']}</initrd>
+        <cmdline>console=ttyS0 quiet</cmdline></os>
+      <devices><serial type='file'><source path='{console}'/><target port='0'/></serial>
+      </devices></domain>""", 0)
+    try:
+        vmid = next(_ids)
+        env, image = world["env"], world["image"]
+        disk = disk_attrs(env, 0, IMAGE_ID=image, SOURCE=f"one/one-{image}", CLONE="YES",
+                          TYPE="RBD", DATASTORE_ID=IMAGE_DS)
+        vm = vm_doc(vmid, [disk], host="localhost").replace(
+            "<DEPLOY_ID/>", f"<DEPLOY_ID>{dom.UUIDString()}</DEPLOY_ID>")
+        world["oned"].record("vm", vmid, vm)
+        where = f"localhost:{world['root']}/{SYS_DS}/{vmid}/disk.0"
+        steps = run_transfer(remotes, tmp_path, [
+            f"CLONE rbd fe:one/one-{image} {where} {vmid} {IMAGE_DS}",
+            f"SNAP_CREATE_LIVE rbd {where} 0 {vmid} {IMAGE_DS}"])
+        assert steps.returncode == 0, steps.stdout + steps.stderr
+        assert "crash-consistent snapshot: could not freeze the guest" in steps.stdout
+        with rbd.Image(ioctx, f"one-{image}-{vmid}-0", read_only=True) as d:
+            assert [s["name"] for s in d.list_snaps()] == ["0"]
+        assert dom.isActive()
+        t = time.monotonic()
+        gone = run_transfer(remotes, tmp_path, [f"DELETE rbd {where} {vmid} {IMAGE_DS}"])
+        assert gone.returncode == 0 and time.monotonic() - t < 60
+    finally:
+        dom.destroy()
+        conn.close()
