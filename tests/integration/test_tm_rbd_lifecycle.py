@@ -396,3 +396,47 @@ def test_live_snapshot_of_a_running_guest(world, remotes, ceph_admin, lab_env, t
     finally:
         dom.destroy()
         conn.close()
+
+
+def test_ssh_system_datastore_disks_are_files_on_the_host(world, remotes, ceph_admin, lab_env,
+                                                          tmp_path):
+    _, ioctx = ceph_admin
+    vmid, image, persistent = next(_ids), world["image"], world["persistent"]
+    host = lab_env["ONE_LAB_SSH_HOST"]
+    record_vm(world, vmid, host)
+    vm_dir = f"/var/lib/one/datastores/{SYS_DS}/{vmid}"
+    on_host = Path(lab_env["ONE_LAB_HOST_DATASTORES"]) / str(SYS_DS) / str(vmid)
+    saved = next(_ids)
+    assert run_remote(remotes, "datastore/rbd/mkfs", [str(saved)],
+                      ds_doc(lab_env, saved, image={"SIZE": 1, "FORMAT": "save_as"})
+                      ).returncode == 0
+    try:
+        prolog = run_transfer(remotes, tmp_path, [
+            f"CLONE.ssh rbd fe:one/one-{image} {host}:{vm_dir}/disk.0 {vmid} {IMAGE_DS}",
+            f"LN.ssh rbd fe:one/one-{persistent} {host}:{vm_dir}/disk.3 {vmid} {IMAGE_DS}",
+        ])
+        assert prolog.returncode == 0, prolog.stdout + prolog.stderr
+        disk0 = (on_host / "disk.0").read_bytes()
+        assert len(disk0) == 16 * MIB and disk0[:8 * MIB] == world["data"]
+        assert (on_host / "disk.0").stat().st_blocks * 512 < 8 * MIB  # holes stayed holes
+        with open(on_host / "disk.3", "r+b") as fh:  # the guest writes its persistent disk
+            fh.seek(MIB)
+            fh.write(b"written by the guest")
+        epilog = run_transfer(remotes, tmp_path, [
+            f"MVDS.ssh rbd {host}:{vm_dir}/disk.3 one/one-{persistent} {vmid} {IMAGE_DS}",
+            f"CPDS.ssh rbd {host}:{vm_dir}/disk.0 one/one-{saved} -1 {vmid} {IMAGE_DS}",
+            f"RESIZE.ssh rbd {host}:{vm_dir}/disk.0 32 {vmid} {IMAGE_DS}",
+            f"DELETE.ssh rbd {host}:{vm_dir}/disk.0 {vmid} {IMAGE_DS}",
+        ])
+        assert epilog.returncode == 0, epilog.stdout + epilog.stderr
+        assert read_image(ioctx, f"one-{persistent}") == (on_host / "disk.3").read_bytes()
+        assert read_image(ioctx, f"one-{persistent}")[MIB:MIB + 20] == b"written by the guest"
+        assert read_image(ioctx, f"one-{saved}") == disk0
+        assert (on_host / "disk.0").stat().st_size == 32 * MIB
+        bad = run_transfer(remotes, tmp_path, [
+            f"CPDS.ssh rbd {host}:{vm_dir}/disk.0 one/one-{saved} 3 {vmid} {IMAGE_DS}"])
+        assert bad.returncode == 3
+    finally:
+        subprocess.run(["rm", "-rf", str(on_host)], check=True)
+        run_remote(remotes, "datastore/rbd/rm", [str(saved)],
+                   ds_doc(lab_env, saved, image={"SOURCE": f"one/one-{saved}"}))

@@ -15,6 +15,7 @@ from typing import Any, Protocol
 
 from one_drivers.ceph.session import translate
 from one_drivers.core import faults, log
+from one_drivers.core.sparsefile import file_extents
 
 
 class Readable(Protocol):
@@ -166,21 +167,6 @@ def copy_into(stream: Readable, image: Any, *, size_hint: int | None, what: str,
     return offset
 
 
-def data_extents(fd: int, size: int) -> list[tuple[int, int]]:
-    """(offset, length) of the allocated parts of a sparse file (SEEK_DATA / SEEK_HOLE)."""
-    extents = []
-    offset = 0
-    while offset < size:
-        try:
-            start = os.lseek(fd, offset, os.SEEK_DATA)
-        except OSError:  # ENXIO: no data after offset
-            break
-        end = min(os.lseek(fd, start, os.SEEK_HOLE), size)
-        extents.append((start, end - start))
-        offset = end
-    return extents
-
-
 def copy_file_extents(fd: int, size: int, image: Any, *, what: str,
                       on_chunk: Callable[[bytes], None] | None = None,
                       rate: float | None = None, check: Callable[[], object] | None = None,
@@ -191,7 +177,7 @@ def copy_file_extents(fd: int, size: int, image: Any, *, what: str,
     writer = SparseWriter(image)
     pacer = Pacer(what, size, rate, check)
     pos = 0
-    for off, length in [*data_extents(fd, size), (size, 0)]:
+    for off, length in [*file_extents(fd, size), (size, 0)]:
         while on_chunk is not None and pos < off:  # a hole
             n = min(CHUNK, off - pos)
             on_chunk(_ZERO[:n])

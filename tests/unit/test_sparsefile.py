@@ -1,0 +1,40 @@
+import io
+import os
+
+import pytest
+
+from one_drivers.core.sparsefile import Truncated, read_stream, receive_file, send_file
+
+
+def sparse_file(path, size, pieces):
+    with open(path, "wb") as fh:
+        for offset, data in pieces:
+            fh.seek(offset)
+            fh.write(data)
+        fh.truncate(size)
+
+
+def test_round_trip_keeps_content_and_holes(tmp_path):
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    pieces = [(0, os.urandom(5000)), (9 << 20, os.urandom(70000))]
+    sparse_file(src, 16 << 20, pieces)
+    stream = io.BytesIO()
+    send_file(str(src), stream)
+    assert len(stream.getvalue()) < 100_000  # the 16 MiB of holes did not travel
+    stream.seek(0)
+    assert receive_file(stream, str(dst)) == 16 << 20
+    assert dst.read_bytes() == src.read_bytes()
+    assert dst.stat().st_blocks * 512 < 1 << 20
+
+
+def test_a_cut_stream_is_refused_and_leaves_nothing(tmp_path):
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    sparse_file(src, 1 << 20, [(0, os.urandom(4096))])
+    stream = io.BytesIO()
+    send_file(str(src), stream)
+    cut = io.BytesIO(stream.getvalue()[:-20])
+    with pytest.raises(Truncated):
+        receive_file(cut, str(dst))
+    assert not dst.exists() and not (tmp_path / "dst.one-drivers-tmp").exists()
+    with pytest.raises(Truncated, match="not a one-drivers sparse stream"):
+        read_stream(io.BytesIO(b"garbage-garbage"))
