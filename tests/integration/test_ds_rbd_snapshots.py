@@ -126,6 +126,7 @@ class SnapshotMachine(RuleBasedStateMachine):
 
     env: dict[str, str]
     ioctx: object
+    has_flatten = True  # DS images have snap_flatten; TM disks do not
 
     @initialize()
     def setup(self):
@@ -145,12 +146,18 @@ class SnapshotMachine(RuleBasedStateMachine):
         write(self.ioctx, self.name, offset * 4096, data)
         self.content[offset * 4096:(offset + 1) * 4096] = data
 
-    @rule()
-    def create(self):  # what TM snap_create does on a persistent disk
+    def act(self, action: str, snap: int) -> None:
+        snap_action(self.env, action, self.image_id, snap)
+
+    def take_snapshot(self, snap: int) -> None:  # what TM snap_create does on a persistent disk
         import rbd
 
         with rbd.Image(self.ioctx, self.name) as image:
-            image.create_snap(str(self.next_id))
+            image.create_snap(str(snap))
+
+    @rule()
+    def create(self):
+        self.take_snapshot(self.next_id)
         self.snaps[self.next_id] = (bytes(self.content), self.active)
         self.active = self.next_id
         self.next_id += 1
@@ -159,7 +166,7 @@ class SnapshotMachine(RuleBasedStateMachine):
     @rule(data=st.data())
     def revert(self, data):
         target = data.draw(st.sampled_from(sorted(self.snaps)))
-        snap_action(self.env, "snap_revert", self.image_id, target)
+        self.act("snap_revert", target)
         self.content = bytearray(self.snaps[target][0])
         self.active = target
 
@@ -171,14 +178,14 @@ class SnapshotMachine(RuleBasedStateMachine):
     @rule(data=st.data())
     def delete(self, data):
         target = data.draw(st.sampled_from(self.deletable()))
-        snap_action(self.env, "snap_delete", self.image_id, target)
+        self.act("snap_delete", target)
         del self.snaps[target]
 
-    @precondition(lambda self: bool(self.snaps))
+    @precondition(lambda self: bool(self.snaps) and self.has_flatten)
     @rule(data=st.data())
     def flatten(self, data):
         target = data.draw(st.sampled_from(sorted(self.snaps)))
-        snap_action(self.env, "snap_flatten", self.image_id, target)
+        self.act("snap_flatten", target)
         self.content = bytearray(self.snaps[target][0])
         self.snaps.clear()
         self.active = None
@@ -199,8 +206,11 @@ class SnapshotMachine(RuleBasedStateMachine):
         while self.snaps:
             self.active = None
             target = self.deletable()[0]
-            snap_action(self.env, "snap_delete", self.image_id, target)
+            self.act("snap_delete", target)
             del self.snaps[target]
+        self.remove()
+
+    def remove(self):
         doc = ds_doc(self.env, self.image_id, image={"SOURCE": f"one/{self.name}"})
         out = io.StringIO()
         assert run("datastore", "rbd", "rm", [str(self.image_id)],
