@@ -8,17 +8,19 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 from one_drivers.core.remotes import install
-from one_drivers.lab.documents import ds_doc
+from one_drivers.lab.documents import datastore_doc, disk_attrs, ds_doc, vm_doc
 from one_drivers.lab.lab import Lab
 
 DEMO_IMAGE = 4242  # image ids the demo uses in the lab's pool
 DEMO_CLONE = 4243
+DEMO_SYS_DS = 101
 
 
 def datastore_xml(ds_id: int, env: dict[str, str], **extra: str) -> str:
@@ -55,6 +57,53 @@ class Demo:
         return proc
 
 
+def vm_life(lab: Lab, remotes: Path, env: dict[str, str]) -> None:
+    """A VM's disks from deploy to terminate, through transfer files as oned writes them; the
+    TM reads the VM and datastores from oned (the lab's stand-in) over XML-RPC."""
+    from one_drivers.tm.transfer import run_transfer
+
+    vmid, host = 4244, env["ONE_LAB_SSH_HOST"]
+    vm_dir = f"/var/lib/one/datastores/{DEMO_SYS_DS}/{vmid}"
+    lab.oned.record("datastore", 100, datastore_doc(env, 100))
+    lab.oned.record("datastore", DEMO_SYS_DS, datastore_doc(env, DEMO_SYS_DS, system=True))
+    disks = [disk_attrs(env, 0, IMAGE_ID=DEMO_IMAGE, SOURCE=f"one/one-{DEMO_IMAGE}",
+                        CLONE="YES", TYPE="RBD", DATASTORE_ID=100, SIZE=256),
+             disk_attrs(env, 1, TYPE="FS", FS="ext4", SIZE=64, DATASTORE_ID=DEMO_SYS_DS),
+             disk_attrs(env, 2, TYPE="SWAP", SIZE=32, DATASTORE_ID=DEMO_SYS_DS)]
+    lab.oned.record("vm", vmid, vm_doc(vmid, disks, host=host, sys_ds=DEMO_SYS_DS))
+    work = lab.root / "demo"
+    work.mkdir(exist_ok=True)
+    (work / "context.sh").write_text("HOSTNAME='demo'\nETH0_IP='192.0.2.10'\n")
+    disk0 = f"{host}:{vm_dir}/disk.0"
+    phases = [
+        ("prolog: the disks of VM 4244 on one-lab-host (over ssh)", [
+            f"CLONE rbd fe:one/one-{DEMO_IMAGE} {disk0} {vmid} 100",
+            f"MKIMAGE rbd 64 raw {host}:{vm_dir}/disk.1 {vmid} {DEMO_SYS_DS}",
+            f"MKSWAP rbd 32 {host}:{vm_dir}/disk.2 {vmid} {DEMO_SYS_DS}",
+            f"CONTEXT rbd {work}/context.sh {host}:{vm_dir}/disk.3 {vmid} {DEMO_SYS_DS}"]),
+        ("a disk snapshot, a revert to it, its deletion", [
+            f"SNAP_CREATE rbd {disk0} 0 {vmid} 100",
+            f"SNAP_REVERT rbd {disk0} 0 {vmid} 100",
+            f"SNAP_DELETE rbd {disk0} 0 {vmid} 100"]),
+        ("epilog: terminate", [
+            f"DELETE rbd {disk0} {vmid} 100",
+            f"DELETE rbd {host}:{vm_dir}/disk.1 {vmid} {DEMO_SYS_DS}",
+            f"DELETE rbd {host}:{vm_dir}/disk.2 {vmid} {DEMO_SYS_DS}",
+            f"DELETE rbd {host}:{vm_dir} {vmid} {DEMO_SYS_DS}"]),
+    ]
+    for title, lines in phases:
+        print(f"\n== {title}")
+        transfer = work / f"transfer.{title.split(':')[0].split()[0]}"
+        transfer.write_text("\n".join(lines) + "\n")
+        t = time.monotonic()
+        rc = run_transfer(transfer, remotes)
+        print(f"  ({len(lines)} actions in {(time.monotonic() - t) * 1000:.0f} ms, exit {rc})")
+        if rc != 0:
+            raise SystemExit("demo step failed")
+        if title.startswith("prolog"):
+            rbd_info(env, f"one-{DEMO_IMAGE}-{vmid}-0")
+
+
 def rbd_info(env: dict[str, str], name: str) -> None:
     proc = subprocess.run(["rbd", "--conf", env["CEPH_CONF"], "--id", env["ONE_LAB_CEPH_USER"],
                            "--keyring", env["ONE_LAB_CEPH_KEYRING"], "du", f"one/{name}"],
@@ -80,6 +129,7 @@ def run_demo() -> int:
     print(f"\n== remotes installed in {remotes}: {len(report.written)} written, "
           f"{len(report.unchanged)} unchanged")
     env = lab.env()
+    os.environ.update(env)  # the actions find oned, ssh and Ceph as on a configured front-end
     demo = Demo(remotes, env)
     disk = lab.guest.build_disk()
     safe = {"SAFE_DIRS": str(disk.parent)}
@@ -99,6 +149,7 @@ def run_demo() -> int:
     demo.ds("export", DEMO_IMAGE, "for a marketplace: a URL cp can import",
             image={"SOURCE": f"one/one-{DEMO_IMAGE}"})
     demo.ds("monitor", None, "datastore capacity: one Ceph round trip")
+    vm_life(lab, remotes, env)
     demo.ds("rm", DEMO_IMAGE, "the source goes first: hidden until its clone goes",
             image={"SOURCE": f"one/one-{DEMO_IMAGE}"})
     demo.ds("rm", DEMO_CLONE, "the clone goes: the hidden source is collected",
