@@ -11,19 +11,14 @@ from __future__ import annotations
 
 import base64
 import os
-import shutil
 import statistics
 import subprocess
-import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from common import report
-from one_drivers.core.remotes import install
+from common import lab_bench, report
 from one_drivers.lab.documents import ds_doc
-from one_drivers.lab.lab import Lab
 
 GIB = 1 << 30
 MIB = 1 << 20
@@ -147,26 +142,13 @@ def bench_monitor(env: dict[str, str], remotes: Path, ioctx: Any, runs: int) -> 
 
 
 def main() -> dict[str, float]:
-    import rados
-
-    env = Lab().env()
-    os.environ.update(env)
-    cluster = rados.Rados(conffile=env["CEPH_CONF"], rados_id="admin")
-    cluster.connect(timeout=10)
-    ioctx = cluster.open_ioctx(env["ONE_LAB_CEPH_POOL"])
-    work = Path(tempfile.mkdtemp(prefix="one-drivers-bench-", dir="/var/tmp"))
-    try:
+    with lab_bench() as (env, ioctx, work):
         remotes = work / "remotes"
-        install(remotes, python=sys.executable)
         return {
             "cp_vs_rbd_import": bench_cp(env, remotes, ioctx, work, runs=5),
             "clone_vs_rbd_cp": bench_clone(env, remotes, ioctx, runs=5),
             "monitor_1000_vs_10": bench_monitor(env, remotes, ioctx, runs=10),
         }
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-        ioctx.close()
-        cluster.shutdown()
 
 
 if __name__ == "__main__":

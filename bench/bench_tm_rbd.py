@@ -6,18 +6,15 @@ baselines flatter upstream; ours includes its two oned lookups (the lab's stand-
 
 from __future__ import annotations
 
-import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from common import report
-from one_drivers.core.remotes import install
+from common import lab_bench, report
 from one_drivers.lab.documents import datastore_doc, disk_attrs, vm_doc
 from one_drivers.lab.lab import Lab
 
@@ -215,26 +212,13 @@ def bench_delete(s: Setup, runs: int) -> float:
 
 
 def main() -> dict[str, float]:
-    import rados
-
-    env = Lab().env()
-    os.environ.update(env)
-    cluster = rados.Rados(conffile=env["CEPH_CONF"], rados_id="admin")
-    cluster.connect(timeout=10)
-    ioctx = cluster.open_ioctx(env["ONE_LAB_CEPH_POOL"])
-    with tempfile.TemporaryDirectory() as tmp:
-        remotes = Path(tmp)
-        install(remotes, python=sys.executable)
-        s = Setup(env, ioctx, remotes)
-        try:
-            results = {"tm_clone_vs_cli": bench_clone(s, runs=7)}
-            breakdown(s)
-            results["tm_parallel_failures"] = bench_parallel(s)
-            results["tm_delete_vs_cli"] = bench_delete(s, runs=5)
-            return results
-        finally:
-            ioctx.close()
-            cluster.shutdown()
+    with lab_bench() as (env, ioctx, work):
+        s = Setup(env, ioctx, work / "remotes")
+        results = {"tm_clone_vs_cli": bench_clone(s, runs=7)}
+        breakdown(s)
+        results["tm_parallel_failures"] = bench_parallel(s)
+        results["tm_delete_vs_cli"] = bench_delete(s, runs=5)
+        return results
 
 
 if __name__ == "__main__":

@@ -5,7 +5,10 @@ from __future__ import annotations
 import statistics
 import subprocess
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
 
 
 def time_argv(argv: Sequence[str], stdin: bytes = b"", expect: int | None = 0) -> float:
@@ -36,3 +39,30 @@ def report(title: str, ours_label: str, ours: float, theirs_label: str, theirs: 
     print(f"\n{title}")
     print(f"  {ours_label:<58} {ours * 1000:8.1f} ms (median)")
     print(f"  {theirs_label:<58} {theirs * 1000:8.1f} ms (median)")
+
+
+@contextmanager
+def lab_bench() -> Iterator[tuple[dict[str, str], Any, Path]]:
+    """The lab's env (exported), an admin I/O context on its pool, and installed remotes."""
+    import os
+    import sys
+    import tempfile
+
+    import rados
+
+    from one_drivers.core.remotes import install
+    from one_drivers.lab.lab import Lab
+
+    env = Lab().env()
+    os.environ.update(env)
+    cluster = rados.Rados(conffile=env["CEPH_CONF"], rados_id="admin")
+    cluster.connect(timeout=10)
+    ioctx = cluster.open_ioctx(env["ONE_LAB_CEPH_POOL"])
+    try:
+        with tempfile.TemporaryDirectory(prefix="one-drivers-bench-", dir="/var/tmp") as tmp:
+            remotes = Path(tmp) / "remotes"
+            install(remotes, python=sys.executable)
+            yield env, ioctx, Path(tmp)
+    finally:
+        ioctx.close()
+        cluster.shutdown()

@@ -58,41 +58,35 @@ def premigrate(call: Call) -> None:
     migrate_other(call, "premigrate")
 
 
-def postmigrate(call: Call) -> None:
-    vmid = call.args["vmid"]
-    vm_dir = vm_dir_of(HostPath("", call.args["vm_dir"]), vmid)
-    migrate_other(call, "postmigrate")
+def _finish(call: Call, action: str) -> None:
+    """After the migration: remove one side's directory (the source after a success, the
+    destination's copy after a failure), unless both names are the same directory."""
+    vm_dir = vm_dir_of(HostPath("", call.args["vm_dir"]), call.args["vmid"])
+    migrate_other(call, action)
     if _same_host(call):
         return
     timeout = call.deadline.cap(call.settings.float("SSH_TIMEOUT", 600), "cleaning up")
     src, dst = call.args["src_host"], call.args["dst_host"]
+    # premigrate's copy on the destination carries a marker with a nonce
     marker = remote.run(dst, ["cat", "--", f"{vm_dir}/{MARKER}"], timeout=timeout, check=False)
     nonce = marker.stdout.decode().strip() if marker.returncode == 0 else ""
+    if not nonce and action == "failmigrate":
+        log.info(f"no copy of ours on {dst}: nothing to clean")
+        return
     if nonce and same_directory(src, vm_dir, nonce, timeout):
         log.info(f"{src} and {dst} share {vm_dir}: kept")
     else:
-        _run(src, ["rm", "-rf", "--", vm_dir], timeout)
-        log.info(f"removed the VM directory on {src}")
+        doomed = src if action == "postmigrate" else dst
+        _run(doomed, ["rm", "-rf", "--", vm_dir], timeout)
+        log.info(f"removed the VM directory on {doomed}")
     _run(dst, ["rm", "-f", "--", f"{vm_dir}/{MARKER}"], timeout, check=False)
+
+
+def postmigrate(call: Call) -> None:
+    """The guest runs on the destination: the source's directory goes."""
+    _finish(call, "postmigrate")
 
 
 def failmigrate(call: Call) -> None:
     """The guest stays on the source: the destination's copy goes (upstream leaves it)."""
-    vmid = call.args["vmid"]
-    vm_dir = vm_dir_of(HostPath("", call.args["vm_dir"]), vmid)
-    migrate_other(call, "failmigrate")
-    if _same_host(call):
-        return
-    timeout = call.deadline.cap(call.settings.float("SSH_TIMEOUT", 600), "cleaning up")
-    src, dst = call.args["src_host"], call.args["dst_host"]
-    marker = remote.run(dst, ["cat", "--", f"{vm_dir}/{MARKER}"], timeout=timeout, check=False)
-    nonce = marker.stdout.decode().strip() if marker.returncode == 0 else ""
-    if not nonce:
-        log.info(f"no copy of ours on {dst}: nothing to clean")
-        return
-    if same_directory(src, vm_dir, nonce, timeout):
-        log.info(f"{src} and {dst} share {vm_dir}: the guest's directory is kept")
-    else:
-        _run(dst, ["rm", "-rf", "--", vm_dir], timeout)
-        log.info(f"removed the copy on {dst}")
-    _run(src, ["rm", "-f", "--", f"{vm_dir}/{MARKER}"], timeout, check=False)
+    _finish(call, "failmigrate")
