@@ -283,7 +283,7 @@ def test_cp_never_overwrites_an_image_that_is_not_ours(lab_env, remotes, ceph_ad
         image.write(b"precious", 0)
     proc = cp(lab_env, remotes, iid, str(path))
     assert proc.returncode == 1
-    assert "already exists and is not one-drivers' image" in proc.stderr
+    assert "already exists and is not ours" in proc.stderr
     assert read_image(ioctx, f"one-{iid}")[:8] == b"precious"
 
 
