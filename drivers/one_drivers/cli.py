@@ -81,7 +81,7 @@ def cmd_trash_purge(args: argparse.Namespace) -> int:
     try:
         with rbd_pool(settings, Deadline(args.timeout, "trash-purge"), settings.subject) as pool, \
                 ceph_errors("purging the RBD trash", settings.subject):
-            counts = purge(pool.ioctx)
+            counts = purge(pool.ioctx, cluster=pool.cluster)
     except DriverError as exc:
         print(exc, file=sys.stderr)
         return exc.exit_code

@@ -440,3 +440,39 @@ def test_ssh_system_datastore_disks_are_files_on_the_host(world, remotes, ceph_a
         subprocess.run(["rm", "-rf", str(on_host)], check=True)
         run_remote(remotes, "datastore/rbd/rm", [str(saved)],
                    ds_doc(lab_env, saved, image={"SOURCE": f"one/one-{saved}"}))
+
+
+def test_deferred_delete_and_the_purge(world, remotes, ceph_admin, lab_env, tmp_path):
+    import datetime
+
+    import rbd
+
+    from one_drivers.ceph.trash import purge
+
+    cluster, ioctx = ceph_admin
+    vmid, image = next(_ids), world["image"]
+    record_vm(world, vmid, "localhost")
+    where = f"localhost:{world['root']}/{SYS_DS}/{vmid}/disk.0"
+    steps = run_transfer(remotes, tmp_path, [
+        f"CLONE rbd fe:one/one-{image} {where} {vmid} {IMAGE_DS}",
+        f"SNAP_CREATE rbd {where} 0 {vmid} {IMAGE_DS}",
+        f"SNAP_CREATE rbd {where} 1 {vmid} {IMAGE_DS}"])
+    assert steps.returncode == 0, steps.stdout + steps.stderr
+    conf = remotes / "etc" / "tm" / "rbd" / "rbd.conf"
+    original = conf.read_text()
+    conf.write_text(original + "DELETE_MODE=deferred\n")
+    try:
+        gone = run_transfer(remotes, tmp_path, [f"DELETE rbd {where} {vmid} {IMAGE_DS}"])
+    finally:
+        conf.write_text(original)
+    assert gone.returncode == 0, gone.stdout + gone.stderr
+    assert "DELETE_MODE=deferred" in gone.stdout
+    name = f"one-{image}-{vmid}-0"
+    assert name not in rbd_names(ioctx) and name in trash_names(ioctx)
+    counts = purge(ioctx, cluster=cluster,
+                   now=datetime.datetime.now(datetime.UTC).replace(tzinfo=None)
+                   + datetime.timedelta(seconds=1))
+    assert counts["removed"] >= 1
+    assert name not in trash_names(ioctx)
+    with rbd.Image(ioctx, f"one-{image}", read_only=True) as img:  # its clone snapshot went
+        assert [s["name"] for s in img.list_snaps()] == []

@@ -118,7 +118,7 @@ def clone_image(pool: Pool, src: ImageSpec, dst: ImageSpec, *, new_snap: str,
             if up is not None:
                 new.flatten()
         if up is not None and up.snap:
-            release_parent(pool, up)
+            release_parent(pool.cluster, up)
     return 0
 
 
@@ -150,16 +150,18 @@ def sweep_clone_snapshots(pool: Pool, source: ImageSpec, min_age: float = 300) -
     return removed
 
 
-def release_parent(pool: Pool, par: ImageSpec) -> None:
+def release_parent(cluster: Any, par: ImageSpec) -> None:
     """Drop our clone snapshot on ``par`` once nothing hangs from it; purge a hidden parent."""
     import rbd
 
     if par.snap and par.snap.startswith(CLONE_SNAP_PREFIX):
-        with pool.other(par.pool) as ioctx:
-            try:
-                with open_image(ioctx, par.name) as image:
-                    if par.snap in snap_names(image) and not children(image, par.snap):
-                        image.remove_snap(par.snap)
-            except rbd.ImageNotFound:
-                pass  # the image, or the snapshot, went with a concurrent delete: fine
-    collect_parent(pool.cluster, par)
+        ioctx = cluster.open_ioctx(par.pool)
+        try:
+            with open_image(ioctx, par.name) as image:
+                if par.snap in snap_names(image) and not children(image, par.snap):
+                    image.remove_snap(par.snap)
+        except rbd.ImageNotFound:
+            pass  # the image, or the snapshot, went with a concurrent delete: fine
+        finally:
+            ioctx.close()
+    collect_parent(cluster, par)

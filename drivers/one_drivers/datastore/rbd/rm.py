@@ -64,4 +64,4 @@ def rm(call: Call) -> None:
             if remove_image(pool.cluster, pool.ioctx, carrier.name) == "removed":
                 log.info(f"removed {carrier}, a snapshot carrier left by upstream's driver")
         if par is not None and outcome == "removed":
-            release_parent(pool, par)
+            release_parent(pool.cluster, par)

@@ -41,6 +41,8 @@ DRIVER = Driver(
         "CEPH_KEY": ("", "keyring or keyfile of CEPH_USER"),
         "CEPH_TRASH": ("no", "yes: delete moves disks to the RBD trash"),
         "TRASH_DEFERMENT": ("86400", "seconds a trashed disk is kept"),
+        "DELETE_MODE": ("now", "now: delete removes disk and snapshots; deferred: it moves them "
+                               "to the RBD trash (~10x faster) and trash-purge reclaims them"),
         "CLONE_MAX_DEPTH": ("5", "clone chains deeper than this are flattened at once"),
         "STAGING_DIR": ("/var/tmp", "where file systems for volatile disks are made"),
         "ONED_TIMEOUT": ("15", "seconds a document lookup in oned may take"),

@@ -141,17 +141,21 @@ def delete(call: Call) -> None:
             return
         with open_image(pool.ioctx, ctx.spec.name, read_only=True) as image:
             up = parent(image)
-        if ctx.settings.bool("CEPH_TRASH", False):
+        deferred = (ctx.settings.get("DELETE_MODE", "now") or "now").lower() == "deferred"
+        if ctx.settings.bool("CEPH_TRASH", False) or deferred:
             import rbd
 
-            delay = ctx.settings.int("TRASH_DEFERMENT", 86400)
+            # deferred: out of sight now, snapshots and data reclaimed by trash-purge
+            delay = 0 if deferred else ctx.settings.int("TRASH_DEFERMENT", 86400)
             rbd.RBD().trash_move(pool.ioctx, ctx.spec.name, delay)
-            log.info(f"moved {ctx.spec} to the RBD trash for {delay} s")
+            log.info(f"moved {ctx.spec} to the RBD trash"
+                     + (" (DELETE_MODE=deferred: trash-purge reclaims it)" if deferred
+                        else f" for {delay} s"))
             return
         remove_image(pool.cluster, pool.ioctx, ctx.spec.name)
         faults.point("delete:removed")
         if up is not None:
-            release_parent(pool, up)
+            release_parent(pool.cluster, up)
     log.info(f"removed {ctx.spec}")
 
 
