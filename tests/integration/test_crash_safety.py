@@ -182,3 +182,32 @@ def test_ds_cp_and_tm_mkimage_converge_from_every_crash(lab_env, remotes, ceph_a
         assert delete({}).returncode == 0
     assert leftovers(ioctx, f"one-sys-{vmid}-") == set()
     purge_debris(ioctx, f"one-sys-{vmid}-")
+
+
+def test_vm_directory_moves_converge_from_every_crash(lab_env, remotes, tmp_path):
+    host = lab_env["ONE_LAB_SSH_HOST"]
+    vmid = next(_ids)
+    vm_dir = f"/var/lib/one/datastores/{SYS_DS}/{vmid}"
+    on_host = Path(lab_env["ONE_LAB_HOST_DATASTORES"]) / str(SYS_DS) / str(vmid)
+    here = Path(vm_dir)
+
+    def fresh():
+        subprocess.run(["rm", "-rf", str(here), str(on_host)], check=True)
+        on_host.mkdir(parents=True)
+        (on_host / "disk.3").write_bytes(b"context iso" * 1000)
+        (on_host / "deployment.0").write_text("<domain/>")
+
+    mv = tm(remotes, "mv", f"{host}:{vm_dir}", f"localhost:{vm_dir}", vmid, SYS_DS)
+    fresh()
+    points = points_of(mv)
+    assert {"copy-dir:copied", "mv:copied"} <= set(points), points
+    for point in points:
+        fresh()
+        crash_then_rerun(mv, point)
+        assert (here / "disk.3").read_bytes() == b"context iso" * 1000
+        assert (here / "deployment.0").read_text() == "<domain/>"
+        assert not on_host.exists()
+        debris = [p.name for p in here.parent.iterdir() if p.name.startswith(".one-drivers")]
+        assert debris == [], (point, debris)
+        assert not (here / ".one-drivers-copy").exists()
+    subprocess.run(["rm", "-rf", str(here), str(on_host)], check=True)

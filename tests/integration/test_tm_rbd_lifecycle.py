@@ -476,3 +476,37 @@ def test_deferred_delete_and_the_purge(world, remotes, ceph_admin, lab_env, tmp_
     assert name not in trash_names(ioctx)
     with rbd.Image(ioctx, f"one-{image}", read_only=True) as img:  # its clone snapshot went
         assert [s["name"] for s in img.list_snaps()] == []
+
+
+def test_saveas_from_a_snapshot_and_the_checkpoint_goes_with_the_vm(world, remotes, ceph_admin,
+                                                                     lab_env, tmp_path):
+    import rbd
+
+    _, ioctx = ceph_admin
+    vmid, image = next(_ids), world["image"]
+    record_vm(world, vmid, "localhost")
+    vm_dir = f"{world['root']}/{SYS_DS}/{vmid}"
+    disk0 = f"localhost:{vm_dir}/disk.0"
+    assert run_transfer(remotes, tmp_path, [
+        f"CLONE rbd fe:one/one-{image} {disk0} {vmid} {IMAGE_DS}",
+        f"SNAP_CREATE rbd {disk0} 0 {vmid} {IMAGE_DS}"]).returncode == 0
+    with rbd.Image(ioctx, f"one-{image}-{vmid}-0") as disk:
+        disk.write(b"after the snapshot", 0)
+    saved = next(_ids)
+    run_remote(remotes, "datastore/rbd/mkfs", [str(saved)],
+               ds_doc(lab_env, saved, image={"SIZE": 1, "FORMAT": "save_as"}))
+    proc = run_transfer(remotes, tmp_path, [
+        f"CPDS rbd {disk0} one/one-{saved} 0 {vmid} {IMAGE_DS}"])
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert read_image(ioctx, f"one-{saved}")[:8 * MIB] == world["data"]  # the snapshot's state
+    # a stopped VM's checkpoint in Ceph goes with its directory
+    rbd.RBD().create(ioctx, f"one-sys-{vmid}-checkpoint", MIB)
+    Path(vm_dir).mkdir(parents=True, exist_ok=True)
+    proc = run_transfer(remotes, tmp_path, [
+        f"DELETE rbd {disk0} {vmid} {IMAGE_DS}",
+        f"DELETE rbd localhost:{vm_dir} {vmid} {SYS_DS}"])
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert f"one-sys-{vmid}-checkpoint" not in rbd_names(ioctx)
+    assert not Path(vm_dir).exists()
+    run_remote(remotes, "datastore/rbd/rm", [str(saved)],
+               ds_doc(lab_env, saved, image={"SOURCE": f"one/one-{saved}"}))

@@ -132,7 +132,11 @@ def copy_dir(src: HostPath, src_dir: str, dst: HostPath, dst_dir: str,
     nonce = secrets.token_hex(8)
     parent, name = src_dir.rsplit("/", 1)
     dst_parent = dst_dir.rsplit("/", 1)[0]
-    staging = f"{dst_parent}/.one-drivers-tmp-{nonce}"
+    staging = f"{dst_parent}/.one-drivers-tmp-{name}-{nonce}"
+    # what a killed earlier copy of this VM's directory left
+    _run(dst.host, ["find", dst_parent, "-maxdepth", "1", "-name",
+                    f".one-drivers-tmp-{name}-*", "-exec", "rm", "-rf", "--", "{}", "+"],
+         timeout, check=False)
     _run(dst.host, ["mkdir", "-p", "--", staging], timeout)
     reader = remote.popen(src.host, ["tar", "--sparse", "-C", parent, "-cf", "-", name],
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -184,6 +188,7 @@ def mv(call: Call) -> None:
             return
         raise ActionFailed(f"the VM directory {src} does not exist")
     nonce = copy_dir(src, src_dir, dst, dst_dir, timeout)
+    faults.point("mv:copied")
     if same_directory(src.host, src_dir, nonce, timeout):
         log.info(f"{src} and {dst} are the same directory: kept")
     else:
