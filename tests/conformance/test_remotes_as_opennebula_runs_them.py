@@ -71,3 +71,26 @@ def test_monitor_as_the_ds_mad_runs_it(remotes, lab_env):
     used, total, free = (int(ln.split("=")[1]) for ln in lines)
     assert total == used + free and total > 0
     assert proc.stderr == b""
+
+
+@pytest.mark.parametrize(
+    ("action", "argv", "stdin", "code", "message"),
+    [
+        ("premigrate", ["n1", "n2", "/var/lib/one/datastores/0/42", "42", "0"], b"<VM/>", 3,
+         "VM 42: tm/rbd/premigrate stdin is not valid base64"),
+        ("premigrate", ["n1", "n2", "/var/lib/one/datastores/0/42", "42", "0"],
+         base64.b64encode(b"<IMAGE/>"), 3, "has root element <IMAGE>, expected <VM>"),
+        ("clone", ["fe:one/one-7", "n1:/d/0/42/disk.0", "42"], b"", 2,
+         "tm/rbd/clone expects arguments SRC DST VMID DSID, got 3"),
+        ("clone", ["one/one-7", "n1:/d/0/42/disk.0", "42", "100"], b"", 3,
+         "argument SRC is 'one/one-7', expected HOST:PATH"),
+        ("mkimage", ["big", "raw", "n1:/d/0/42/disk.1", "42", "0"], b"", 3,
+         "argument SIZE_MB is 'big', expected an integer"),
+    ],
+)
+def test_tm_bad_input_is_one_plain_line(remotes, action, argv, stdin, code, message):
+    proc = invoke(remotes, f"tm/rbd/{action}", argv, stdin)
+    err = proc.stderr.decode()
+    assert proc.returncode == code, err
+    assert len(err.strip().splitlines()) == 1 and message in err
+    assert "Traceback" not in err
