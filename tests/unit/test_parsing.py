@@ -1,0 +1,106 @@
+"""Pure parsing logic of the Ceph layer, the DS sources and the TM transfer runner."""
+
+import struct
+
+import pytest
+
+from one_drivers.ceph.naming import ImageSpec, carrier_pattern
+from one_drivers.ceph.stream import parse_rate
+from one_drivers.core.config import Settings
+from one_drivers.core.documents import Disk
+from one_drivers.core.errors import BadInput
+from one_drivers.core.xmlview import parse_xml
+from one_drivers.datastore.rbd.sources import (
+    check_path_allowed,
+    header_virtual_size,
+    parse_rbd_url,
+    sniff_format,
+)
+from one_drivers.tm.rbd.common import disk_image
+from one_drivers.tm.transfer import parse_line
+
+
+@pytest.mark.parametrize(("spec", "expected"), [
+    ("one/one-7", ImageSpec("one", "one-7")),
+    ("fast/one-7-42-0@3", ImageSpec("fast", "one-7-42-0", "3")),
+    ("one-7", ImageSpec("one", "one-7")),  # with the default pool
+])
+def test_image_spec_parse(spec, expected):
+    assert ImageSpec.parse(spec, "one") == expected
+
+
+@pytest.mark.parametrize("spec", ["one/", "/one-7", "one/one 7", "one/$(id)", "one/a@b;c",
+                                  "one-7"])
+def test_image_spec_rejects_what_is_not_a_name(spec):
+    with pytest.raises(BadInput):
+        ImageSpec.parse(spec)
+
+
+def test_carriers_are_not_vm_disks():
+    carriers = carrier_pattern("one-11")
+    assert carriers.match("one-11-0") and carriers.match("one-11-0:1:4")
+    assert not carriers.match("one-11-42-0") and not carriers.match("one-110-0")
+
+
+@pytest.mark.parametrize(("value", "rate"), [
+    (None, None), ("", None), ("0", None), ("1000", 1000.0), ("10K", 10240.0),
+    ("2M", 2 * 1024 * 1024.0), ("1G", 1024.0 ** 3), ("5MB", 5 * 1024 * 1024.0)])
+def test_parse_rate(value, rate):
+    assert parse_rate(value) == rate
+
+
+def test_sniff_formats_and_header_sizes():
+    qcow2 = b"QFI\xfb" + bytes(20) + struct.pack(">Q", 10 << 30) + bytes(100)
+    assert sniff_format(qcow2) == "qcow2" and header_virtual_size("qcow2", qcow2) == 10 << 30
+    vmdk = b"KDMV" + bytes(8) + struct.pack("<Q", 2048) + bytes(100)
+    assert sniff_format(vmdk) == "vmdk" and header_virtual_size("vmdk", vmdk) == 2048 * 512
+    vdi = bytearray(0x200)
+    vdi[0x40:0x44] = b"\x7f\x10\xda\xbe"
+    vdi[0x170:0x178] = struct.pack("<Q", 1 << 30)
+    assert sniff_format(bytes(vdi)) == "vdi" and header_virtual_size("vdi", bytes(vdi)) == 1 << 30
+    assert sniff_format(b"\x00" * 512) == "raw"
+    assert header_virtual_size("vhdx", b"vhdxfile") is None
+    assert header_virtual_size("qcow2", b"QFI") is None  # too short: unknown, not a crash
+
+
+def test_rbd_urls():
+    spec, query = parse_rbd_url("rbd://admin@host/one/one-7@snap?CEPH_CONF=/etc/c.conf")
+    assert spec == ImageSpec("one", "one-7", "snap")
+    assert query == {"CEPH_CONF": "/etc/c.conf", "CEPH_USER": "admin"}
+
+
+def test_restricted_and_safe_dirs(tmp_path):
+    safe = tmp_path / "safe"
+    safe.mkdir()
+    settings = Settings([{"RESTRICTED_DIRS": "/", "SAFE_DIRS": str(safe)}])
+    check_path_allowed(safe / "disk.img", settings)
+    with pytest.raises(BadInput, match="restricted directory"):
+        check_path_allowed(tmp_path / "disk.img", settings)
+    with pytest.raises(BadInput):  # .. cannot climb out of a safe dir
+        check_path_allowed(safe / ".." / "disk.img", settings)
+    check_path_allowed(tmp_path / "x", Settings([{}]))  # no restriction configured
+
+
+def test_transfer_lines():
+    assert parse_line("  # a comment", 1) is None and parse_line("", 2) is None
+    assert parse_line("CLONE rbd fe:one/one-7 n1:/d/0/42/disk.0 42 100", 3) == (
+        "clone", "rbd", ["fe:one/one-7", "n1:/d/0/42/disk.0", "42", "100"])
+    assert parse_line("CLONE.ssh rbd a b 1 2", 4)[0] == "clone.ssh"
+    for bad in ("CLONE", "CLONE ../x a b", "CLO;NE rbd a"):
+        with pytest.raises(BadInput):
+            parse_line(bad, 5)
+
+
+def disk(xml):
+    return Disk(parse_xml(f"<DISK>{xml}</DISK>", what="t"))
+
+
+def test_disk_image_names_as_upstream():
+    settings = Settings([{"POOL_NAME": "one"}])
+    clone = disk("<DISK_ID>0</DISK_ID><SOURCE>fast/one-7</SOURCE><CLONE>YES</CLONE>")
+    assert disk_image(42, clone, settings)[:2] == (ImageSpec("fast", "one-7-42-0"), "clone")
+    persistent = disk("<DISK_ID>1</DISK_ID><SOURCE>one/one-8</SOURCE><CLONE>NO</CLONE>")
+    assert disk_image(42, persistent, settings)[:2] == (ImageSpec("one", "one-8"), "persistent")
+    volatile = disk("<DISK_ID>2</DISK_ID><TYPE>fs</TYPE>")
+    assert disk_image(42, volatile, settings)[:2] == (ImageSpec("one", "one-sys-42-2"),
+                                                      "volatile")
