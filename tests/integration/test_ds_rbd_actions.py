@@ -640,3 +640,16 @@ def test_a_cephx_user_that_does_not_exist(lab_env, remotes, image_ids, sample):
     proc = cp(lab_env, remotes, image_ids(), str(path),
               ds={"CEPH_USER": "nobody", "CEPH_KEY": ""})
     assert proc.returncode == 5
+
+
+def test_mkfs_xfs(lab_env, remotes, ceph_admin, image_ids):
+    _, ioctx = ceph_admin
+    iid = image_ids()
+    doc = ds_doc(lab_env, iid, image={"SIZE": 320, "FS": "xfs"})  # xfs wants 300 MB at least
+    proc = run_remote(remotes, "datastore/rbd/mkfs", [str(iid)], doc)
+    assert proc.returncode == 0, proc.stderr
+    import rbd
+
+    with rbd.Image(ioctx, f"one-{iid}", read_only=True) as image:
+        assert image.read(0, 4) == b"XFSB"
+    assert allocated(ioctx, f"one-{iid}") < 64 * MIB  # only the file system's metadata
