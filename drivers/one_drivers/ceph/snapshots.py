@@ -10,12 +10,9 @@ snapshot's data in place, and removed when their last snapshot goes.
 
 from __future__ import annotations
 
-from typing import Any
-
 from one_drivers.ceph.naming import ImageSpec, carrier_pattern
 from one_drivers.ceph.pool import Pool
 from one_drivers.ceph.rbd_ops import (
-    children,
     open_image,
     parent,
     remove_image,
@@ -108,6 +105,3 @@ def flatten(pool: Pool, spec: ImageSpec, snap: str) -> None:
     for name in carriers:
         remove_image(pool.cluster, pool.ioctx, name)
 
-
-def has_clones(image: Any, snap: str) -> bool:
-    return bool(children(image, snap))

@@ -58,12 +58,6 @@ def warn(message: str) -> None:
     write_log("WARN", message)
 
 
-def debug(message: str) -> None:
-    if os.environ.get("ONE_DRIVERS_DEBUG"):
-        sys.stderr.write(f"DEBUG: {message}\n")
-    write_log("DEBUG", message)
-
-
 def exception(message: str) -> str:
     """Log the current exception with its traceback; return where it went."""
     import traceback  # only bugs pay for it

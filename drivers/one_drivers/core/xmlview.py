@@ -211,10 +211,6 @@ def integer(tag: str) -> Field[int]:
     return Field(tag, lambda v, t: v.int(t))
 
 
-def integer_or(tag: str, default: int) -> Field[int]:
-    return Field(tag, lambda v, t: v.int(t, default))
-
-
 def optional_int(tag: str) -> Field[int | None]:
     return Field(tag, lambda v, t: v.int(t) if v.has(t) else None)
 
