@@ -9,13 +9,14 @@ Settings layer: defaults < driver config file < datastore template < disk attrib
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
-from typing import NamedTuple
+from collections.abc import Callable
+from typing import IO, NamedTuple
 
 from one_drivers.ceph.naming import ImageSpec
 from one_drivers.core.config import Settings
 from one_drivers.core.contract import Call, HostPath
 from one_drivers.core.documents import VM, Datastore, Disk
-from one_drivers.core.errors import BadInput
+from one_drivers.core.errors import ActionFailed, BackendUnavailable, BadInput
 from one_drivers.core.oned import Oned
 
 
@@ -27,6 +28,33 @@ class DiskContext(NamedTuple):
     spec: ImageSpec  # the RBD image this disk is
     kind: str  # clone | persistent | volatile
     source: ImageSpec | None  # the image a clone or persistent disk comes from
+
+
+def send_to_host(where: HostPath, python: str, write: Callable[[IO[bytes]], None],
+                 timeout: float) -> None:
+    """Stream a file to ``host:path`` through the host's sparse receiver, in one ssh session
+    (it makes the directory, writes a temporary name, renames when complete)."""
+    import subprocess
+
+    from one_drivers.core import remote
+
+    proc = remote.popen(where.host, [python, "-m", "one_drivers.core.sparsefile", "receive",
+                                     where.path], stdin=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        if proc.stdin is not None:
+            write(proc.stdin)
+            proc.stdin.close()
+    except BrokenPipeError:
+        pass  # the host side ended: its exit status says why
+    err = proc.stderr.read() if proc.stderr is not None else b""
+    rc = proc.wait(timeout=timeout)
+    if rc != 0:
+        lines = err.decode(errors="replace").strip().splitlines()
+        last = lines[-1] if lines else f"exit {rc}"
+        if rc == remote.SSH_UNREACHABLE:
+            raise BackendUnavailable(f"cannot reach {where.host} over ssh ({last})",
+                                     hint="check the host is up and oneadmin's ssh key")
+        raise ActionFailed(f"writing {where} failed: {last}")
 
 
 def oned_for(call: Call) -> Oned:

@@ -132,19 +132,20 @@ def delete(call: Call) -> None:
     if ctx.kind == "persistent":
         log.info(f"{ctx.spec} is the persistent image itself: kept")
         return
+    import rbd
+
     with _pool(call, ctx) as pool, ceph_errors(f"removing {ctx.spec}", call.subject):
-        if not exists(pool.ioctx, ctx.spec.name):
+        try:
+            with open_image(pool.ioctx, ctx.spec.name, read_only=True) as image:
+                up = parent(image)
+        except rbd.ImageNotFound:
             log.info(f"{ctx.spec} is already gone")
             if ctx.source is not None:  # a re-run after a crash: the clone snapshot may remain
                 sweep_clone_snapshots(pool, ctx.source,
                                       min_age=ctx.settings.float("SWEEP_MIN_AGE", 300))
             return
-        with open_image(pool.ioctx, ctx.spec.name, read_only=True) as image:
-            up = parent(image)
         deferred = (ctx.settings.get("DELETE_MODE", "now") or "now").lower() == "deferred"
         if ctx.settings.bool("CEPH_TRASH", False) or deferred:
-            import rbd
-
             # deferred: out of sight now, snapshots and data reclaimed by trash-purge
             delay = 0 if deferred else ctx.settings.int("TRASH_DEFERMENT", 86400)
             rbd.RBD().trash_move(pool.ioctx, ctx.spec.name, delay)

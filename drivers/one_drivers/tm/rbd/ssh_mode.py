@@ -19,7 +19,7 @@ from one_drivers.core import log, remote
 from one_drivers.core.contract import Call, HostPath
 from one_drivers.core.errors import ActionFailed, BadInput
 from one_drivers.core.sparsefile import CHUNK, read_stream, write_stream
-from one_drivers.tm.rbd.common import DiskContext, load
+from one_drivers.tm.rbd.common import DiskContext, load, send_to_host
 
 MIB = 1024 * 1024
 
@@ -40,21 +40,12 @@ def _image_chunks(image: Any, size: int) -> Any:
 def export_to_host(call: Call, ctx: DiskContext, pool: Pool, spec: ImageSpec,
                    where: HostPath, grow_to: int = 0) -> None:
     timeout = call.deadline.cap(call.deadline.remaining(), f"exporting {spec}")
-    remote.run(where.host, ["mkdir", "-p", "--", where.vm_dir], timeout=timeout)
-    argv = [_python(ctx), "-m", "one_drivers.core.sparsefile", "receive", where.path]
-    proc = remote.popen(where.host, argv, stdin=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
-        with pool.other(spec.pool) as ioctx, open_image(ioctx, spec.name, snapshot=spec.snap,
-                                                        read_only=True) as image:
-            size = max(image.size(), grow_to)
-            assert_pipe(proc)
-            write_stream(proc.stdin, size, _image_chunks(image, image.size()))  # type: ignore[arg-type]
-        proc.stdin.close()  # type: ignore[union-attr]
-    except BrokenPipeError:
-        pass  # the host side ended: its exit status says why
-    err = proc.stderr.read().decode(errors="replace").strip() if proc.stderr else ""
-    if proc.wait(timeout=timeout) != 0:
-        raise ActionFailed(f"writing {where} failed: {err.splitlines()[-1] if err else ''}")
+    with pool.other(spec.pool) as ioctx, open_image(ioctx, spec.name, snapshot=spec.snap,
+                                                    read_only=True) as image:
+        size = max(image.size(), grow_to)
+        send_to_host(where, _python(ctx),
+                     lambda out: write_stream(out, size, _image_chunks(image, image.size())),
+                     timeout)
 
 
 def import_from_host(call: Call, ctx: DiskContext, where: HostPath, image: Any) -> int:
@@ -81,11 +72,6 @@ def import_from_host(call: Call, ctx: DiskContext, where: HostPath, image: Any) 
     if proc.wait(timeout=timeout) != 0:
         raise ActionFailed(f"reading {where} failed")
     return int(size)
-
-
-def assert_pipe(proc: subprocess.Popen[bytes]) -> None:
-    if proc.stdin is None:
-        raise RuntimeError("ssh started without a stdin pipe")
 
 
 def clone_ssh(call: Call) -> None:

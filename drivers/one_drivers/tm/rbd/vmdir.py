@@ -19,7 +19,7 @@ from one_drivers.ceph.pool import rbd_pool
 from one_drivers.ceph.rbd_ops import ceph_errors, exists, remove_image
 from one_drivers.core import faults, log, remote
 from one_drivers.core.contract import Call, HostPath
-from one_drivers.core.errors import ActionFailed, BackendUnavailable, BadInput
+from one_drivers.core.errors import ActionFailed, BadInput
 
 CHECKPOINT = "one-sys-{vmid}-checkpoint"
 
@@ -86,28 +86,11 @@ def context(call: Call) -> None:
             lines = proc.stderr.decode(errors="replace").strip().splitlines()
             raise ActionFailed(f"building the context ISO failed: {lines[-1] if lines else ''}")
         ssh_timeout = call.deadline.cap(call.settings.float("SSH_TIMEOUT", 60), "copying")
-        # one ssh session: the receiver makes the directory, writes a temporary name, renames
         from one_drivers.core.sparsefile import send_file
+        from one_drivers.tm.rbd.common import send_to_host
 
-        python = call.settings.get("HOST_PYTHON") or sys.executable
-        receiver = remote.popen(dst.host, [python, "-m", "one_drivers.core.sparsefile",
-                                           "receive", dst.path],
-                                stdin=subprocess.PIPE, stderr=subprocess.PIPE)
-        try:
-            if receiver.stdin is not None:
-                send_file(str(iso), receiver.stdin)
-                receiver.stdin.close()
-        except BrokenPipeError:
-            pass
-        err = receiver.stderr.read() if receiver.stderr is not None else b""
-        rc = receiver.wait(timeout=ssh_timeout)
-        if rc != 0:
-            detail = err.decode(errors="replace").strip().splitlines()
-            last = detail[-1] if detail else f"exit {rc}"
-            if rc == remote.SSH_UNREACHABLE:
-                raise BackendUnavailable(f"cannot reach {dst.host} over ssh ({last})",
-                                         hint="check the host is up and oneadmin's ssh key")
-            raise ActionFailed(f"writing {dst} failed: {last}")
+        send_to_host(dst, call.settings.get("HOST_PYTHON") or sys.executable,
+                     lambda out: send_file(str(iso), out), ssh_timeout)
     log.info(f"context ISO written to {dst}")
 
 
