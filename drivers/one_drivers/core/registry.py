@@ -18,6 +18,7 @@ from one_drivers.core.errors import UsageError
 PACKAGES: dict[str, dict[str, str]] = {
     "datastore": {"rbd": "one_drivers.datastore.rbd"},
     "tm": {"rbd": "one_drivers.tm.rbd"},
+    "vnm": {"ovsdb": "one_drivers.vnm.ovsdb"},
 }
 
 ActionFn = Callable[[Call], "str | None"]

@@ -159,6 +159,19 @@ class Template(XmlView):
     def vectors(self, name: str) -> Iterator[Template]:
         return self.children(name.upper(), Template)
 
+    def with_values(self: V, values: dict[str, str]) -> V:
+        """A copy with ``values`` replacing single attributes (an empty value removes one);
+        the document itself is never changed."""
+        import copy
+
+        elem = copy.deepcopy(self.elem)
+        for name, value in values.items():
+            for old in elem.findall(name.upper()):
+                elem.remove(old)
+            if value != "":
+                ET.SubElement(elem, name.upper()).text = value
+        return type(self)(elem, self.xpath, self.subject)
+
     def as_dict(self) -> dict[str, str]:
         """Single-valued attributes only (vectors are skipped)."""
         out: dict[str, str] = {}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from one_drivers.core.xmlview import escape
@@ -63,9 +64,16 @@ def disk_attrs(env: dict[str, str], disk_id: int, **attrs: Any) -> dict[str, Any
 
 
 def vm_doc(vm_id: int, disks: list[dict[str, Any]], *, lcm_state: int = 3,
-           host: str = "node1", sys_ds: int = 0) -> str:
-    """A VM as ``one.vm.info`` returns it, with DISKs and a HISTORY record."""
+           host: str = "node1", sys_ds: int = 0, nics: Sequence[dict[str, Any]] = (),
+           aliases: Sequence[dict[str, Any]] = (), sg_rules: Sequence[dict[str, Any]] = (),
+           extra: str = "") -> str:
+    """A VM as ``one.vm.info`` returns it, with DISKs, NICs, NIC_ALIASes, flattened
+    SECURITY_GROUP_RULEs and a HISTORY record."""
     disk_xml = "".join(f"<DISK>{elements(d)}</DISK>" for d in disks)
+    disk_xml += "".join(f"<NIC>{elements(n)}</NIC>" for n in nics)
+    disk_xml += "".join(f"<NIC_ALIAS>{elements(n)}</NIC_ALIAS>" for n in aliases)
+    disk_xml += "".join(f"<SECURITY_GROUP_RULE>{elements(r)}</SECURITY_GROUP_RULE>"
+                        for r in sg_rules) + extra
     return (f"<VM><ID>{vm_id}</ID><NAME>vm{vm_id}</NAME><STATE>3</STATE>"
             f"<LCM_STATE>{lcm_state}</LCM_STATE><DEPLOY_ID/>"
             f"<TEMPLATE>{disk_xml}</TEMPLATE><USER_TEMPLATE/>"

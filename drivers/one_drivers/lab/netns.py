@@ -1,0 +1,59 @@
+"""VM NICs without VMs: a network namespace per NIC, joined to the host by a veth pair whose host
+end carries the NIC's TARGET name, as a QEMU tap would. The lab's OVS sees it exactly like a
+VM's tap, and traffic between namespaces is real traffic through the userspace datapath."""
+
+from __future__ import annotations
+
+import subprocess
+from typing import NamedTuple
+
+
+def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["ip", *args], capture_output=True, text=True, timeout=30,
+                          check=check)
+
+
+class FakeNic(NamedTuple):
+    netns: str
+    target: str
+    mac: str
+
+    def exec(self, *argv: str, timeout: float = 30, check: bool = False
+             ) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["ip", "netns", "exec", self.netns, *argv], capture_output=True,
+                              text=True, timeout=timeout, check=check)
+
+    def ping(self, address: str, *, count: int = 1, size: int | None = None,
+             dont_fragment: bool = False, wait: float = 1) -> bool:
+        argv = ["ping", "-n", "-q", "-c", str(count), "-W", f"{wait:g}", "-i", "0.2"]
+        if size is not None:
+            argv += ["-s", str(size)]
+        if dont_fragment:
+            argv += ["-M", "do"]
+        return self.exec(*argv, address, timeout=count * wait + 10).returncode == 0
+
+
+def plug(target: str, mac: str, addresses: list[str], *, mtu: int | None = None,
+         netns: str | None = None) -> FakeNic:
+    """A namespace ``netns`` (default: the target's name) with ``eth0`` = ``mac``/``addresses``,
+    and the host end ``target`` up. Replaces a leftover of the same name."""
+    ns = netns or f"ns-{target}"
+    unplug(target, ns)
+    _ip("netns", "add", ns)
+    _ip("link", "add", target, "type", "veth", "peer", "name", "eth0", "netns", ns)
+    _ip("-n", ns, "link", "set", "eth0", "address", mac)
+    for address in addresses:
+        _ip("-n", ns, "addr", "add", address, "dev", "eth0", "nodad")
+    if mtu:
+        _ip("link", "set", target, "mtu", str(mtu))
+        _ip("-n", ns, "link", "set", "eth0", "mtu", str(mtu))
+    _ip("-n", ns, "link", "set", "lo", "up")
+    _ip("-n", ns, "link", "set", "eth0", "up")
+    _ip("link", "set", target, "up")
+    return FakeNic(ns, target, mac)
+
+
+def unplug(target: str, netns: str | None = None) -> None:
+    """The VM is gone: its tap disappears (and its namespace with it)."""
+    _ip("link", "del", target, check=False)
+    _ip("netns", "del", netns or f"ns-{target}", check=False)

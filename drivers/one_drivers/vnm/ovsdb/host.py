@@ -1,0 +1,145 @@
+"""The host side every ``ovsdb`` action shares: settings, the OVSDB connection, applying a set of
+NICs (OVSDB, then one OpenFlow bundle per bridge), removing NICs, and the per-VM state file that
+``one-drivers ovs reconcile`` replays after an Open vSwitch restart."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections import defaultdict
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, NamedTuple
+
+from one_drivers.core import log
+from one_drivers.core.config import Settings
+from one_drivers.core.errors import ActionFailed
+from one_drivers.ovs import flows
+from one_drivers.ovs.ofctl import OpenFlow, run_dir
+from one_drivers.ovs.spec import PortSpec
+
+if TYPE_CHECKING:
+    from one_drivers.ovs.ovsdb import Ovsdb, PortState
+
+DRIVER = "ovsdb"
+DEFAULT_OVSDB = "unix:/var/run/openvswitch/db.sock"
+DEFAULT_STATE_DIR = "/var/lib/one/one-drivers/vnm"
+
+
+def resolved(settings: Settings) -> Settings:
+    """Settings with the environment defaults the lab (and tests) use filled in."""
+    env = {"OVSDB": os.environ.get("ONE_DRIVERS_OVSDB") or DEFAULT_OVSDB,
+           "DATAPATH_TYPE": os.environ.get("ONE_DRIVERS_OVS_DATAPATH_TYPE") or "system",
+           "STATE_DIR": os.environ.get("ONE_DRIVERS_VNM_STATE_DIR") or DEFAULT_STATE_DIR}
+    return settings.over({k: v for k, v in env.items() if not settings.get(k)})
+
+
+class Host:
+    """This hypervisor's Open vSwitch, for one action."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.endpoint = settings.get("OVSDB") or DEFAULT_OVSDB
+        self.openflow = OpenFlow(run_dir(self.endpoint, settings.get("OVS_RUNDIR")),
+                                 settings.float("OPENFLOW_TIMEOUT", 10))
+        self._db: Ovsdb | None = None
+
+    @property
+    def db(self) -> Ovsdb:
+        if self._db is None:
+            from one_drivers.ovs.ovsdb import Ovsdb  # ovsdbapp: ~60 ms, only when needed
+
+            self._db = Ovsdb(self.endpoint, self.settings.float("OVSDB_TIMEOUT", 10))
+        return self._db
+
+    def apply(self, specs: list[PortSpec], *, require_tap: bool,
+              exclusive_phydev: bool = False) -> dict[str, PortState]:
+        """Ports first (their OpenFlow numbers are requested, so flows can be written before the
+        tap exists), then each bridge's flows in one bundle: a NIC is never on a bridge without
+        its VLAN settings and filters, not even between libvirt plugging the tap and ``post``."""
+        if not specs:
+            return {}
+        states = self.db.apply(specs, exclusive_phydev=exclusive_phydev)
+        if require_tap:
+            missing = [s.target for s in specs if states[s.target].ofport < 0]
+            if missing:
+                raise ActionFailed(f"no tap device {', '.join(missing)} on this host",
+                                   hint="is the VM running here? `post` runs after deploy")
+        self.write_flows(specs, states)
+        return states
+
+    def write_flows(self, specs: Iterable[PortSpec], states: dict[str, PortState]) -> None:
+        per_bridge: dict[str, list[PortSpec]] = defaultdict(list)
+        for spec in specs:
+            per_bridge[spec.bridge].append(spec)
+        for bridge, group in per_bridge.items():
+            deletes: list[tuple[int, int]] = []
+            ports: list[int] = []
+            adds = [(flows.SKELETON_COOKIE, f) for f in flows.skeleton()]
+            for spec in group:
+                state = states[spec.target]
+                cookie = flows.nic_cookie(spec.vm_id, spec.nic_id)
+                deletes.append((cookie, flows.NIC_MASK))
+                ports.append(state.openflow_port)
+                adds += [(cookie, f) for f in flows.nic_flows(spec, state.openflow_port,
+                                                              state.zone)]
+            self.openflow.apply(bridge, flows.bundle(deletes, adds, ports))
+
+    def remove(self, owners: Iterable[tuple[int, int, str]], *, bridges: Iterable[str] = ()
+               ) -> list[str]:
+        """Remove NICs given as (VM id, NIC id, port name): flows first (so a port number that
+        is later reused never meets old rules), then ports, QoS rows and emptied bridges."""
+        owners = list(owners)
+        targets = {name for _, _, name in owners}
+        where = {s.target: s.bridge for s in self.db.owned_ports()}
+        existing = self.db.bridges()
+        for bridge in sorted({where.get(t, "") for t in targets} | set(bridges)):
+            if bridge in existing:
+                self.openflow.apply(bridge, flows.bundle(
+                    [(flows.nic_cookie(vm, nic), flows.NIC_MASK) for vm, nic, _ in owners], []))
+        removed = self.db.remove(targets, keep_empty_bridges=self.settings.bool(
+            "KEEP_EMPTY_BRIDGE", False))
+        for bridge in removed:
+            log.info(f"removed bridge {bridge}: no VM uses it any more")
+        return removed
+
+
+def tap_exists(name: str) -> bool:
+    return os.path.exists(os.path.join("/sys/class/net", name))
+
+
+class StateFile(NamedTuple):
+    """``<STATE_DIR>/vm-<id>.xml``: the VM document of the last successful pre/post/update."""
+
+    directory: str
+
+    def path(self, vm_id: int) -> str:
+        return os.path.join(self.directory, f"vm-{vm_id}.xml")
+
+    def save(self, vm_id: int, xml: bytes) -> None:
+        os.makedirs(self.directory, mode=0o750, exist_ok=True)
+        tmp = f"{self.path(vm_id)}.tmp.{os.getpid()}"
+        with open(tmp, "wb") as fh:
+            fh.write(xml)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, self.path(vm_id))  # a crash leaves the old document or the new one
+
+    def drop(self, vm_id: int) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path(vm_id))
+
+    def load_all(self) -> dict[int, bytes]:
+        out: dict[int, bytes] = {}
+        try:
+            names = os.listdir(self.directory)
+        except FileNotFoundError:
+            return out
+        for name in names:
+            if name.startswith("vm-") and name.endswith(".xml") and name[3:-4].isdigit():
+                with open(os.path.join(self.directory, name), "rb") as fh:
+                    out[int(name[3:-4])] = fh.read()
+        return out
+
+
+def state_file(settings: Settings) -> StateFile:
+    return StateFile(settings.get("STATE_DIR") or DEFAULT_STATE_DIR)
