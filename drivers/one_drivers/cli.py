@@ -103,6 +103,32 @@ def cmd_run_transfer(args: argparse.Namespace) -> int:
         return exc.exit_code
 
 
+def cmd_ovs_reconcile(args: argparse.Namespace) -> int:
+    """Re-apply every running VM's NICs and remove what we own that no VM needs."""
+    from one_drivers.core.config import Settings, config_path, load_file
+    from one_drivers.core.errors import DriverError
+    from one_drivers.core.registry import get_driver
+    from one_drivers.vnm.ovsdb.host import resolved
+    from one_drivers.vnm.ovsdb.reconcile import reconcile
+
+    driver = get_driver("vnm", "ovsdb")
+    settings = resolved(Settings([driver.default_values(),
+                                  load_file(config_path("vnm", "ovsdb", args.remotes))],
+                                 subject="this host's Open vSwitch"))
+    try:
+        report = reconcile(settings, dry_run=args.dry_run)
+    except DriverError as exc:
+        print(exc, file=sys.stderr)
+        return exc.exit_code
+    for line in report.skipped:
+        print(f"skipped {line}", file=sys.stderr)
+    verb = "would remove" if args.dry_run else "removed"
+    print(f"{'checked' if args.dry_run else 're-applied'} {report.nics} NICs of {report.vms} "
+          f"running VMs; {verb} {report.removed_ports} stale ports, flows of "
+          f"{report.removed_flows} stale NICs, bridges: {', '.join(report.removed_bridges) or '-'}")
+    return 1 if report.skipped else 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from one_drivers.demo import run_demo
 
@@ -147,6 +173,15 @@ def build_parser() -> argparse.ArgumentParser:
                                       "/var/lib/one/remotes)")
     p.add_argument("--timeout", type=float, default=3600, help="seconds per line")
     p.set_defaults(func=cmd_run_transfer)
+
+    p = sub.add_parser("ovs", help="Open vSwitch maintenance on a hypervisor")
+    ovs_sub = p.add_subparsers(dest="ovs_command", required=True)
+    p = ovs_sub.add_parser("reconcile", help="re-apply running VMs' NICs after an OVS restart "
+                                             "and remove owned ports and flows of gone VMs")
+    p.add_argument("--remotes", help="remotes tree with the driver's config (default: "
+                                     "ONE_DRIVERS_REMOTES or /var/lib/one/remotes)")
+    p.add_argument("--dry-run", action="store_true", help="report only")
+    p.set_defaults(func=cmd_ovs_reconcile)
 
     p = sub.add_parser("demo", help="bring the lab up and run real actions end to end")
     p.set_defaults(func=cmd_demo)

@@ -22,7 +22,10 @@ class OvsLab:
 
     def env(self) -> dict[str, str]:
         return {"OVS_RUNDIR": str(self.run_dir), "OVS_DBDIR": str(self.dir),
-                "OVS_LOGDIR": str(self.dir / "log"), "ONE_DRIVERS_OVSDB": f"unix:{self.sock}"}
+                "OVS_LOGDIR": str(self.dir / "log"), "ONE_DRIVERS_OVSDB": f"unix:{self.sock}",
+                # no kernel datapath here; the VNM driver's per-VM state for reconcile
+                "ONE_DRIVERS_OVS_DATAPATH_TYPE": "netdev",
+                "ONE_DRIVERS_VNM_STATE_DIR": str(self.dir / "vnm-state")}
 
     def _env(self) -> dict[str, str]:
         return {**os.environ, **self.env()}
@@ -44,19 +47,33 @@ class OvsLab:
         self.run_dir.mkdir()
         env = self._env()
         run(["ovsdb-tool", "create", str(self.db), str(SCHEMA)], env=env)
-        run(["ovsdb-server", str(self.db), f"--remote=punix:{self.sock}",
-             "--remote=db:Open_vSwitch,Open_vSwitch,manager_options",
-             f"--pidfile={self.pids['ovsdb-server']}", "--detach", "--no-chdir",
-             f"--log-file={self.dir}/log/ovsdb-server.log"], env=env)
+        self._start_db(env)
         # TCP through the userspace datapath needs TSO/checksum handling (lab-facts.md)
         self.vsctl("init", "--", "set", "Open_vSwitch", ".",
                    "other_config:userspace-tso-enable=true", wait=False)
-        run(["ovs-vswitchd", f"unix:{self.sock}", f"--pidfile={self.pids['ovs-vswitchd']}",
-             "--detach", "--no-chdir", f"--log-file={self.dir}/log/ovs-vswitchd.log"], env=env)
+        self._start_switch(env)
         # a write without --no-wait returns once vswitchd has applied it: vswitchd is serving
         self.vsctl("set", "Open_vSwitch", ".", "external_ids:one-drivers-lab=up")
         if not self.running():
             raise LabError(f"Open vSwitch did not stay up; see {self.dir}/log")
+
+    def restart(self) -> None:
+        """Stop and start both daemons on the same database (flows are lost, ports kept)."""
+        self.down()
+        env = self._env()
+        self._start_db(env)
+        self._start_switch(env)
+        self.vsctl("set", "Open_vSwitch", ".", "external_ids:one-drivers-lab=up")
+
+    def _start_db(self, env: dict[str, str]) -> None:
+        run(["ovsdb-server", str(self.db), f"--remote=punix:{self.sock}",
+             "--remote=db:Open_vSwitch,Open_vSwitch,manager_options",
+             f"--pidfile={self.pids['ovsdb-server']}", "--detach", "--no-chdir",
+             f"--log-file={self.dir}/log/ovsdb-server.log"], env=env)
+
+    def _start_switch(self, env: dict[str, str]) -> None:
+        run(["ovs-vswitchd", f"unix:{self.sock}", f"--pidfile={self.pids['ovs-vswitchd']}",
+             "--detach", "--no-chdir", f"--log-file={self.dir}/log/ovs-vswitchd.log"], env=env)
 
     def down(self) -> list[str]:
         return [name for name, pidfile in self.pids.items() if stop(pidfile)]
