@@ -54,9 +54,13 @@ def alive(pid: int | None) -> bool:
         return False
     except PermissionError:
         return True
-    try:  # a zombie is not alive
+    try:  # a zombie is not alive...
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        return state != "Z"
+        if state != "Z":
+            return True
+        # ...unless only its main thread has ended: ovs-vswitchd's other threads still run
+        # its exit handlers, which unlink socket paths a successor may already have created
+        return len(os.listdir(f"/proc/{pid}/task")) > 1
     except (OSError, IndexError):
         return True
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 
 from one_drivers.core.errors import ActionFailed, BackendTimeout, BackendUnavailable
 
@@ -30,6 +31,18 @@ class OpenFlow:
         return f"unix:{os.path.join(self.rundir, bridge)}.mgmt"
 
     def _run(self, bridge: str, args: list[str], stdin: str | None = None) -> str:
+        """Run ovs-ofctl; a bridge socket that is not there yet (ovs-vswitchd still starting or
+        re-reading the database) is waited for within the timeout."""
+        deadline = time.monotonic() + self.timeout
+        while True:
+            try:
+                return self._run_once(bridge, args, stdin)
+            except BackendUnavailable:
+                if time.monotonic() + 0.2 > deadline:
+                    raise
+                time.sleep(0.2)
+
+    def _run_once(self, bridge: str, args: list[str], stdin: str | None) -> str:
         argv = ["ovs-ofctl", f"--timeout={max(1, int(self.timeout))}", *args]
         try:
             proc = subprocess.run(argv, input=stdin, capture_output=True, text=True,
@@ -38,8 +51,8 @@ class OpenFlow:
             raise BackendTimeout(f"ovs-ofctl on bridge {bridge} took over {self.timeout:g} s")\
                 from None
         except FileNotFoundError:
-            raise BackendUnavailable("ovs-ofctl is not installed",
-                                     hint="install openvswitch-switch") from None
+            raise ActionFailed("ovs-ofctl is not installed",
+                               hint="install openvswitch-switch") from None
         if proc.returncode != 0:
             last = (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1]
             if "Connection refused" in last or "No such file" in last:

@@ -52,12 +52,13 @@ def reconcile(settings: Settings, *, dry_run: bool = False) -> Report:
     stale = [p for p in host.db.owned_ports() if p.target not in wanted
              and not tap_exists(p.target)]
     keep = {(s.vm_id, s.nic_id) for s in live}
-    stale_flows = _stale_flows(host, keep)
     if dry_run:
+        stale_flows = _stale_flows(host, keep)
         return Report(len({s.vm_id for s in live}), len(live), len(stale),
                       sum(len(c) for c in stale_flows.values()), [], skipped)
-    if live:
+    if live:  # first: its transaction returns once ovs-vswitchd has caught up after a restart
         host.apply(live, require_tap=False)
+    stale_flows = _stale_flows(host, keep)
     for bridge, cookies in stale_flows.items():
         host.openflow.apply(bridge, flows.bundle([(c, flows.NIC_MASK) for c in cookies], []))
     removed = host.db.remove({p.target for p in stale}, keep_empty_bridges=settings.bool(
