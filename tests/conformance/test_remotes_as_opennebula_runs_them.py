@@ -94,3 +94,46 @@ def test_tm_bad_input_is_one_plain_line(remotes, action, argv, stdin, code, mess
     assert proc.returncode == code, err
     assert len(err.strip().splitlines()) == 1 and message in err
     assert "Traceback" not in err
+
+
+def _vm_b64(**nic: object) -> bytes:
+    from one_drivers.lab.documents import vm_doc
+
+    attrs = {"NIC_ID": 0, "VN_MAD": "ovsdb", "BRIDGE": "br-conf", "MAC": "02:00:00:00:00:01",
+             **nic}
+    return base64.b64encode(vm_doc(42, [], nics=[attrs]).encode())
+
+
+@pytest.mark.parametrize(
+    ("action", "argv", "stdin", "env", "code", "message"),
+    [
+        ("post", ["uuid", "n1"], b"<VM/>", {}, 3, "VM: vnm/ovsdb/post stdin is not valid base64"),
+        ("clean", ["n1"], base64.b64encode(b"<VNET/>"), {}, 3,
+         "has root element <VNET>, expected <VM>"),
+        ("pre", [], _vm_b64(VLAN_ID="4095"), {}, 3,
+         "VM 42: NIC 0: VLAN_ID=4095 is out of range (1-4094)"),
+        ("pre", [], _vm_b64(MTU="9000"), {"ONE_DRIVERS_OVSDB": "unix:/nonexistent/db.sock"}, 4,
+         "VM 42: cannot reach OVSDB at unix:/nonexistent/db.sock"),
+        ("update_nic", ["uuid"], _vm_b64(), {}, 2,
+         "vnm/ovsdb/update_nic expects arguments DEPLOY_ID VN_ID, got 1"),
+        ("vnet_create", ["4"], base64.b64encode(
+            b"<VNET><ID>4</ID><TEMPLATE><VLAN_TAGGED_ID>9-2</VLAN_TAGGED_ID></TEMPLATE></VNET>"),
+         {}, 3, "virtual network 4: network VLAN_TAGGED_ID: range '9-2' runs backwards"),
+    ],
+)
+def test_vnm_bad_input_is_one_plain_line(remotes, action, argv, stdin, env, code, message):
+    import os
+
+    proc = invoke(remotes, f"vnm/ovsdb/{action}", argv, stdin, env={**os.environ, **env})
+    err = proc.stderr.decode()
+    assert proc.returncode == code, err
+    assert len(err.strip().splitlines()) == 1 and message in err, err
+    assert "Traceback" not in err
+
+
+def test_vnm_network_actions_accept_a_valid_network(remotes):
+    doc = base64.b64encode(b"<VNET><ID>4</ID><VLAN_ID>12</VLAN_ID><TEMPLATE><MTU>9000</MTU>"
+                           b"<CVLANS>10-20</CVLANS></TEMPLATE></VNET>")
+    for action in ("vnet_create", "vnet_delete"):
+        proc = invoke(remotes, f"vnm/ovsdb/{action}", ["4"], doc)
+        assert proc.returncode == 0 and proc.stdout == b"", proc.stderr

@@ -13,7 +13,7 @@ from one_drivers.ovs.spec import QINQ_TYPES, parse_pairs, parse_vlan_list
 
 def vnet_create(call: Call) -> None:
     vnet: VNet = call.doc
-    where = f"virtual network {vnet.id}"
+    where = "network"
     values = {**vnet.template.as_dict(), **{k: v for k, v in (
         ("VLAN_ID", vnet.opt("VLAN_ID")), ("PHYDEV", vnet.opt("PHYDEV"))) if v}}
     automatic = (vnet.opt("VLAN_ID_AUTOMATIC") or vnet.template.opt("AUTOMATIC_VLAN_ID")
