@@ -222,6 +222,12 @@ def test_clean_removes_exactly_the_vm_and_keeps_running_ports(net):
                       for i in range(2)])
     (nb,) = net.start(doc_b, [(f"one-{b}-0", net.mac(b, 0), ["10.34.0.2/24"])])
     assert flows_of(net.bridge, a) and flows_of(net.bridge, b)
+    assert nb.ping("10.34.0.1") and nb.ping("10.34.0.11"), "IP filters on two NICs, one network"
+    # an operator's port and flow on the same bridge are never ours to remove
+    vsctl("add-port", net.bridge, "op-port", "--", "set", "Interface", "op-port",
+          "type=internal")
+    subprocess.run(["ovs-ofctl", "add-flow", net.bridge,
+                    "table=99,priority=5,cookie=0x1234,actions=drop"], check=True, timeout=20)
     # clean while the taps still exist (same-host migration, OpenNebula/one#7947): nothing goes
     net.ok("clean", doc_a, "node1")
     assert port_row(f"one-{a}-0") is not None and flows_of(net.bridge, a)
@@ -237,8 +243,15 @@ def test_clean_removes_exactly_the_vm_and_keeps_running_ports(net):
     assert port_row(f"one-{b}-0") is not None and flows_of(net.bridge, b), "b untouched"
     net.ok("clean", doc_a, "node1")  # again: the ports are already gone
     net.stop(doc_b, [f"one-{b}-0"])
-    assert net.bridge not in vsctl("list-br").split(), "the empty bridge we made is gone"
     assert nb.target not in vsctl("--columns=name", "list", "Port")
+    assert net.bridge in vsctl("list-br").split(), "the operator's port keeps the bridge"
+    assert port_row("op-port") is not None
+    assert "cookie=0x1234" in subprocess.run(["ovs-ofctl", "dump-flows", net.bridge, "table=99"],
+                                             capture_output=True, text=True, check=True,
+                                             timeout=20).stdout
+    vsctl("del-port", "op-port")
+    net.ok("clean", doc_b, "node1")  # a later clean finds the bridge empty: it goes
+    assert net.bridge not in vsctl("list-br").split(), "the empty bridge we made is gone"
 
 
 @pytest.mark.parametrize(("attrs", "rules", "message"), [
@@ -338,3 +351,87 @@ def test_hooks_run_after_the_action_with_its_argv(net, tmp_path):
         assert res.returncode == 1 and "post hook 10-record failed (exit 4): refused" in res.stderr
     finally:
         hook.unlink()
+
+
+def test_phydev_bridge_conf_and_a_phydev_swap(net):
+    vm = net.vm_base
+    for dev in ("up1", "up2"):
+        netns.plug(f"{dev}-{vm % 1000}", "02:00:00:00:fe:01", [])
+        net.plugged.append(f"{dev}-{vm % 1000}")
+    up1, up2 = f"up1-{vm % 1000}", f"up2-{vm % 1000}"
+    conf = "mcast_snooping_enable=true,other_config:mac-aging-time=600"
+    doc = vm_doc(vm, [], nics=[net.nic(vm, 0, "10.39.0.1", VLAN_ID=8, PHYDEV=up1,
+                                       OVS_BRIDGE_CONF=conf)])
+    net.start(doc, [(f"one-{vm}-0", net.mac(vm, 0), ["10.39.0.1/24"])])
+    ports = vsctl("list-ports", net.bridge).split()
+    assert up1 in ports and f"one-{vm}-0" in ports
+    assert vsctl("get", "Bridge", net.bridge, "mcast_snooping_enable").strip() == "true"
+    assert vsctl("get", "Bridge", net.bridge, "other_config:mac-aging-time").strip() == '"600"'
+    assert vsctl("get", "Bridge", net.bridge, "datapath_type").strip() == "netdev"
+    swap = vm_doc(vm, [], nics=[net.nic(vm, 0, "10.39.0.1", VLAN_ID=8, PHYDEV=up1)],
+                  extra=f"<VNET_UPDATE><PHYDEV>{up2}</PHYDEV></VNET_UPDATE>")
+    net.ok("update_nic", swap, "deploy-id", "3")
+    ports = vsctl("list-ports", net.bridge).split()
+    assert up2 in ports and up1 not in ports, "the old uplink goes: no loop through two"
+    net.stop(doc, [f"one-{vm}-0"])
+    assert net.bridge not in vsctl("list-br").split(), "only our uplink was left: bridge gone"
+
+
+def test_removing_an_empty_bridge_never_races_a_starting_vm(net):
+    """clean of the bridge's last VM and pre of a new one, at the same time, many times: the
+    bridge either goes and comes back or stays; the new VM's port is always there."""
+    for round_ in range(8):
+        old, new = net.vm_base + 2 * round_, net.vm_base + 2 * round_ + 1
+        doc_old = vm_doc(old, [], nics=[net.nic(old, 0, "10.40.0.1", VLAN_ID=2)])
+        doc_new = vm_doc(new, [], nics=[net.nic(new, 0, "10.40.0.2", VLAN_ID=2)])
+        net.ok("pre", doc_old)
+        with ThreadPoolExecutor(2) as pool:
+            results = list(pool.map(lambda job: net.run(*job),
+                                    [("clean", doc_old, "node1"), ("pre", doc_new)]))
+        assert all(r.returncode == 0 for r in results), [r.stderr for r in results]
+        assert f"one-{new}-0" in vsctl("list-ports", net.bridge).split()
+        assert port_row(f"one-{old}-0") is None
+        net.ok("clean", doc_new, "node1")
+        assert net.bridge not in vsctl("list-br").split()
+
+
+def test_pre_configures_the_port_before_libvirt_plugs_the_guest(net, lab_env, tmp_path):
+    """The window upstream leaves open (a tap on the bridge untagged and unfiltered until post):
+    here libvirt finds the port ready, keeps it (``--may-exist``), and the guest's tap gets the
+    OpenFlow port number the flows were written for."""
+    import libvirt
+
+    vm = net.vm_base
+    target, mac = f"one-{vm}-0", net.mac(vm, 0)
+    doc = vm_doc(vm, [], nics=[net.nic(vm, 0, "10.41.0.1", VLAN_ID=23, FILTER_MAC_SPOOFING="YES",
+                                       FILTER_IP_SPOOFING="YES")])
+    net.ok("pre", doc)
+    requested = vsctl("get", "Interface", target, "ofport_request").strip()
+    assert any(f"in_port={requested}" in f for f in flows_of(net.bridge, vm))
+    console = tmp_path / "console.log"
+    xml = f"""<domain type='qemu'><name>vnm-{vm}</name><memory unit='MiB'>192</memory>
+      <vcpu>1</vcpu><os><type arch='x86_64' machine='pc'>hvm</type>
+        <kernel>{lab_env['ONE_LAB_GUEST_KERNEL']}</kernel>
+        <initrd>{lab_env['ONE_LAB_GUEST_INITRD']}</initrd>
+        <cmdline>console=ttyS0 panic=-1 quiet</cmdline></os>
+      <devices><serial type='file'><source path='{console}'/><target port='0'/></serial>
+        <interface type='bridge'><source bridge='{net.bridge}'/><mac address='{mac}'/>
+          <virtualport type='openvswitch'/><target dev='{target}'/><model type='virtio'/>
+        </interface></devices></domain>"""
+    conn = libvirt.open(lab_env["LIBVIRT_DEFAULT_URI"])
+    try:
+        dom = conn.createXML(xml, 0)
+        try:
+            port = port_row(target)
+            assert port is not None and port["tag"] == 23 and port["vlan_mode"] == "access"
+            assert vsctl("get", "Interface", target, "ofport").strip() == requested
+            assert ["one-drivers-vm", str(vm)] in port["external_ids"][1]  # type: ignore[index]
+            net.ok("post", doc, dom.UUIDString(), "node1")
+            assert vsctl("get", "Interface", target, "ofport").strip() == requested
+        finally:
+            dom.destroy()
+    finally:
+        conn.close()
+    assert port_row(target) is None, "libvirt removed the port with the domain"
+    net.ok("clean", doc, "node1")
+    assert net.bridge not in vsctl("list-br").split(), "flows and the emptied bridge went"

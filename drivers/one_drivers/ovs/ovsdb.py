@@ -120,10 +120,12 @@ class Ovsdb:
         states = {s.target: s for s in self.owned_ports()}
         return {spec.target: states[spec.target] for spec in specs}
 
-    def remove(self, targets: Iterable[str], *, keep_empty_bridges: bool) -> list[str]:
+    def remove(self, targets: Iterable[str], *, keep_empty_bridges: bool,
+               bridges: Iterable[str] = ()) -> list[str]:
         """Delete our ports named ``targets`` (and their QoS rows), then the bridges we created
-        that hold nothing else any more. Returns the bridges removed."""
-        cmd = _RemovePorts(self.api, set(targets), keep_empty_bridges)
+        that hold nothing else any more: those the ports were on and ``bridges`` (all of ours
+        when both are empty). Returns the bridges removed."""
+        cmd = _RemovePorts(self.api, set(targets), keep_empty_bridges, set(bridges))
         self._commit(cmd, "remove " + (", ".join(sorted(targets)) or "empty bridges"))
         return cmd.removed_bridges
 
@@ -284,10 +286,12 @@ class _ApplyPorts(BaseCommand):  # type: ignore[misc]
 
 
 class _RemovePorts(BaseCommand):  # type: ignore[misc]
-    def __init__(self, api: Any, targets: set[str], keep_empty: bool) -> None:
+    def __init__(self, api: Any, targets: set[str], keep_empty: bool, bridges: set[str]
+                 ) -> None:
         super().__init__(api)
         self.targets = targets
         self.keep_empty = keep_empty
+        self.bridges = bridges
         self.removed_bridges: list[str] = []
 
     def run_idl(self, txn: Any) -> None:
@@ -311,7 +315,10 @@ class _RemovePorts(BaseCommand):  # type: ignore[misc]
                         touched.append(br)
         if self.keep_empty:
             return
-        for br in t["Bridge"].rows.values() if not self.targets else touched:
+        candidates = [br for br in t["Bridge"].rows.values()
+                      if not (self.targets or self.bridges) or br in touched
+                      or br.name in self.bridges]
+        for br in candidates:
             if br.external_ids.get(OWNER) != OWNER_VALUE:
                 continue
             left = [p for p in br.ports if p.name != br.name and p.name not in self.targets
@@ -343,11 +350,11 @@ def _set_columns(table: Any, row: Any, pairs: Iterable[tuple[str, str]], where: 
         if key:
             if not col.type.is_map():
                 raise BadInput(f"{where}: {column} is not a map column")
-            if getattr(row, column).get(key) != raw:
+            if getattr(row, column, {}).get(key) != raw:
                 row.setkey(column, key, raw)
             continue
         value = _atom(col.type.key.type.name, raw, f"{where}: {name}")
-        current = getattr(row, column)
+        current = getattr(row, column, None)  # a row new in this transaction has no value yet
         wanted: Any = value if col.type.n_max == 1 and col.type.n_min == 1 else [value]
         if current != wanted:
             setattr(row, column, wanted)

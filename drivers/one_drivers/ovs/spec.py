@@ -197,7 +197,8 @@ def port_spec(vm: VM, nic: Nic, settings: Settings, aliases: Iterable[Template] 
     v6.append(_link_local(mac))
     sg_ids = nic.opt("SECURITY_GROUPS")
     rules = rules_for(vm.security_group_rules(), sg_ids, where=where) if sg_ids else None
-    bridge_conf = parse_pairs(cfg.get("OVS_BRIDGE_CONF") or "", where=f"{where} OVS_BRIDGE_CONF")
+    bridge_conf = parse_pairs(nic.opt("OVS_BRIDGE_CONF") or cfg.get("OVS_BRIDGE_CONF") or "",
+                              where=f"{where} OVS_BRIDGE_CONF")
     return PortSpec(
         vm_id=vm.id, nic_id=nic.nic_id, network_id=nic.network_id, target=target, bridge=bridge,
         phydev=phydev, mac=mac, tag=tag, trunks=trunks, cvlans=cvlans, qinq_type=qinq_type,

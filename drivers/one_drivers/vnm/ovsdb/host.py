@@ -88,15 +88,15 @@ class Host:
                ) -> list[str]:
         """Remove NICs given as (VM id, NIC id, port name): flows first (so a port number that
         is later reused never meets old rules), then ports, QoS rows and emptied bridges."""
-        owners = list(owners)
+        owners, bridges = list(owners), set(bridges)
         targets = {name for _, _, name in owners}
         where = {s.target: s.bridge for s in self.db.owned_ports()}
         existing = self.db.bridges()
-        for bridge in sorted({where.get(t, "") for t in targets} | set(bridges)):
+        for bridge in sorted({where.get(t, "") for t in targets} | bridges):
             if bridge in existing:
                 self.openflow.apply(bridge, flows.bundle(
                     [(flows.nic_cookie(vm, nic), flows.NIC_MASK) for vm, nic, _ in owners], []))
-        removed = self.db.remove(targets, keep_empty_bridges=self.settings.bool(
+        removed = self.db.remove(targets, bridges=bridges, keep_empty_bridges=self.settings.bool(
             "KEEP_EMPTY_BRIDGE", False))
         for bridge in removed:
             log.info(f"removed bridge {bridge}: no VM uses it any more")
