@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from one_drivers.core.remotes import install
+from one_drivers.demo_network import vm_network
 from one_drivers.lab.documents import datastore_doc, disk_attrs, ds_doc, vm_doc
 from one_drivers.lab.lab import Lab
 
@@ -150,6 +151,7 @@ def run_demo() -> int:
             image={"SOURCE": f"one/one-{DEMO_IMAGE}"})
     demo.ds("monitor", None, "datastore capacity: one Ceph round trip")
     vm_life(lab, remotes, env)
+    vm_network(remotes)
     demo.ds("rm", DEMO_IMAGE, "the source goes first: hidden until its clone goes",
             image={"SOURCE": f"one/one-{DEMO_IMAGE}"})
     demo.ds("rm", DEMO_CLONE, "the clone goes: the hidden source is collected",

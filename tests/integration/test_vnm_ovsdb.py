@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -136,21 +135,7 @@ def test_security_groups_allow_what_the_rules_say_and_replies(net):
     (nb,) = net.start(doc_b, [(f"one-{b}-0", net.mac(b, 0), ["10.32.0.2/24"])])
     assert nb.ping("10.32.0.1"), "inbound ICMP is allowed"
 
-    def tcp(client: netns.FakeNic, server: netns.FakeNic, ip: str, port: int) -> bool:
-        srv = subprocess.Popen(["ip", "netns", "exec", server.netns, "python3", "-c",
-                                "import socket,sys;s=socket.socket();"
-                                "s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1);s.bind(('0.0.0.0',int(sys.argv[1])));"
-                                "s.listen();s.settimeout(4);c,_=s.accept();c.sendall(b'ok')",
-                                str(port)])
-        try:
-            time.sleep(0.4)
-            res = client.exec("python3", "-c", "import socket,sys;s=socket.create_connection("
-                              "(sys.argv[1],int(sys.argv[2])),timeout=2);print(s.recv(2).decode())",
-                              ip, str(port), timeout=10)
-            return res.stdout.strip() == "ok"
-        finally:
-            srv.kill()
-            srv.wait()
+    tcp = netns.tcp_connects
 
     assert tcp(nb, na, "10.32.0.1", 2205), "TCP in the allowed range from the allowed network"
     assert not tcp(nb, na, "10.32.0.1", 2211), "a port outside the range is blocked"

@@ -57,3 +57,28 @@ def unplug(target: str, netns: str | None = None) -> None:
     """The VM is gone: its tap disappears (and its namespace with it)."""
     _ip("link", "del", target, check=False)
     _ip("netns", "del", netns or f"ns-{target}", check=False)
+
+
+_SERVE = ("import socket,sys;s=socket.socket();"
+          "s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1);"
+          "s.bind(('0.0.0.0',int(sys.argv[1])));s.listen();s.settimeout(4);"
+          "c,_=s.accept();c.sendall(b'ok')")
+_CONNECT = ("import socket,sys;"
+            "s=socket.create_connection((sys.argv[1],int(sys.argv[2])),timeout=1.5);"
+            "print(s.recv(2).decode())")
+
+
+def tcp_connects(client: FakeNic, server: FakeNic, address: str, port: int) -> bool:
+    """Does a TCP connection from ``client`` to ``server``'s ``address:port`` get through (and
+    its answer back)?"""
+    import time
+
+    srv = subprocess.Popen(["ip", "netns", "exec", server.netns, "python3", "-c", _SERVE,
+                            str(port)])
+    try:
+        time.sleep(0.3)
+        res = client.exec("python3", "-c", _CONNECT, address, str(port), timeout=10)
+        return res.stdout.strip() == "ok"
+    finally:
+        srv.kill()
+        srv.wait()
