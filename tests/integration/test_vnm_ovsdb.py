@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -420,3 +421,38 @@ def test_pre_configures_the_port_before_libvirt_plugs_the_guest(net, lab_env, tm
     assert port_row(target) is None, "libvirt removed the port with the domain"
     net.ok("clean", doc, "node1")
     assert net.bridge not in vsctl("list-br").split(), "flows and the emptied bridge went"
+
+
+_SEND = ("import socket,sys;s=socket.socket(socket.AF_PACKET,socket.SOCK_RAW);s.bind(('eth0',0));"
+         "src=bytes.fromhex(sys.argv[1].replace(':',''));"
+         "[s.send(b'\\xff'*6+src+b'\\x81\\x00'+int(v).to_bytes(2,'big')+b'\\x88\\xb5'+b'x'*46)"
+         " for v in sys.argv[2:]]")
+
+
+def test_trunk_and_qinq_frames_carry_the_right_tags_on_the_wire(net):
+    """Tagged frames sent by guests, captured on the uplink (PHYDEV): a trunk passes its VLANs
+    untouched and drops others; QinQ pushes the 802.1ad service tag over the customer's."""
+    vm = net.vm_base
+    uplink = netns.plug(f"upl-{vm % 1000}", "02:00:00:00:fe:02", [])
+    net.plugged.append(uplink.target)
+    doc = vm_doc(vm, [], nics=[
+        net.nic(vm, 0, "10.42.0.1", VLAN_TAGGED_ID="30-31", PHYDEV=uplink.target),
+        net.nic(vm, 1, "10.42.1.1", VLAN_ID=40, CVLANS="100", QINQ_TYPE="802.1ad",
+                PHYDEV=uplink.target)])
+    trunk, qinq = net.start(doc, [(f"one-{vm}-{i}", net.mac(vm, i), []) for i in range(2)])
+    capture = subprocess.Popen(["ip", "netns", "exec", uplink.netns, "tcpdump", "-l", "-n", "-e",
+                                "-i", "eth0", "ether", "proto", "0x88b5", "or", "vlan"],
+                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        time.sleep(1.0)
+        trunk.exec("python3", "-c", _SEND, trunk.mac, "31", "33", check=True)
+        qinq.exec("python3", "-c", _SEND, qinq.mac, "100", check=True)
+        time.sleep(1.0)
+    finally:
+        capture.terminate()
+        seen = capture.communicate(timeout=10)[0]
+    from_trunk = [ln for ln in seen.splitlines() if trunk.mac in ln]
+    from_qinq = [ln for ln in seen.splitlines() if qinq.mac in ln]
+    assert any("vlan 31" in ln for ln in from_trunk), seen
+    assert not any("vlan 33" in ln for ln in from_trunk), "VLAN 33 is not in the trunk"
+    assert any("0x88a8" in ln and "vlan 40" in ln and "vlan 100" in ln for ln in from_qinq), seen
