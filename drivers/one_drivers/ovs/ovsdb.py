@@ -13,12 +13,14 @@ import logging
 from collections.abc import Iterable
 from typing import Any, NamedTuple
 
-from ovsdbapp.backend.ovs_idl import connection
-from ovsdbapp.backend.ovs_idl.command import BaseCommand
-from ovsdbapp.schema.open_vswitch import impl_idl
-
 from one_drivers.core.errors import ActionFailed, BackendTimeout, BackendUnavailable, BadInput
+from one_drivers.ovs.pbr_shortcut import without_pbr_version_lookup
 from one_drivers.ovs.spec import PortSpec
+
+with without_pbr_version_lookup():
+    from ovsdbapp.backend.ovs_idl import connection
+    from ovsdbapp.backend.ovs_idl.command import BaseCommand
+    from ovsdbapp.schema.open_vswitch import impl_idl
 
 TABLES = ("Open_vSwitch", "Bridge", "Port", "Interface", "QoS")
 OWNER, VM, NIC, MAC, ZONE = ("one-drivers-owner", "one-drivers-vm", "one-drivers-nic",
