@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
 from one_drivers.ceph.session import translate
@@ -191,3 +191,13 @@ def copy_file_extents(fd: int, size: int, image: Any, *, what: str,
             pos = chunk_off + len(data)
             pacer.advance(pos)
     writer.finish()
+
+
+def image_chunks(image: Any, size: int) -> Iterator[tuple[int, bytes]]:
+    """(offset, data) of the image's allocated extents only, in order (holes are skipped)."""
+    extents: list[tuple[int, int]] = []
+    image.diff_iterate(0, size, None,
+                       lambda off, n, present: extents.append((off, n)) if present else None)
+    for off, length in extents:
+        for pos in range(off, off + length, CHUNK):
+            yield pos, image.read(pos, min(CHUNK, off + length - pos))

@@ -19,6 +19,7 @@ PACKAGES: dict[str, dict[str, str]] = {
     "datastore": {"rbd": "one_drivers.datastore.rbd"},
     "tm": {"rbd": "one_drivers.tm.rbd"},
     "vnm": {"ovsdb": "one_drivers.vnm.ovsdb"},
+    "vmm": {"libvirt": "one_drivers.vmm.libvirt"},
 }
 
 ActionFn = Callable[[Call], "str | None"]

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from one_drivers.lab.ceph import CephLab
+from one_drivers.lab.ceph import RBD_USER, CephLab
 from one_drivers.lab.guest import Guest
 from one_drivers.lab.libvirtd import LibvirtLab
 from one_drivers.lab.oned_standin import OnedStandin
@@ -91,6 +91,8 @@ class Lab:
             # libvirtd binds the OVS run dir at start: a new OVS needs a new libvirtd
             step("libvirt", ovs_ok and self.libvirt.running() and self.libvirt.healthy(),
                  lambda: self.libvirt.up(created))
+            # libvirt's copy of the cephx key: a new cluster has a new key
+            self.libvirt.define_ceph_secret(RBD_USER, self.ceph.user_keyring)
             step("ssh", self.ssh.healthy(), lambda: self.ssh.up(created))
             step("oned", self.oned.healthy(), self.oned.up)
             self._save_created(created)

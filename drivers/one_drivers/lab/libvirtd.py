@@ -46,6 +46,9 @@ namespaces = [ ]
 """
 
 
+CEPH_SECRET_UUID = "0ed0d21e-ceb5-4ec0-9000-000000000001"  # noqa: S105 - a UUID, not the key
+
+
 class LibvirtLab:
     def __init__(self, root: Path, ovs_run: Path) -> None:
         self.root = root
@@ -59,7 +62,26 @@ class LibvirtLab:
         return f"qemu:///system?socket={self.socket}"
 
     def env(self) -> dict[str, str]:
-        return {"LIBVIRT_DEFAULT_URI": self.uri}
+        return {"LIBVIRT_DEFAULT_URI": self.uri, "ONE_DRIVERS_DOMAIN_TYPE": "qemu",
+                "ONE_LAB_CEPH_SECRET": CEPH_SECRET_UUID}
+
+    def define_ceph_secret(self, user: str, keyring: Path) -> None:
+        """The cephx key of ``user`` as a libvirt secret (what the Ansible role does on every
+        node; CEPH_SECRET in the datastore template names its UUID). Idempotent."""
+        import base64
+
+        import libvirt
+
+        key = next(line.split("=", 1)[1].strip() for line in keyring.read_text().splitlines()
+                   if line.strip().startswith("key"))
+        conn = libvirt.open(self.uri)
+        try:
+            secret = conn.secretDefineXML(
+                f"<secret ephemeral='no' private='yes'><uuid>{CEPH_SECRET_UUID}</uuid>"
+                f"<usage type='ceph'><name>client.{user} secret</name></usage></secret>")
+            secret.setValue(base64.b64decode(key))
+        finally:
+            conn.close()
 
     def running(self) -> bool:
         return alive(read_pid(self.pidfile))

@@ -15,10 +15,11 @@ from one_drivers.ceph.naming import ImageSpec
 from one_drivers.ceph.ownership import stamp
 from one_drivers.ceph.pool import Pool, rbd_pool
 from one_drivers.ceph.rbd_ops import ceph_errors, create, open_image
+from one_drivers.ceph.stream import image_chunks
 from one_drivers.core import log, remote
 from one_drivers.core.contract import Call, HostPath
 from one_drivers.core.errors import ActionFailed, BadInput
-from one_drivers.core.sparsefile import CHUNK, read_stream, write_stream
+from one_drivers.core.sparsefile import read_stream, write_stream
 from one_drivers.tm.rbd.common import DiskContext, load, send_to_host
 
 MIB = 1024 * 1024
@@ -28,15 +29,6 @@ def _python(ctx: DiskContext) -> str:
     return ctx.settings.get("HOST_PYTHON") or sys.executable
 
 
-def _image_chunks(image: Any, size: int) -> Any:
-    extents: list[tuple[int, int]] = []
-    image.diff_iterate(0, size, None,
-                       lambda off, n, present: extents.append((off, n)) if present else None)
-    for off, length in extents:
-        for pos in range(off, off + length, CHUNK):
-            yield pos, image.read(pos, min(CHUNK, off + length - pos))
-
-
 def export_to_host(call: Call, ctx: DiskContext, pool: Pool, spec: ImageSpec,
                    where: HostPath, grow_to: int = 0) -> None:
     timeout = call.deadline.cap(call.deadline.remaining(), f"exporting {spec}")
@@ -44,7 +36,7 @@ def export_to_host(call: Call, ctx: DiskContext, pool: Pool, spec: ImageSpec,
                                                     read_only=True) as image:
         size = max(image.size(), grow_to)
         send_to_host(where, _python(ctx),
-                     lambda out: write_stream(out, size, _image_chunks(image, image.size())),
+                     lambda out: write_stream(out, size, image_chunks(image, image.size())),
                      timeout)
 
 

@@ -1,0 +1,1 @@
+"""Virtual machine manager (VMM) drivers."""

@@ -1,0 +1,58 @@
+"""The ``libvirt`` VMM driver (TYPE kvm): a VM's life through libvirt-python, no virsh."""
+
+from one_drivers.core.registry import Driver
+
+_M = "one_drivers.vmm.libvirt"
+
+DRIVER = Driver(
+    family="vmm",
+    name="libvirt",
+    description="KVM/QEMU virtual machines through libvirt-python",
+    actions={
+        "deploy": f"{_M}.lifecycle:deploy",
+        "shutdown": f"{_M}.lifecycle:shutdown",
+        "cancel": f"{_M}.lifecycle:cancel",
+        "reboot": f"{_M}.lifecycle:reboot",
+        "reset": f"{_M}.lifecycle:reset",
+        "save": f"{_M}.checkpoint:save",
+        "restore": f"{_M}.checkpoint:restore",
+        "attach_disk": f"{_M}.hotplug:attach_disk",
+        "detach_disk": f"{_M}.hotplug:detach_disk",
+        "attach_nic": f"{_M}.hotplug:attach_nic",
+        "detach_nic": f"{_M}.hotplug:detach_nic",
+        "prereconfigure": f"{_M}.hotplug:prereconfigure",
+        "reconfigure": f"{_M}.hotplug:reconfigure",
+        "resize": f"{_M}.hotplug:resize",
+        "resize_disk": f"{_M}.hotplug:resize_disk",
+        "snapshot_create": f"{_M}.snapshots:snapshot_create",
+        "snapshot_revert": f"{_M}.snapshots:snapshot_revert",
+        "snapshot_delete": f"{_M}.snapshots:snapshot_delete",
+    },
+    defaults={
+        "LIBVIRT_URI": ("", "libvirt on this host (default: LIBVIRT_DEFAULT_URI or "
+                            "qemu:///system)"),
+        "DOMAIN_TYPE": ("", "kvm or qemu (TCG) for every domain; empty keeps the deployment "
+                            "file's (default: ONE_DRIVERS_DOMAIN_TYPE)"),
+        "CEPH_CONF": ("", "ceph.conf whose monitors RBD disks list (default: CEPH_CONF or "
+                          "/etc/ceph/ceph.conf)"),
+        "DEPLOY_TWEAKS": ("", "Python entry points module:function rewriting the domain XML "
+                              "before deploy, comma-separated"),
+        "DEPLOY_TWEAKS_DIR": ("", "a directory of executables rewriting the domain XML (stdin to "
+                                  "stdout) before deploy, run in name order"),
+        "SHUTDOWN_TIMEOUT": ("180", "seconds a guest gets to power off after ACPI"),
+        "FORCE_DESTROY": ("yes", "destroy a guest that ignored ACPI for SHUTDOWN_TIMEOUT"),
+        "DETACH_TIMEOUT": ("20", "seconds a guest gets to release a hot-unplugged device"),
+        "SAVE_TIMEOUT": ("600", "seconds saving a VM's memory may take"),
+        "RESTORE_TIMEOUT": ("600", "seconds restoring a VM's memory may take"),
+        "DEFAULT_ATTACH_CACHE": ("none", "cache of hot-plugged disks without CACHE"),
+        "DEFAULT_ATTACH_DISCARD": ("unmap", "discard of hot-plugged disks without DISCARD"),
+        "DEFAULT_ATTACH_NIC_MODEL": ("virtio", "model of hot-plugged NICs without MODEL"),
+        "LIBVIRT_TIMEOUT": ("30", "seconds a single libvirt call may take"),
+        "ACTION_TIMEOUT": ("900", "seconds an action may take in total"),
+    },
+    # -p: actions for one host run in parallel, so a cancel never waits behind a shutdown
+    oned_conf={"SUNSTONE_NAME": "KVM (one-drivers libvirt)", "EXECUTABLE": "one_vmm_exec",
+               "ARGUMENTS": "-t 15 -r 0 libvirt -p", "DEFAULT": "vmm_exec/vmm_exec_kvm.conf",
+               "TYPE": "kvm", "KEEP_SNAPSHOTS": "yes", "LIVE_RESIZE": "yes",
+               "SUPPORT_SHAREABLE": "yes"},
+)

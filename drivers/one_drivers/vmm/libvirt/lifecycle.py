@@ -1,0 +1,103 @@
+"""deploy, shutdown, cancel, reboot and reset."""
+
+from __future__ import annotations
+
+import os
+import xml.etree.ElementTree as ET
+from typing import Any
+
+from one_drivers.core import log
+from one_drivers.core.contract import Call
+from one_drivers.core.errors import ActionFailed
+from one_drivers.vmm.libvirt.common import SHUTOFF, host_hypervisor, resolved
+from one_drivers.vmm.libvirt.connection import Hypervisor
+from one_drivers.vmm.libvirt.deployment import prepare
+from one_drivers.vmm.libvirt.snapshots import redefine_snapshots
+
+
+def deploy(call: Call) -> str:
+    """Create the domain from the deployment file on stdin and answer its UUID (the deploy id).
+    A re-run finds the domain it already created and answers the same UUID."""
+    settings = resolved(call.settings)
+    root = prepare(call.raw_stdin or "", settings)
+    xml = ET.tostring(root, encoding="unicode")
+    _write(call.args["deployment_file"], xml)
+    name = root.findtext("name") or ""
+    with host_hypervisor(call) as hv:
+        existing = hv.domain(root.findtext("uuid") or name)
+        if existing is not None and hv.state(existing) not in (None, SHUTOFF):
+            log.info(f"domain {name} is already running: nothing to create")
+            return str(existing.UUIDString())
+        dom = hv.call(hv.conn.createXML, xml, 0, what=f"creating domain {name}")
+        redefine_snapshots(hv, dom, root)
+        return str(dom.UUIDString())
+
+
+def _write(path: str, text: str) -> None:
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = f"{path}.tmp.{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(text)
+    os.replace(tmp, path)
+
+
+def _gone_or_off(hv: Hypervisor, dom: Any) -> bool:
+    return hv.state(dom) in (None, SHUTOFF)
+
+
+def shutdown(call: Call) -> None:
+    """ACPI power button, re-pressed at half time; after SHUTDOWN_TIMEOUT the domain is destroyed
+    (FORCE_DESTROY=yes, the default) or the action fails. Never longer than that, and it holds no
+    lock: a cancel sent meanwhile just ends it sooner (OpenNebula/one#2586)."""
+    deploy_id = call.args["deploy_id"]
+    settings = resolved(call.settings)
+    timeout = settings.float("SHUTDOWN_TIMEOUT", 180)
+    with host_hypervisor(call) as hv:
+        dom = hv.domain(deploy_id)
+        if dom is None or _gone_or_off(hv, dom):
+            log.info(f"domain {deploy_id} is already gone")
+            return
+        for press, seconds in enumerate((timeout / 2, timeout - timeout / 2)):
+            try:
+                hv.call(dom.shutdown, what="pressing the ACPI power button")
+            except ActionFailed as exc:
+                if press == 0 and not _gone_or_off(hv, dom):
+                    raise
+                log.info(f"second power button press not delivered ({exc})")
+            if hv.wait_until(lambda: _gone_or_off(hv, dom), seconds=seconds):
+                return
+        if not settings.bool("FORCE_DESTROY", True):
+            raise ActionFailed(f"domain {deploy_id} did not power off within {timeout:g} s",
+                               hint="the guest ignores ACPI; use poweroff --hard")
+        log.info(f"domain {deploy_id} ignored ACPI for {timeout:g} s: destroying it")
+        _destroy(hv, dom)
+
+
+def _destroy(hv: Hypervisor, dom: Any) -> None:
+    try:
+        hv.call(dom.destroy, what="destroying the domain")
+    except ActionFailed:
+        if not _gone_or_off(hv, dom):
+            raise
+
+
+def cancel(call: Call) -> None:
+    """Hard power-off; a domain that is already gone is success."""
+    with host_hypervisor(call) as hv:
+        dom = hv.domain(call.args["deploy_id"])
+        if dom is None or _gone_or_off(hv, dom):
+            log.info(f"domain {call.args['deploy_id']} is already gone")
+            return
+        _destroy(hv, dom)
+
+
+def reboot(call: Call) -> None:
+    with host_hypervisor(call) as hv:
+        dom = hv.require(call.args["deploy_id"])
+        hv.call(dom.reboot, 0, what="rebooting the domain (ACPI)")
+
+
+def reset(call: Call) -> None:
+    with host_hypervisor(call) as hv:
+        dom = hv.require(call.args["deploy_id"])
+        hv.call(dom.reset, 0, what="resetting the domain")
