@@ -80,3 +80,43 @@ def vm_doc(vm_id: int, disks: list[dict[str, Any]], *, lcm_state: int = 3,
             f"<HISTORY_RECORDS><HISTORY><HOSTNAME>{escape(host)}</HOSTNAME><HID>0</HID>"
             f"<DS_ID>{sys_ds}</DS_ID><VM_MAD>libvirt</VM_MAD><TM_MAD>rbd</TM_MAD></HISTORY>"
             "</HISTORY_RECORDS></VM>")
+
+
+def domain_xml(env: dict[str, str], vm_id: int, vm_dir: str, console: str, *,
+               rbd_disks: Sequence[tuple[str, str]] = (), cdrom: str | None = None,
+               nics: Sequence[tuple[str, str, str]] = (), acpi: bool = True,
+               memory_mb: int = 192, vcpus: int = 1, max_vcpus: int = 2) -> str:
+    """A deployment file shaped like the one oned's KVM driver writes, booting the lab guest:
+    RBD disks ``(pool/name, target)`` with cephx, a context CD-ROM, OVS NICs
+    ``(bridge, mac, target)``, ``one:`` metadata; its serial console on a unix socket at
+    ``console`` (logged to ``console.log`` next to it), which the lab's tests drive."""
+    mon_host, mon_port = env["ONE_LAB_CEPH_MON"].rsplit(":", 1)
+    disks = "".join(
+        f"<disk type='network' device='disk'><source protocol='rbd' name='{escape(name)}'>"
+        f"<host name='{mon_host}' port='{mon_port}'/></source>"
+        f"<auth username='{env['ONE_LAB_CEPH_USER']}'><secret type='ceph' "
+        f"uuid='{env['ONE_LAB_CEPH_SECRET']}'/></auth><target dev='{target}' bus='virtio'/>"
+        "<driver name='qemu' type='raw' cache='none' discard='unmap'/></disk>"
+        for name, target in rbd_disks)
+    if cdrom:
+        disks += (f"<disk type='file' device='cdrom'><source file='{escape(cdrom)}'/>"
+                  "<target dev='hda' bus='ide'/><readonly/><driver name='qemu' type='raw'/>"
+                  "</disk>")
+    ifaces = "".join(
+        f"<interface type='bridge'><source bridge='{bridge}'/><virtualport type='openvswitch'/>"
+        f"<mac address='{mac}'/><target dev='{target}'/><model type='virtio'/></interface>"
+        for bridge, mac, target in nics)
+    return (
+        f"<domain type='kvm'><name>one-{vm_id}</name>"
+        f"<vcpu current='{vcpus}'>{max_vcpus}</vcpu><memory>{memory_mb * 1024}</memory>"
+        "<os><type arch='x86_64' machine='pc'>hvm</type>"
+        f"<kernel>{env['ONE_LAB_GUEST_KERNEL']}</kernel>"
+        f"<initrd>{env['ONE_LAB_GUEST_INITRD']}</initrd>"
+        "<cmdline>console=ttyS0 panic=-1 quiet</cmdline></os>"
+        + ("<features><acpi/></features>" if acpi else "")
+        + f"<devices>{disks}{ifaces}"
+        f"<serial type='unix'><source mode='bind' path='{escape(console)}'/>"
+        f"<log file='{escape(console)}.log' append='off'/><target port='0'/></serial>"
+        "</devices><metadata><one:vm xmlns:one='http://opennebula.org/xmlns/libvirt/1.0'>"
+        f"<one:system_datastore>{escape(vm_dir)}</one:system_datastore>"
+        f"<one:name>vm{vm_id}</one:name></one:vm></metadata></domain>")

@@ -39,11 +39,11 @@ DRIVER = Driver(
                               "before deploy, comma-separated"),
         "DEPLOY_TWEAKS_DIR": ("", "a directory of executables rewriting the domain XML (stdin to "
                                   "stdout) before deploy, run in name order"),
-        "SHUTDOWN_TIMEOUT": ("180", "seconds a guest gets to power off after ACPI"),
-        "FORCE_DESTROY": ("yes", "destroy a guest that ignored ACPI for SHUTDOWN_TIMEOUT"),
+        "ACPI_TIMEOUT": ("180", "seconds a guest gets to power off after the ACPI power button "
+                                "(upstream's kvmrc SHUTDOWN_TIMEOUT; here SHUTDOWN_TIMEOUT, like "
+                                "every <ACTION>_TIMEOUT, limits the whole action)"),
+        "FORCE_DESTROY": ("yes", "destroy a guest that ignored ACPI for ACPI_TIMEOUT"),
         "DETACH_TIMEOUT": ("20", "seconds a guest gets to release a hot-unplugged device"),
-        "SAVE_TIMEOUT": ("600", "seconds saving a VM's memory may take"),
-        "RESTORE_TIMEOUT": ("600", "seconds restoring a VM's memory may take"),
         "DEFAULT_ATTACH_CACHE": ("none", "cache of hot-plugged disks without CACHE"),
         "DEFAULT_ATTACH_DISCARD": ("unmap", "discard of hot-plugged disks without DISCARD"),
         "DEFAULT_ATTACH_NIC_MODEL": ("virtio", "model of hot-plugged NICs without MODEL"),

@@ -47,8 +47,9 @@ def save(call: Call) -> None:
             os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
             with contextlib.suppress(FileNotFoundError):
                 os.replace(path, f"{path}.old")  # an earlier checkpoint: kept until this works
-            seconds = resolved(call.settings).float("SAVE_TIMEOUT", 600)
-            hv.call(dom.save, path, what="saving the VM's memory", timeout=seconds)
+            # as long as the action may take (SAVE_TIMEOUT, else ACTION_TIMEOUT)
+            hv.call(dom.save, path, what="saving the VM's memory",
+                    timeout=call.deadline.remaining())
         elif not (os.path.exists(path) or (ceph is not None and _in_rbd(call, ceph))):
             raise NotFound(f"domain {call.args['deploy_id']} is not running and there is no "
                            "checkpoint to keep")
@@ -72,8 +73,8 @@ def restore(call: Call) -> None:
             if not os.path.exists(path):
                 raise NotFound(f"no checkpoint at {path}"
                                + (f" nor in RBD ({_image_name(call)})" if ceph else ""))
-            seconds = resolved(call.settings).float("RESTORE_TIMEOUT", 600)
-            hv.call(hv.conn.restore, path, what="restoring the VM's memory", timeout=seconds)
+            hv.call(hv.conn.restore, path, what="restoring the VM's memory",
+                    timeout=call.deadline.remaining())
     if ceph is not None:
         _drop_rbd(call, ceph)
         with contextlib.suppress(FileNotFoundError):

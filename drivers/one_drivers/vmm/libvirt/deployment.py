@@ -23,6 +23,9 @@ from one_drivers.core.errors import ActionFailed, BackendTimeout, BadInput
 from one_drivers.core.xmlview import parse_xml
 
 ONE_NS = "http://opennebula.org/xmlns/libvirt/1.0"
+# keep oned's prefixes when the domain is written back (ElementTree would say ns0:)
+ET.register_namespace("one", ONE_NS)
+ET.register_namespace("qemu", "http://libvirt.org/schemas/domain/qemu/1.0")
 _ADDR = re.compile(r"^(?:v[12]:)?(?P<host>\[[0-9a-fA-F:]+\]|[^:/\[\]]+)(?::(?P<port>\d+))?")
 
 

@@ -8,11 +8,14 @@ from typing import Any
 
 from one_drivers.core import log
 from one_drivers.core.contract import Call
-from one_drivers.core.errors import ActionFailed
+from one_drivers.core.errors import ActionFailed, NotFound
 from one_drivers.vmm.libvirt.common import SHUTOFF, host_hypervisor, resolved
 from one_drivers.vmm.libvirt.connection import Hypervisor
 from one_drivers.vmm.libvirt.deployment import prepare
 from one_drivers.vmm.libvirt.snapshots import redefine_snapshots
+
+
+DESTROY_RESERVE = 15.0  # seconds of the action kept for destroying a guest that ignored ACPI
 
 
 def deploy(call: Call) -> str:
@@ -46,12 +49,14 @@ def _gone_or_off(hv: Hypervisor, dom: Any) -> bool:
 
 
 def shutdown(call: Call) -> None:
-    """ACPI power button, re-pressed at half time; after SHUTDOWN_TIMEOUT the domain is destroyed
-    (FORCE_DESTROY=yes, the default) or the action fails. Never longer than that, and it holds no
-    lock: a cancel sent meanwhile just ends it sooner (OpenNebula/one#2586)."""
+    """ACPI power button, re-pressed at half time; after ACPI_TIMEOUT the domain is destroyed
+    (FORCE_DESTROY=yes, the default) or the action fails. Never longer than that (nor than the
+    action's own limit, keeping time to destroy), and it holds no lock: a cancel sent meanwhile
+    just ends it sooner (OpenNebula/one#2586)."""
     deploy_id = call.args["deploy_id"]
     settings = resolved(call.settings)
-    timeout = settings.float("SHUTDOWN_TIMEOUT", 180)
+    timeout = min(settings.float("ACPI_TIMEOUT", 180),
+                  max(1.0, call.deadline.remaining() - DESTROY_RESERVE))
     with host_hypervisor(call) as hv:
         dom = hv.domain(deploy_id)
         if dom is None or _gone_or_off(hv, dom):
@@ -60,8 +65,10 @@ def shutdown(call: Call) -> None:
         for press, seconds in enumerate((timeout / 2, timeout - timeout / 2)):
             try:
                 hv.call(dom.shutdown, what="pressing the ACPI power button")
-            except ActionFailed as exc:
-                if press == 0 and not _gone_or_off(hv, dom):
+            except (ActionFailed, NotFound) as exc:
+                if _gone_or_off(hv, dom):  # it went while we pressed
+                    return
+                if press == 0:
                     raise
                 log.info(f"second power button press not delivered ({exc})")
             if hv.wait_until(lambda: _gone_or_off(hv, dom), seconds=seconds):
@@ -76,7 +83,7 @@ def shutdown(call: Call) -> None:
 def _destroy(hv: Hypervisor, dom: Any) -> None:
     try:
         hv.call(dom.destroy, what="destroying the domain")
-    except ActionFailed:
+    except (ActionFailed, NotFound):
         if not _gone_or_off(hv, dom):
             raise
 

@@ -1,0 +1,295 @@
+"""The libvirt VMM driver against the lab's real libvirtd + QEMU (TCG), Ceph and OVS, through the
+installed remotes as one_vmm_exec runs them: argv with ``<vmid> <host>`` appended, the deployment
+file or the VMM_DRIVER_ACTION_DATA document on stdin."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from one_drivers.lab.console import GuestConsole
+from one_drivers.lab.documents import domain_xml, elements, lab_ds_template, vm_doc
+from tests.helpers import last_line
+
+READY = "one-lab-guest: ready"
+HOST = "node1"
+
+
+@pytest.fixture(scope="module")
+def vmm_remotes(tmp_path_factory):
+    """Remotes with a short ACPI_TIMEOUT, as an operator would set in libvirt.conf."""
+    from one_drivers.core.remotes import install
+
+    dest = tmp_path_factory.mktemp("vmm-remotes")
+    install(dest, python=sys.executable)
+    conf = dest / "etc" / "vmm" / "libvirt" / "libvirt.conf"
+    conf.write_text(conf.read_text() + "\nACPI_TIMEOUT=4\nDETACH_TIMEOUT=10\n")
+    return dest
+
+
+@pytest.fixture(scope="module")
+def guest_raw(lab_env, tmp_path_factory):
+    from one_drivers.lab.lab import Lab
+
+    raw = tmp_path_factory.mktemp("guest") / "disk.raw"
+    subprocess.run(["qemu-img", "convert", "-O", "raw", str(Lab().guest.build_disk()), str(raw)],
+                   check=True, timeout=120)
+    return raw
+
+
+class Vm:
+    """One test VM: its RBD root disk, its directory, its documents and the driver's shims."""
+
+    def __init__(self, env: dict[str, str], remotes: Path, ioctx, raw: Path, root: Path) -> None:
+        import rbd
+
+        self.env, self.remotes, self.ioctx = env, remotes, ioctx
+        self.id = 3000 + int(uuid.uuid4().hex[:3], 16)
+        self.dir = root / str(self.id)
+        self.dir.mkdir()
+        self.disk = f"one-{self.id}-{uuid.uuid4().hex[:4]}"
+        rbd.RBD().create(ioctx, self.disk, raw.stat().st_size)
+        with rbd.Image(ioctx, self.disk) as image:
+            image.write(raw.read_bytes(), 0)
+        self.images = [self.disk]
+        self.console = GuestConsole(self.dir / "console")
+        self.deploy_id = ""
+
+    def domain(self, **kw) -> str:
+        return domain_xml(self.env, self.id, str(self.dir), str(self.dir / "console"),
+                          rbd_disks=[(f"one/{self.disk}", "vda")], **kw)
+
+    def action_data(self, *, disks=(), nics=(), template: dict | None = None,
+                    tm_mad: str = "rbd") -> str:
+        vm = vm_doc(self.id, list(disks), nics=list(nics), extra=elements(template or {}))
+        ds = lab_ds_template(self.env, POOL_NAME=self.env["ONE_LAB_CEPH_POOL"])
+        return (f"<VMM_DRIVER_ACTION_DATA><HOST>{HOST}</HOST><DEPLOY_ID>{self.deploy_id}"
+                f"</DEPLOY_ID>{vm}<DATASTORE><ID>0</ID><NAME>system</NAME><TM_MAD>{tm_mad}"
+                f"</TM_MAD><TEMPLATE>{elements(ds)}</TEMPLATE></DATASTORE>"
+                "</VMM_DRIVER_ACTION_DATA>")
+
+    def run(self, action: str, *argv: str, stdin: str | None = None, env: dict | None = None
+            ) -> subprocess.CompletedProcess[str]:
+        """The action as one_vmm_exec runs it; stdin defaults to the action data document."""
+        data = self.action_data() if stdin is None else stdin
+        return subprocess.run([str(self.remotes / "vmm" / "libvirt" / action), *argv,
+                               str(self.id), HOST], input=data, capture_output=True,
+                              text=True, timeout=300, check=False,
+                              env={**os.environ, **(env or {})})
+
+    def ok(self, action: str, *argv: str, stdin: str | None = None) -> str:
+        res = self.run(action, *argv, stdin=stdin)
+        assert res.returncode == 0, res.stderr
+        return res.stdout.strip()
+
+    def deploy(self, **kw) -> str:
+        self.deploy_id = self.ok("deploy", str(self.dir / "deployment.0"), HOST,
+                                 stdin=self.domain(**kw))
+        return self.deploy_id
+
+    def state(self) -> int | None:
+        import libvirt
+
+        conn = libvirt.open(self.env["LIBVIRT_DEFAULT_URI"])
+        try:
+            return int(conn.lookupByUUIDString(self.deploy_id).state()[0])
+        except libvirt.libvirtError:
+            return None
+        finally:
+            conn.close()
+
+    def close(self) -> None:
+        import libvirt
+        import rbd
+
+        conn = libvirt.open(self.env["LIBVIRT_DEFAULT_URI"])
+        try:
+            for dom in conn.listAllDomains():
+                if dom.name() == f"one-{self.id}":
+                    dom.destroy()
+        except libvirt.libvirtError:
+            pass
+        finally:
+            conn.close()
+        for name in [*self.images, f"one-sys-{self.id}-checkpoint"]:
+            try:
+                rbd.RBD().remove(self.ioctx, name)
+            except rbd.ImageNotFound:
+                pass
+
+
+@pytest.fixture
+def vm(lab_env, vmm_remotes, ceph_admin, guest_raw, tmp_path):
+    v = Vm(lab_env, vmm_remotes, ceph_admin[1], guest_raw, tmp_path)
+    yield v
+    v.close()
+
+
+def test_deploy_from_rbd_shutdown_deploy_again_cancel(vm):
+    first = vm.deploy()
+    assert len(first) == 36 and vm.state() == 1
+    vm.console.wait_for(READY)
+    assert "vda" in vm.console.run("ls /sys/block").split()
+    assert vm.deploy() == first, "a re-run answers the running domain"
+    written = (vm.dir / "deployment.0").read_text()
+    assert 'type="qemu"' in written and "<one:system_datastore>" in written
+    started = time.monotonic()
+    vm.ok("shutdown", first, HOST)
+    assert vm.state() is None and time.monotonic() - started < 30
+    again = vm.deploy()
+    assert again != first and vm.state() == 1
+    vm.console.wait_for(READY)
+    vm.ok("reboot", again, HOST)
+    vm.ok("reset", again, HOST)
+    vm.ok("cancel", again, HOST)
+    assert vm.state() is None
+    for action in ("cancel", "shutdown"):  # already gone: success, as upstream's scripts
+        res = vm.run(action, again, HOST)
+        assert res.returncode == 0 and "already gone" in res.stderr
+    res = vm.run("reboot", again, HOST)
+    assert res.returncode == 6 and f"domain {again} does not exist" in last_line(res.stderr)
+
+
+def test_shutdown_of_a_guest_ignoring_acpi_is_bounded(vm):
+    vm.deploy(acpi=False)
+    vm.console.wait_for(READY)
+    started = time.monotonic()
+    vm.ok("shutdown", vm.deploy_id, HOST)
+    took = time.monotonic() - started
+    assert vm.state() is None, "destroyed after ACPI_TIMEOUT"
+    assert 4 <= took < 4 + 3, took
+
+
+def test_save_and_restore_through_rbd(vm, ceph_admin):
+    from tests.helpers import rbd_names
+
+    vm.deploy()
+    vm.console.wait_for(READY)
+    vm.console.run("echo remembered > /tmp/mark")
+    checkpoint = vm.dir / "checkpoint"
+    data = vm.action_data()
+    vm.ok("save", vm.deploy_id, str(checkpoint), HOST, stdin=data)
+    assert vm.state() is None and not checkpoint.exists()
+    assert f"one-sys-{vm.id}-checkpoint" in rbd_names(ceph_admin[1])
+    vm.ok("save", vm.deploy_id, str(checkpoint), HOST, stdin=data)  # re-run: still fine
+    vm.ok("restore", str(checkpoint), HOST, vm.deploy_id, stdin=data)
+    assert vm.state() == 1
+    assert vm.console.run("cat /tmp/mark") == "remembered", "memory came back"
+    assert f"one-sys-{vm.id}-checkpoint" not in rbd_names(ceph_admin[1])
+    assert not checkpoint.exists()
+    vm.ok("restore", str(checkpoint), HOST, vm.deploy_id, stdin=data)  # re-run: running
+
+
+def test_hotplug_disk_and_nic_the_guest_sees_them(vm, ceph_admin, lab_env):
+    import rbd
+
+    vm.deploy()
+    vm.console.wait_for(READY)
+    extra = f"one-{vm.id}-extra"
+    rbd.RBD().create(ceph_admin[1], extra, 32 << 20)
+    vm.images.append(extra)
+    disk = {"DISK_ID": 1, "TYPE": "RBD", "SOURCE": f"one/{extra}", "ATTACH": "YES",
+            "CEPH_USER": lab_env["ONE_LAB_CEPH_USER"], "CEPH_SECRET": lab_env["ONE_LAB_CEPH_SECRET"],
+            "CEPH_HOST": lab_env["ONE_LAB_CEPH_MON"], "TARGET": "vdb",
+            "TOTAL_IOPS_SEC": "500", "CACHE": "writeback"}
+    data = vm.action_data(disks=[disk])
+    argv = (vm.deploy_id, str(vm.dir / "disk.1"), "vdb", "1", "bXNn")
+    vm.ok("attach_disk", *argv, stdin=data)
+    vm.ok("attach_disk", *argv, stdin=data)  # re-run: already there
+    assert vm.console.wait_until_output("ls /sys/block", "vdb")
+    assert vm.console.run("cat /sys/block/vdb/size") == str((32 << 20) // 512)
+    live = vm_xml(lab_env, vm.deploy_id)
+    assert "<total_iops_sec>500</total_iops_sec>" in live and "cache='writeback'" in live
+    with rbd.Image(ceph_admin[1], extra) as image:
+        image.resize(64 << 20)
+    vm.ok("resize_disk", vm.deploy_id, "1", "64", "bXNn", HOST, stdin=data)
+    assert vm.console.wait_until_output("cat /sys/block/vdb/size", str((64 << 20) // 512))
+    vm.ok("detach_disk", vm.deploy_id, str(vm.dir / "disk.1"), "vdb", "1", stdin=data)
+    assert "vdb" not in vm.console.run("ls /sys/block").split()
+    # a NIC on a lab OVS bridge
+    bridge = f"hp{uuid.uuid4().hex[:6]}"
+    subprocess.run(["ovs-vsctl", "add-br", bridge, "--", "set", "bridge", bridge,
+                    "datapath_type=netdev"], check=True, timeout=20)
+    try:
+        mac = "02:00:00:0b:00:01"
+        argv = (vm.deploy_id, mac, bridge, "virtio", "ovsdb", f"one-{vm.id}-1")
+        vm.ok("attach_nic", *argv, stdin=data)
+        assert vm.console.wait_until_output("ls /sys/class/net", "eth0")
+        assert f"one-{vm.id}-1" in subprocess.run(["ovs-vsctl", "list-ports", bridge],
+                                                  capture_output=True, text=True,
+                                                  check=True).stdout
+        vm.ok("detach_nic", vm.deploy_id, mac, stdin=data)
+        assert "eth0" not in vm.console.run("ls /sys/class/net").split()
+    finally:
+        subprocess.run(["ovs-vsctl", "--if-exists", "del-br", bridge], check=False)
+
+
+def test_context_cdrom_swap_and_live_resize(vm, lab_env):
+    isos = []
+    for n in (1, 2):
+        src = vm.dir / f"ctx{n}"
+        src.mkdir()
+        (src / "context.sh").write_text(f"GENERATION={n}\n")
+        iso = vm.dir / f"context{n}.iso"
+        subprocess.run(["xorriso", "-as", "mkisofs", "-quiet", "-V", "CONTEXT", "-o", str(iso),
+                        str(src)], check=True, capture_output=True, timeout=60)
+        isos.append(iso)
+    vm.deploy(cdrom=str(isos[0]))
+    vm.console.wait_for(READY)
+    read = "mount -t iso9660 /dev/sr0 /mnt 2>&1 && cat /mnt/context.sh; umount /mnt 2>/dev/null"
+    assert vm.console.run(read) == "GENERATION=1"
+    data = vm.action_data()
+    vm.ok("prereconfigure", vm.deploy_id, "hda", stdin=data)
+    vm.ok("reconfigure", vm.deploy_id, "hda", str(isos[1]), stdin=data)
+    assert vm.console.run(read) == "GENERATION=2"
+    resized = vm.action_data(template={"VCPU": 2, "MEMORY": 160})
+    vm.ok("resize", vm.deploy_id, stdin=resized)
+    import libvirt
+
+    conn = libvirt.open(lab_env["LIBVIRT_DEFAULT_URI"])
+    try:
+        dom = conn.lookupByUUIDString(vm.deploy_id)
+        assert dom.vcpusFlags(libvirt.VIR_DOMAIN_AFFECT_LIVE) == 2
+        deadline = time.monotonic() + 20  # the guest's balloon driver answers in a second or two
+        while dom.info()[2] != 160 * 1024 and time.monotonic() < deadline:
+            time.sleep(0.3)
+        assert dom.info()[2] == 160 * 1024, "the guest gave the memory back"
+    finally:
+        conn.close()
+    assert vm.console.wait_until_output("ls /sys/devices/system/cpu", "cpu1")
+    too_many = vm.run("resize", vm.deploy_id, stdin=vm.action_data(template={"VCPU": 4}))
+    assert too_many.returncode == 3 and "VCPU=4 exceeds the 2" in last_line(too_many.stderr)
+
+
+def test_bad_input_is_one_plain_line(vm, tmp_path):
+    res = vm.run("deploy", str(vm.dir / "deployment.0"), HOST, stdin="not xml")
+    assert res.returncode == 3 and "stdin is not well-formed XML" in last_line(res.stderr)
+    missing = vm.domain().replace(vm.disk, "one-does-not-exist")
+    res = vm.run("deploy", str(vm.dir / "deployment.0"), HOST, stdin=missing)
+    assert res.returncode == 1, res.stderr
+    assert "one-does-not-exist" in last_line(res.stderr) and "Traceback" not in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
+    gone = str(uuid.uuid4())
+    assert vm.run("shutdown", gone, HOST).returncode == 0
+    # libvirtd unreachable: a clear error, well within the deadline
+    started = time.monotonic()
+    res = vm.run("cancel", gone, HOST,
+                 env={"LIBVIRT_DEFAULT_URI": f"qemu:///system?socket={tmp_path}/none"})
+    assert res.returncode == 4 and "cannot reach libvirt" in last_line(res.stderr)
+    assert time.monotonic() - started < 10
+
+
+def vm_xml(env: dict[str, str], deploy_id: str) -> str:
+    import libvirt
+
+    conn = libvirt.open(env["LIBVIRT_DEFAULT_URI"])
+    try:
+        return str(conn.lookupByUUIDString(deploy_id).XMLDesc(0))
+    finally:
+        conn.close()
