@@ -4,6 +4,7 @@ file or the VMM_DRIVER_ACTION_DATA document on stdin."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -118,10 +119,8 @@ class Vm:
         finally:
             conn.close()
         for name in [*self.images, f"one-sys-{self.id}-checkpoint"]:
-            try:
+            with contextlib.suppress(rbd.ImageNotFound):
                 rbd.RBD().remove(self.ioctx, name)
-            except rbd.ImageNotFound:
-                pass
 
 
 @pytest.fixture
@@ -195,7 +194,8 @@ def test_hotplug_disk_and_nic_the_guest_sees_them(vm, ceph_admin, lab_env):
     rbd.RBD().create(ceph_admin[1], extra, 32 << 20)
     vm.images.append(extra)
     disk = {"DISK_ID": 1, "TYPE": "RBD", "SOURCE": f"one/{extra}", "ATTACH": "YES",
-            "CEPH_USER": lab_env["ONE_LAB_CEPH_USER"], "CEPH_SECRET": lab_env["ONE_LAB_CEPH_SECRET"],
+            "CEPH_USER": lab_env["ONE_LAB_CEPH_USER"],
+            "CEPH_SECRET": lab_env["ONE_LAB_CEPH_SECRET"],
             "CEPH_HOST": lab_env["ONE_LAB_CEPH_MON"], "TARGET": "vdb",
             "TOTAL_IOPS_SEC": "500", "CACHE": "writeback"}
     data = vm.action_data(disks=[disk])

@@ -14,7 +14,6 @@ from one_drivers.vmm.libvirt.connection import Hypervisor
 from one_drivers.vmm.libvirt.deployment import prepare
 from one_drivers.vmm.libvirt.snapshots import redefine_snapshots
 
-
 DESTROY_RESERVE = 15.0  # seconds of the action kept for destroying a guest that ignored ACPI
 
 
