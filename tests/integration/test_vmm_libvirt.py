@@ -293,3 +293,31 @@ def vm_xml(env: dict[str, str], deploy_id: str) -> str:
         return str(conn.lookupByUUIDString(deploy_id).XMLDesc(0))
     finally:
         conn.close()
+
+
+def test_vm_snapshots_of_an_rbd_vm_revert_and_delete(vm, ceph_admin, lab_env):
+    import rbd
+
+    from one_drivers.lab.documents import disk_attrs
+
+    vm.deploy()
+    vm.console.wait_for(READY)
+    disks = [disk_attrs(lab_env, 0, TYPE="RBD", SOURCE=f"one/{vm.disk}", TARGET="vda")]
+    data = vm.action_data(disks=disks)
+    vm.console.run("mkdir -p /mnt/d && mount /dev/vda /mnt/d && echo first > /mnt/d/f && sync "
+                   "&& echo first > /tmp/m")
+    assert vm.ok("snapshot_create", vm.deploy_id, "0", stdin=data) == "snap-0"
+    assert vm.ok("snapshot_create", vm.deploy_id, "0", stdin=data) == "snap-0"  # re-run
+    with rbd.Image(ceph_admin[1], vm.disk, read_only=True) as image:
+        assert "one-vm-snap-0" in {s["name"] for s in image.list_snaps()}
+    assert (vm.dir / "snap-0.mem").exists() and (vm.dir / "snap-0.json").exists()
+    vm.console.run("echo second > /mnt/d/f && sync && echo second > /tmp/m")
+    vm.ok("snapshot_revert", vm.deploy_id, "snap-0", stdin=data)
+    assert vm.state() == 1, "running again, same deploy id"
+    assert vm.console.run("cat /tmp/m") == "first", "memory went back"
+    assert vm.console.run("cat /mnt/d/f") == "first", "the disk went back with it"
+    vm.ok("snapshot_delete", vm.deploy_id, "snap-0", stdin=data)
+    vm.ok("snapshot_delete", vm.deploy_id, "snap-0", stdin=data)  # re-run: already gone
+    with rbd.Image(ceph_admin[1], vm.disk, read_only=True) as image:
+        assert not list(image.list_snaps())
+    assert not (vm.dir / "snap-0.mem").exists() and not (vm.dir / "snap-0.json").exists()
