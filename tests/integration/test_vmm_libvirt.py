@@ -321,3 +321,67 @@ def test_vm_snapshots_of_an_rbd_vm_revert_and_delete(vm, ceph_admin, lab_env):
     with rbd.Image(ceph_admin[1], vm.disk, read_only=True) as image:
         assert not list(image.list_snaps())
     assert not (vm.dir / "snap-0.mem").exists() and not (vm.dir / "snap-0.json").exists()
+
+
+@pytest.fixture
+def two_hosts(lab_env, vmm_remotes, tmp_path):
+    """Remotes whose LIBVIRT_REMOTE_URI reaches the lab's second libvirtd (the ssh host's), and
+    a VM directory on both hosts (/var/lib/one/datastores is private to each)."""
+    import shutil
+
+    from one_drivers.core.remotes import install
+
+    remotes = tmp_path / "remotes"
+    install(remotes, python=sys.executable)
+    conf = remotes / "etc" / "vmm" / "libvirt" / "libvirt.conf"
+    conf.write_text(conf.read_text() + f"\nLIBVIRT_REMOTE_URI={lab_env['ONE_LAB_HOST_LIBVIRT_URI']}"
+                    "\nMIGRATE_URI=tcp://127.0.0.1\nMIGRATE_AUTO_CONVERGE=yes\n")
+    made = []
+    yield remotes, made
+    for path in made:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def test_live_migration_between_two_hosts(vm, two_hosts, lab_env, tmp_path):
+    import libvirt
+
+    from one_drivers.core.remotes import install
+
+    remotes, made = two_hosts
+    ds_dir = f"/var/lib/one/datastores/199/{vm.id}"
+    here, there = Path(ds_dir), Path(lab_env["ONE_LAB_HOST_DATASTORES"]) / "199" / str(vm.id)
+    for d in (here, there):  # what TM premigrate does: the VM directory on both hosts
+        d.mkdir(parents=True, exist_ok=True)
+        made.append(d)
+    vm.dir = here
+    vm.console = GuestConsole(here / "console")
+    vm.deploy()
+    vm.console.wait_for(READY)
+    vm.console.run("echo travelling > /tmp/m")
+    # a destination that cannot be reached: a clear error, the source untouched
+    unreachable = tmp_path / "unreachable"
+    install(unreachable, python=sys.executable)
+    conf = unreachable / "etc" / "vmm" / "libvirt" / "libvirt.conf"
+    conf.write_text(conf.read_text() + f"\nLIBVIRT_REMOTE_URI=qemu:///system?socket={tmp_path}/x\n")
+    vm.remotes = unreachable
+    res = vm.run("migrate", vm.deploy_id, "one-lab-host", HOST)
+    assert res.returncode == 4 and "cannot reach libvirt" in last_line(res.stderr)
+    assert vm.state() == 1 and vm.console.run("cat /tmp/m") == "travelling"
+    vm.remotes = remotes
+    res = vm.run("migrate", vm.deploy_id, "one-lab-host", HOST)
+    assert res.returncode == 0, res.stderr
+    assert vm.state() is None, "gone from the source"
+    dst = libvirt.open(lab_env["ONE_LAB_HOST_LIBVIRT_URI"])
+    try:
+        moved = dst.lookupByUUIDString(vm.deploy_id)
+        assert moved.state()[0] == 1
+        assert GuestConsole(there / "console").run("cat /tmp/m") == "travelling", \
+            "the guest answers on the destination, memory intact"
+        # from the destination to itself: refused before anything moves
+        same = vm.run("migrate", vm.deploy_id, "one-lab-host", HOST,
+                      env={"LIBVIRT_DEFAULT_URI": lab_env["ONE_LAB_HOST_LIBVIRT_URI"]})
+        assert same.returncode == 3 and "is this very host" in last_line(same.stderr)
+        assert moved.state()[0] == 1
+        moved.destroy()
+    finally:
+        dst.close()

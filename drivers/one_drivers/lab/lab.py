@@ -19,11 +19,11 @@ from typing import Any
 
 from one_drivers.lab.ceph import RBD_USER, CephLab
 from one_drivers.lab.guest import Guest
-from one_drivers.lab.libvirtd import LibvirtLab
+from one_drivers.lab.libvirtd import HOST2_UUID, LibvirtLab
 from one_drivers.lab.oned_standin import OnedStandin
 from one_drivers.lab.ovs import OvsLab
 from one_drivers.lab.proc import LabError
-from one_drivers.lab.sshd import SshLab
+from one_drivers.lab.sshd import DATASTORES, SshLab
 
 DEFAULT_DIR = "/var/tmp/one-drivers-lab"
 CEPH_SETTLE = 60  # seconds a running but unhealthy cluster gets before it is rebuilt
@@ -42,6 +42,10 @@ class Lab:
         self.ovs = OvsLab(self.root)
         self.libvirt = LibvirtLab(self.root, self.ovs.run_dir)
         self.ssh = SshLab(self.root, port_offset)
+        self.libvirt2 = LibvirtLab(
+            self.root, self.ovs.run_dir, name="libvirt2", host_uuid=HOST2_UUID,
+            extra_binds={str(self.ssh.host_datastores): DATASTORES},
+            env_key="ONE_LAB_HOST_LIBVIRT_URI")
         self.guest = Guest(self.root)
         self.oned = OnedStandin(self.root, port_offset)
         self.created_file = self.root / "created-dirs"
@@ -55,7 +59,8 @@ class Lab:
 
     def env(self) -> dict[str, str]:
         env = {"ONE_DRIVERS_LAB_DIR": str(self.root)}
-        for part in (self.ceph, self.ovs, self.libvirt, self.ssh, self.guest, self.oned):
+        for part in (self.ceph, self.ovs, self.libvirt2, self.libvirt, self.ssh, self.guest,
+                     self.oned):
             env.update(part.env())
         return env
 
@@ -64,6 +69,7 @@ class Lab:
             "ceph": self.ceph.healthy() if self.ceph.running() else False,
             "ovs": self.ovs.healthy(),
             "libvirt": self.libvirt.healthy() if self.libvirt.running() else False,
+            "libvirt2": self.libvirt2.healthy() if self.libvirt2.running() else False,
             "ssh": self.ssh.healthy(),
             "oned": self.oned.healthy(),
             "guest_image": self.guest.built(),
@@ -94,6 +100,9 @@ class Lab:
             # libvirt's copy of the cephx key: a new cluster has a new key
             self.libvirt.define_ceph_secret(RBD_USER, self.ceph.user_keyring)
             step("ssh", self.ssh.healthy(), lambda: self.ssh.up(created))
+            step("libvirt2", ovs_ok and self.libvirt2.running() and self.libvirt2.healthy(),
+                 lambda: self.libvirt2.up(created))
+            self.libvirt2.define_ceph_secret(RBD_USER, self.ceph.user_keyring)
             step("oned", self.oned.healthy(), self.oned.up)
             self._save_created(created)
         return timings
@@ -111,7 +120,8 @@ class Lab:
 
     def down(self) -> list[str]:
         with self._locked():
-            stopped = [*self.oned.down(), *self.ssh.down(), *self.libvirt.down(),
+            stopped = [*self.oned.down(), *self.ssh.down(), *self.libvirt2.down(),
+                       *self.libvirt.down(),
                        *self.ovs.down(), *self.ceph.down()]
             for path in reversed(self._created()):
                 with contextlib.suppress(OSError):  # not empty: someone else uses it now

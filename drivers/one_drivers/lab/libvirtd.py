@@ -49,20 +49,34 @@ namespaces = [ ]
 CEPH_SECRET_UUID = "0ed0d21e-ceb5-4ec0-9000-000000000001"  # noqa: S105 - a UUID, not the key
 
 
+# the second host's: libvirt refuses to migrate a domain to a host with its own UUID
+HOST2_UUID = "0ed0d21e-0000-4000-8000-00000000b002"
+
+
 class LibvirtLab:
-    def __init__(self, root: Path, ovs_run: Path) -> None:
+    """One libvirtd. The lab runs two: the front-end's own host (``libvirt``) and the ssh host's
+    (``libvirt2``: its own host UUID, and the ssh host's private /var/lib/one/datastores in its
+    mount namespace), so live migration between two hosts is real."""
+
+    def __init__(self, root: Path, ovs_run: Path, *, name: str = "libvirt",
+                 extra_binds: dict[str, str] | None = None, host_uuid: str | None = None,
+                 env_key: str = "LIBVIRT_DEFAULT_URI") -> None:
         self.root = root
-        self.dir = root / "libvirt"
+        self.name = name
+        self.dir = root / name
         self.ovs_run = ovs_run
-        self.pidfile = root / "libvirtd.pid"
+        self.pidfile = root / f"{name}d.pid"
         self.socket = self.dir / "run" / "libvirt-sock"
+        self.extra_binds = dict(extra_binds or {})
+        self.host_uuid = host_uuid
+        self.env_key = env_key
 
     @property
     def uri(self) -> str:
         return f"qemu:///system?socket={self.socket}"
 
     def env(self) -> dict[str, str]:
-        return {"LIBVIRT_DEFAULT_URI": self.uri, "ONE_DRIVERS_DOMAIN_TYPE": "qemu",
+        return {self.env_key: self.uri, "ONE_DRIVERS_DOMAIN_TYPE": "qemu",
                 "ONE_LAB_CEPH_SECRET": CEPH_SECRET_UUID}
 
     def define_ceph_secret(self, user: str, keyring: Path) -> None:
@@ -96,11 +110,13 @@ class LibvirtLab:
             (self.dir / sub).mkdir(parents=True, exist_ok=True)
             binds.append(f"{self.dir / sub}={target}")
         binds.append(f"{self.ovs_run}=/run/openvswitch")
-        for target in [*SYSTEM_DIRS.values(), "/run/openvswitch"]:
+        binds += [f"{src}={dst}" for src, dst in self.extra_binds.items()]
+        for target in [*SYSTEM_DIRS.values(), "/run/openvswitch", *self.extra_binds.values()]:
             if not Path(target).exists():  # a mount point must exist; removed again by down
                 Path(target).mkdir(parents=True)
                 created_dirs.append(target)
-        (self.dir / "etc" / "libvirtd.conf").write_text(LIBVIRTD_CONF)
+        uuid_line = f'host_uuid = "{self.host_uuid}"\n' if self.host_uuid else ""
+        (self.dir / "etc" / "libvirtd.conf").write_text(LIBVIRTD_CONF + uuid_line)
         (self.dir / "etc" / "qemu.conf").write_text(QEMU_CONF)
         argv = ["unshare", "--mount", "--propagation", "private", "--",
                 sys.executable, "-m", "one_drivers.lab.mountns", *binds, "--",

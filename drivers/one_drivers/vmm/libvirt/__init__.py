@@ -14,6 +14,7 @@ DRIVER = Driver(
         "cancel": f"{_M}.lifecycle:cancel",
         "reboot": f"{_M}.lifecycle:reboot",
         "reset": f"{_M}.lifecycle:reset",
+        "migrate": f"{_M}.migrate:migrate",
         "save": f"{_M}.checkpoint:save",
         "restore": f"{_M}.checkpoint:restore",
         "attach_disk": f"{_M}.hotplug:attach_disk",
@@ -35,6 +36,18 @@ DRIVER = Driver(
                             "file's (default: ONE_DRIVERS_DOMAIN_TYPE)"),
         "CEPH_CONF": ("", "ceph.conf whose monitors RBD disks list (default: CEPH_CONF or "
                           "/etc/ceph/ceph.conf)"),
+        "LIBVIRT_REMOTE_URI": ("qemu+ssh://{host}/system", "libvirt on another host (the "
+                                                            "migration destination)"),
+        "MIGRATE_AUTO_CONVERGE": ("no", "throttle a guest whose memory changes faster than it "
+                                        "migrates"),
+        "MIGRATE_AUTO_CONVERGE_INITIAL": ("", "initial throttle, percent"),
+        "MIGRATE_AUTO_CONVERGE_INCREMENT": ("", "throttle increment, percent"),
+        "MIGRATE_COMPRESSED": ("no", "compress the migration stream"),
+        "MIGRATE_BANDWIDTH": ("0", "MiB/s the migration may use (0: no limit)"),
+        "MIGRATE_MAX_DOWNTIME": ("0", "ms the guest may stand still at the end (0: libvirt's)"),
+        "MIGRATE_UNSAFE": ("no", "migrate even when libvirt deems the disk cache unsafe"),
+        "MIGRATE_URI": ("", "the migration stream's address, e.g. tcp://{host} (default: "
+                            "libvirt's, from the destination's hostname)"),
         "DEPLOY_TWEAKS": ("", "Python entry points module:function rewriting the domain XML "
                               "before deploy, comma-separated"),
         "DEPLOY_TWEAKS_DIR": ("", "a directory of executables rewriting the domain XML (stdin to "
