@@ -65,7 +65,7 @@ def test_deploy_tweaks_python_and_executables(tmp_path):
     root = prepare(DOMAIN, settings)
     assert root.find("memoryBacking") is not None and root.find("cpu") is not None
     script.write_text("#!/bin/sh\necho 'no cpu pinning here' >&2\nexit 2\n")
-    with pytest.raises(ActionFailed, match="deploy tweak 10-cpu failed .exit 2.: no cpu pinning"):
+    with pytest.raises(ActionFailed, match=r"deploy tweak 10-cpu failed .exit 2.: no cpu pinning"):
         prepare(DOMAIN, settings)
     with pytest.raises(ActionFailed, match="cannot be loaded"):
         prepare(DOMAIN, Settings([{"DEPLOY_TWEAKS": "no.such.module:fn"}]))

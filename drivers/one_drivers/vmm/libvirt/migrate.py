@@ -116,6 +116,8 @@ def _redefine_snapshots(dst: Hypervisor, deploy_id: str, xml: str) -> None:
     if not paths:
         return
     dom = dst.domain(deploy_id)
+    if dom is None:
+        return
     for path in paths:
         with open(path, encoding="utf-8") as fh:
             try:
