@@ -120,6 +120,9 @@ class Vm:
             conn.close()
         for name in [*self.images, f"one-sys-{self.id}-checkpoint"]:
             with contextlib.suppress(rbd.ImageNotFound):
+                with rbd.Image(self.ioctx, name) as image:
+                    for snap in list(image.list_snaps()):
+                        image.remove_snap(snap["name"])
                 rbd.RBD().remove(self.ioctx, name)
 
 
@@ -130,11 +133,24 @@ def vm(lab_env, vmm_remotes, ceph_admin, guest_raw, tmp_path):
     v.close()
 
 
-def test_deploy_from_rbd_shutdown_deploy_again_cancel(vm):
-    first = vm.deploy()
+def test_deploy_from_rbd_shutdown_deploy_again_cancel(vm, lab_env):
+    import base64
+
+    bridge, mac, target = f"dv{uuid.uuid4().hex[:6]}", "02:00:00:0d:00:01", f"one-{vm.id}-0"
+    nic = {"NIC_ID": 0, "NETWORK_ID": 1, "VN_MAD": "ovsdb", "BRIDGE": bridge, "MAC": mac,
+           "TARGET": target, "VLAN_ID": 77, "FILTER_MAC_SPOOFING": "YES"}
+    vnm_doc = base64.b64encode(vm_doc(vm.id, [], nics=[nic]).encode())
+    pre = subprocess.run([str(vm.remotes / "vnm" / "ovsdb" / "pre")], input=vnm_doc,
+                         capture_output=True, timeout=60, check=False)
+    assert pre.returncode == 0, pre.stderr
+    first = vm.deploy(nics=[(bridge, mac, target)])
     assert len(first) == 36 and vm.state() == 1
     vm.console.wait_for(READY)
     assert "vda" in vm.console.run("ls /sys/block").split()
+    assert "eth0" in vm.console.run("ls /sys/class/net").split()
+    tag = subprocess.run(["ovs-vsctl", "get", "Port", target, "tag"], capture_output=True,
+                         text=True, check=True, timeout=20).stdout.strip()
+    assert tag == "77", "the port the VNM driver prepared, kept by libvirt"
     assert vm.deploy() == first, "a re-run answers the running domain"
     written = (vm.dir / "deployment.0").read_text()
     assert 'type="qemu"' in written and "<one:system_datastore>" in written
@@ -153,6 +169,11 @@ def test_deploy_from_rbd_shutdown_deploy_again_cancel(vm):
         assert res.returncode == 0 and "already gone" in res.stderr
     res = vm.run("reboot", again, HOST)
     assert res.returncode == 6 and f"domain {again} does not exist" in last_line(res.stderr)
+    clean = subprocess.run([str(vm.remotes / "vnm" / "ovsdb" / "clean"), HOST], input=vnm_doc,
+                           capture_output=True, timeout=60, check=False)
+    assert clean.returncode == 0, clean.stderr
+    assert bridge not in subprocess.run(["ovs-vsctl", "list-br"], capture_output=True,
+                                        text=True, check=True).stdout.split()
 
 
 def test_shutdown_of_a_guest_ignoring_acpi_is_bounded(vm):
@@ -343,8 +364,11 @@ def two_hosts(lab_env, vmm_remotes, tmp_path):
 
 
 def test_live_migration_between_two_hosts(vm, two_hosts, lab_env, tmp_path):
+    import shutil
+
     import libvirt
 
+    from one_drivers.core import remote
     from one_drivers.core.remotes import install
 
     remotes, made = two_hosts
@@ -368,6 +392,13 @@ def test_live_migration_between_two_hosts(vm, two_hosts, lab_env, tmp_path):
     assert res.returncode == 4 and "cannot reach libvirt" in last_line(res.stderr)
     assert vm.state() == 1 and vm.console.run("cat /tmp/m") == "travelling"
     vm.remotes = remotes
+    from one_drivers.lab.documents import disk_attrs
+
+    disks = [disk_attrs(lab_env, 0, TYPE="RBD", SOURCE=f"one/{vm.disk}", TARGET="vda")]
+    data = vm.action_data(disks=disks)
+    vm.ok("snapshot_create", vm.deploy_id, "0", stdin=data)
+    for name in ("snap-0.json", "snap-0.mem"):  # TM premigrate copies the VM directory
+        shutil.copy2(here / name, there / name)
     res = vm.run("migrate", vm.deploy_id, "one-lab-host", HOST)
     assert res.returncode == 0, res.stderr
     assert vm.state() is None, "gone from the source"
@@ -375,8 +406,21 @@ def test_live_migration_between_two_hosts(vm, two_hosts, lab_env, tmp_path):
     try:
         moved = dst.lookupByUUIDString(vm.deploy_id)
         assert moved.state()[0] == 1
-        assert GuestConsole(there / "console").run("cat /tmp/m") == "travelling", \
+        on_dst = GuestConsole(there / "console")
+        assert on_dst.run("cat /tmp/m") == "travelling", \
             "the guest answers on the destination, memory intact"
+        # the snapshot taken before the move reverts there, run on that host as oned does
+        on_dst.run("echo moved > /tmp/m")
+        host_conf = remotes / "etc" / "vmm" / "libvirt" / "libvirt.conf"
+        host_conf.write_text(host_conf.read_text()
+                             + f"\nLIBVIRT_URI={lab_env['ONE_LAB_HOST_LIBVIRT_URI']}\n")
+        reverted = remote.run(lab_env["ONE_LAB_SSH_HOST"],
+                              [str(remotes / "vmm" / "libvirt" / "snapshot_revert"),
+                               vm.deploy_id, "snap-0", str(vm.id), "one-lab-host"],
+                              input=data.encode(), timeout=120)
+        assert reverted.returncode == 0
+        moved = dst.lookupByUUIDString(vm.deploy_id)
+        assert on_dst.run("cat /tmp/m") == "travelling", "reverted on the new host"
         # from the destination to itself: refused before anything moves
         same = vm.run("migrate", vm.deploy_id, "one-lab-host", HOST,
                       env={"LIBVIRT_DEFAULT_URI": lab_env["ONE_LAB_HOST_LIBVIRT_URI"]})
