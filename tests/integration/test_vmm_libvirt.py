@@ -186,6 +186,24 @@ def test_shutdown_of_a_guest_ignoring_acpi_is_bounded(vm):
     assert 4 <= took < 4 + 3, took
 
 
+def test_save_and_restore_to_a_file_checkpoint(vm, ceph_admin):
+    """A system datastore that is not Ceph keeps the checkpoint as the file libvirt wrote."""
+    from tests.helpers import rbd_names
+
+    vm.deploy()
+    vm.console.wait_for(READY)
+    vm.console.run("echo kept > /tmp/mark")
+    checkpoint = vm.dir / "checkpoint"
+    data = vm.action_data(tm_mad="ssh")
+    vm.ok("save", vm.deploy_id, str(checkpoint), HOST, stdin=data)
+    assert vm.state() is None and checkpoint.stat().st_size > 1 << 20
+    assert f"one-sys-{vm.id}-checkpoint" not in rbd_names(ceph_admin[1])
+    vm.ok("restore", str(checkpoint), HOST, vm.deploy_id, stdin=data)
+    assert vm.console.run("cat /tmp/mark") == "kept"
+    res = vm.run("restore", str(vm.dir / "nothing"), HOST, str(uuid.uuid4()), stdin=data)
+    assert res.returncode == 6 and "no checkpoint at" in last_line(res.stderr)
+
+
 def test_save_and_restore_through_rbd(vm, ceph_admin):
     from tests.helpers import rbd_names
 
