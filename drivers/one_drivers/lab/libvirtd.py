@@ -119,7 +119,7 @@ class LibvirtLab:
         (self.dir / "etc" / "libvirtd.conf").write_text(LIBVIRTD_CONF + uuid_line)
         (self.dir / "etc" / "qemu.conf").write_text(QEMU_CONF)
         argv = ["unshare", "--mount", "--propagation", "private", "--",
-                sys.executable, "-m", "one_drivers.lab.mountns", *binds, "--",
+                sys.executable, "-m", "one_drivers.lab.mountns", "--reap", *binds, "--",
                 "libvirtd", "--config", "/etc/libvirt/libvirtd.conf",
                 # its default /run/libvirtd.pid is outside the binds: two labs would collide
                 "--pid-file", "/run/libvirt/libvirtd-daemon.pid"]
@@ -173,5 +173,5 @@ class LibvirtLab:
             if stop(pidfile, timeout=5):
                 stopped.append(f"qemu {pidfile.stem}")
         if stop(self.pidfile):
-            stopped.append("libvirtd")
+            stopped.append(f"{self.name}d")
         return stopped
