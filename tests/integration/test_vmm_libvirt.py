@@ -447,3 +447,23 @@ def test_live_migration_between_two_hosts(vm, two_hosts, lab_env, tmp_path):
         moved.destroy()
     finally:
         dst.close()
+
+
+def test_a_guest_that_does_not_release_a_nic_gets_a_clear_error(vm):
+    """A guest whose hot-plug driver is off never acknowledges the unplug (OpenNebula/one#8021):
+    the action says so after DETACH_TIMEOUT instead of reporting success or hanging."""
+    bridge = f"nr{uuid.uuid4().hex[:6]}"
+    subprocess.run(["ovs-vsctl", "add-br", bridge, "--", "set", "bridge", bridge,
+                    "datapath_type=netdev"], check=True, timeout=20)
+    try:
+        mac = "02:00:00:0c:00:01"
+        vm.deploy(nics=[(bridge, mac, f"one-{vm.id}-0")], kernel_args="acpiphp.disable=1")
+        vm.console.wait_for(READY)
+        started = time.monotonic()
+        res = vm.run("detach_nic", vm.deploy_id, mac)
+        assert res.returncode == 1, res.stderr
+        assert f"the guest did not release NIC {mac} within 10 s" in last_line(res.stderr)
+        assert time.monotonic() - started < 10 + 5
+        assert "eth0" in vm.console.run("ls /sys/class/net").split(), "still there"
+    finally:
+        subprocess.run(["ovs-vsctl", "--if-exists", "del-br", bridge], check=False)

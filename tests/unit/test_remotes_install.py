@@ -58,3 +58,8 @@ def test_oned_conf_registers_every_driver():
     assert 'MARKETPLACE_ACTIONS = "export"' in text
     assert "DATASTORE_MAD: add 'rbd' to ARGUMENTS -d list" in text
     assert '"drivers": [' in oned_conf.render_json()
+    assert 'VN_MAD_CONF = [\n    NAME        = "ovsdb",\n    BRIDGE_TYPE = "openvswitch"' in text
+    vm_mad = next(b["attrs"] for b in reg["blocks"] if b["section"] == "VM_MAD")
+    assert vm_mad["NAME"] == "libvirt" and vm_mad["TYPE"] == "kvm"
+    assert vm_mad["ARGUMENTS"] == "-t 15 -r 0 libvirt -p", "parallel: a cancel never waits"
+    assert reg["vmm_execrc"] == {"LIVE_DISK_SNAPSHOTS": ["libvirt-rbd"]}

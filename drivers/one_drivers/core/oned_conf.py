@@ -45,6 +45,12 @@ def registration(drivers: list[Driver] | None = None) -> dict[str, Any]:
         if block:
             out["blocks"].append({"file": "oned.conf", "section": block,
                                   "attrs": {"NAME": drv.name, **drv.oned_conf}})
+    # live disk snapshots are allowed per VM_MAD-TM_MAD pair in vmm_execrc
+    chosen = drivers if drivers is not None else all_drivers()
+    pairs = [f"{v.name}-{t.name}" for v in chosen if v.family == "vmm"
+             for t in chosen if t.family == "tm" and "snap_create_live" in t.actions]
+    if pairs:
+        out["vmm_execrc"] = {"LIVE_DISK_SNAPSHOTS": pairs}
     return out
 
 
@@ -65,6 +71,9 @@ def render(drivers: list[Driver] | None = None) -> str:
         if entry.get("system"):
             line += f"; add {','.join(entry['system'])!r} to the -s list"
         parts.append(line)
+    for key, values in reg.get("vmm_execrc", {}).items():
+        parts.append(f"#   /var/lib/one/remotes/etc/vmm/vmm_execrc: add {' '.join(values)!r} "
+                     f"to {key}")
     by_file: dict[str, list[str]] = {}
     for blk in reg["blocks"]:
         by_file.setdefault(blk["file"], []).append(_block(blk["section"], blk["attrs"]))

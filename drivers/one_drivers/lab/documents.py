@@ -85,7 +85,8 @@ def vm_doc(vm_id: int, disks: list[dict[str, Any]], *, lcm_state: int = 3,
 def domain_xml(env: dict[str, str], vm_id: int, vm_dir: str, console: str, *,
                rbd_disks: Sequence[tuple[str, str]] = (), cdrom: str | None = None,
                nics: Sequence[tuple[str, str, str]] = (), acpi: bool = True,
-               memory_mb: int = 192, vcpus: int = 1, max_vcpus: int = 2) -> str:
+               memory_mb: int = 192, vcpus: int = 1, max_vcpus: int = 2,
+               kernel_args: str = "") -> str:
     """A deployment file shaped like the one oned's KVM driver writes, booting the lab guest:
     RBD disks ``(pool/name, target)`` with cephx, a context CD-ROM, OVS NICs
     ``(bridge, mac, target)``, ``one:`` metadata; its serial console on a unix socket at
@@ -112,7 +113,7 @@ def domain_xml(env: dict[str, str], vm_id: int, vm_dir: str, console: str, *,
         "<os><type arch='x86_64' machine='pc'>hvm</type>"
         f"<kernel>{env['ONE_LAB_GUEST_KERNEL']}</kernel>"
         f"<initrd>{env['ONE_LAB_GUEST_INITRD']}</initrd>"
-        "<cmdline>console=ttyS0 panic=-1 quiet</cmdline></os>"
+        f"<cmdline>console=ttyS0 panic=-1 quiet {escape(kernel_args)}</cmdline></os>"
         + ("<features><acpi/></features>" if acpi else "")
         + f"<devices>{disks}{ifaces}"
         f"<serial type='unix'><source mode='bind' path='{escape(console)}'/>"

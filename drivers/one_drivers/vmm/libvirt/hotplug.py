@@ -4,6 +4,7 @@ verified: the guest must let the device go, or the action says so."""
 
 from __future__ import annotations
 
+import time
 import xml.etree.ElementTree as ET
 from typing import Any
 
@@ -53,11 +54,14 @@ def _unplug(call: Call, hv: Hypervisor, dom: Any, kind: str, what: str, **key: s
     if device is None:
         log.info(f"{what} is not attached: nothing to detach")
         return
+    seconds = resolved(call.settings).float("DETACH_TIMEOUT", 20)
+    started = time.monotonic()
+    # libvirt itself waits a few seconds for the guest before returning: that counts too
     hv.call(dom.detachDeviceFlags, ET.tostring(device, encoding="unicode"), LIVE,
             what=f"detaching {what}")
-    seconds = resolved(call.settings).float("DETACH_TIMEOUT", 20)
+    left = max(0.0, seconds - (time.monotonic() - started))
     if not hv.wait_until(lambda: find_device(_live_xml(hv, dom), kind, **key) is None,
-                         seconds=seconds):
+                         seconds=left):
         raise ActionFailed(f"the guest did not release {what} within {seconds:g} s",
                            hint="the guest OS must support hot-unplug (ACPI); try again, "
                                 "or power the VM off")
