@@ -137,3 +137,24 @@ def test_vnm_network_actions_accept_a_valid_network(remotes):
     for action in ("vnet_create", "vnet_delete"):
         proc = invoke(remotes, f"vnm/ovsdb/{action}", ["4"], doc)
         assert proc.returncode == 0 and proc.stdout == b"", proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("action", "argv", "stdin", "code", "message"),
+    [
+        ("deploy", ["/d/0/42/deployment.0", "n1", "42", "n1"], b"<vm/>", 3,
+         "VM 42: vmm/libvirt/deploy stdin has root element <vm>, expected <domain>"),
+        ("shutdown", ["uuid", "n1", "42"], b"<VMM_DRIVER_ACTION_DATA/>", 2,
+         "vmm/libvirt/shutdown expects arguments DEPLOY_ID HOST VMID HOST, got 3"),
+        ("cancel", ["uuid", "n1", "42", "n1"], b"<DS_DRIVER_ACTION_DATA/>", 3,
+         "has root element <DS_DRIVER_ACTION_DATA>, expected <VMM_DRIVER_ACTION_DATA>"),
+        ("attach_disk", ["uuid", "/d/0/42/disk.1", "vdb", "one", "bXNn", "42", "n1"],
+         b"<VMM_DRIVER_ACTION_DATA/>", 3, "argument TARGET_INDEX is 'one', expected an integer"),
+    ],
+)
+def test_vmm_bad_input_is_one_plain_line(remotes, action, argv, stdin, code, message):
+    proc = invoke(remotes, f"vmm/libvirt/{action}", argv, stdin)
+    err = proc.stderr.decode()
+    assert proc.returncode == code, err
+    assert len(err.strip().splitlines()) == 1 and message in err, err
+    assert "Traceback" not in err
