@@ -16,6 +16,7 @@ from pathlib import Path
 
 from one_drivers.core.remotes import install
 from one_drivers.demo_network import vm_network
+from one_drivers.demo_vm import vm_on_libvirt
 from one_drivers.lab.documents import datastore_doc, disk_attrs, ds_doc, vm_doc
 from one_drivers.lab.lab import Lab
 
@@ -152,6 +153,7 @@ def run_demo() -> int:
     demo.ds("monitor", None, "datastore capacity: one Ceph round trip")
     vm_life(lab, remotes, env)
     vm_network(remotes)
+    vm_on_libvirt(lab, remotes, env, f"one/one-{DEMO_IMAGE}", DEMO_SYS_DS)
     demo.ds("rm", DEMO_IMAGE, "the source goes first: hidden until its clone goes",
             image={"SOURCE": f"one/one-{DEMO_IMAGE}"})
     demo.ds("rm", DEMO_CLONE, "the clone goes: the hidden source is collected",

@@ -374,7 +374,8 @@ def two_hosts(lab_env, vmm_remotes, tmp_path):
     install(remotes, python=sys.executable)
     conf = remotes / "etc" / "vmm" / "libvirt" / "libvirt.conf"
     conf.write_text(conf.read_text() + f"\nLIBVIRT_REMOTE_URI={lab_env['ONE_LAB_HOST_LIBVIRT_URI']}"
-                    "\nMIGRATE_URI=tcp://127.0.0.1\nMIGRATE_AUTO_CONVERGE=yes\n")
+                    f"\nMIGRATE_URI={lab_env['ONE_LAB_HOST_MIGRATE_URI']}"
+                    "\nMIGRATE_AUTO_CONVERGE=yes\n")
     made = []
     yield remotes, made
     for path in made:
@@ -389,7 +390,14 @@ def test_live_migration_between_two_hosts(vm, two_hosts, lab_env, tmp_path):
     from one_drivers.core import remote
     from one_drivers.core.remotes import install
 
+    from one_drivers.lab.lab import Lab
+    from one_drivers.lab.proc import read_pid
+
     remotes, made = two_hosts
+    host2 = read_pid(Lab().libvirt2.pidfile)
+    assert os.readlink(f"/proc/{host2}/ns/net") != os.readlink("/proc/self/ns/net"), \
+        "the second host has a network of its own"
+    assert os.readlink(f"/proc/{host2}/ns/mnt") != os.readlink("/proc/self/ns/mnt")
     ds_dir = f"/var/lib/one/datastores/199/{vm.id}"
     here, there = Path(ds_dir), Path(lab_env["ONE_LAB_HOST_DATASTORES"]) / "199" / str(vm.id)
     for d in (here, there):  # what TM premigrate does: the VM directory on both hosts

@@ -20,6 +20,7 @@ from typing import Any
 from one_drivers.lab.ceph import RBD_USER, CephLab
 from one_drivers.lab.guest import Guest
 from one_drivers.lab.libvirtd import HOST2_UUID, LibvirtLab
+from one_drivers.lab.netns_host import HostNetns
 from one_drivers.lab.oned_standin import OnedStandin
 from one_drivers.lab.ovs import OvsLab
 from one_drivers.lab.proc import LabError
@@ -42,10 +43,13 @@ class Lab:
         self.ovs = OvsLab(self.root)
         self.libvirt = LibvirtLab(self.root, self.ovs.run_dir)
         self.ssh = SshLab(self.root, port_offset)
+        self.host2_net = HostNetns(self.root, port_offset, [
+            str(self.ceph.mon_v1), str(self.ceph.mon_v2),
+            f"{self.ceph.osd_ports[0]}-{self.ceph.osd_ports[1]}"])
         self.libvirt2 = LibvirtLab(
             self.root, self.ovs.run_dir, name="libvirt2", host_uuid=HOST2_UUID,
             extra_binds={str(self.ssh.host_datastores): DATASTORES},
-            env_key="ONE_LAB_HOST_LIBVIRT_URI")
+            env_key="ONE_LAB_HOST_LIBVIRT_URI", prefix=self.host2_net.exec_prefix())
         self.guest = Guest(self.root)
         self.oned = OnedStandin(self.root, port_offset)
         self.created_file = self.root / "created-dirs"
@@ -59,8 +63,8 @@ class Lab:
 
     def env(self) -> dict[str, str]:
         env = {"ONE_DRIVERS_LAB_DIR": str(self.root)}
-        for part in (self.ceph, self.ovs, self.libvirt2, self.libvirt, self.ssh, self.guest,
-                     self.oned):
+        for part in (self.ceph, self.ovs, self.host2_net, self.libvirt2, self.libvirt, self.ssh,
+                     self.guest, self.oned):
             env.update(part.env())
         return env
 
@@ -70,6 +74,7 @@ class Lab:
             "ovs": self.ovs.healthy(),
             "libvirt": self.libvirt.healthy() if self.libvirt.running() else False,
             "libvirt2": self.libvirt2.healthy() if self.libvirt2.running() else False,
+            "host2_net": self.host2_net.healthy(),
             "ssh": self.ssh.healthy(),
             "oned": self.oned.healthy(),
             "guest_image": self.guest.built(),
@@ -100,7 +105,9 @@ class Lab:
             # libvirt's copy of the cephx key: a new cluster has a new key
             self.libvirt.define_ceph_secret(RBD_USER, self.ceph.user_keyring)
             step("ssh", self.ssh.healthy(), lambda: self.ssh.up(created))
-            step("libvirt2", ovs_ok and self.libvirt2.running() and self.libvirt2.healthy(),
+            net_ok = self.host2_net.healthy()
+            step("host2_net", net_ok, self.host2_net.up)
+            step("libvirt2", net_ok and self.libvirt2.running() and self.libvirt2.healthy(),
                  lambda: self.libvirt2.up(created))
             self.libvirt2.define_ceph_secret(RBD_USER, self.ceph.user_keyring)
             step("oned", self.oned.healthy(), self.oned.up)
@@ -121,7 +128,7 @@ class Lab:
     def down(self) -> list[str]:
         with self._locked():
             stopped = [*self.oned.down(), *self.ssh.down(), *self.libvirt2.down(),
-                       *self.libvirt.down(),
+                       *self.host2_net.down(), *self.libvirt.down(),
                        *self.ovs.down(), *self.ceph.down()]
             for path in reversed(self._created()):
                 with contextlib.suppress(OSError):  # not empty: someone else uses it now

@@ -60,7 +60,7 @@ class LibvirtLab:
 
     def __init__(self, root: Path, ovs_run: Path, *, name: str = "libvirt",
                  extra_binds: dict[str, str] | None = None, host_uuid: str | None = None,
-                 env_key: str = "LIBVIRT_DEFAULT_URI") -> None:
+                 env_key: str = "LIBVIRT_DEFAULT_URI", prefix: list[str] | None = None) -> None:
         self.root = root
         self.name = name
         self.dir = root / name
@@ -70,6 +70,7 @@ class LibvirtLab:
         self.extra_binds = dict(extra_binds or {})
         self.host_uuid = host_uuid
         self.env_key = env_key
+        self.prefix = list(prefix or [])  # e.g. ip netns exec: its own network
 
     @property
     def uri(self) -> str:
@@ -118,7 +119,7 @@ class LibvirtLab:
         uuid_line = f'host_uuid = "{self.host_uuid}"\n' if self.host_uuid else ""
         (self.dir / "etc" / "libvirtd.conf").write_text(LIBVIRTD_CONF + uuid_line)
         (self.dir / "etc" / "qemu.conf").write_text(QEMU_CONF)
-        argv = ["unshare", "--mount", "--propagation", "private", "--",
+        argv = [*self.prefix, "unshare", "--mount", "--propagation", "private", "--",
                 sys.executable, "-m", "one_drivers.lab.mountns", "--reap", *binds, "--",
                 "libvirtd", "--config", "/etc/libvirt/libvirtd.conf",
                 # its default /run/libvirtd.pid is outside the binds: two labs would collide
