@@ -389,7 +389,6 @@ def test_live_migration_between_two_hosts(vm, two_hosts, lab_env, tmp_path):
 
     from one_drivers.core import remote
     from one_drivers.core.remotes import install
-
     from one_drivers.lab.lab import Lab
     from one_drivers.lab.proc import read_pid
 
