@@ -97,7 +97,8 @@ def net(lab_env, remotes):
 def test_vlans_isolate_and_spoofed_traffic_is_dropped(net):
     a, b, c = net.vm_base, net.vm_base + 1, net.vm_base + 2
     filters = {"FILTER_MAC_SPOOFING": "YES", "FILTER_IP_SPOOFING": "YES"}
-    docs = {vm: vm_doc(vm, [], nics=[net.nic(vm, 0, f"10.31.0.{i}", VLAN_ID=vlan, **filters)])
+    docs = {vm: vm_doc(vm, [], nics=[net.nic(vm, 0, f"10.31.0.{i}", VLAN_ID=vlan, **filters)],
+                       aliases=[{"NIC_ID": 5, "PARENT_ID": 0, "IP": f"10.31.0.{50 + i}"}])
             for i, (vm, vlan) in enumerate(((a, 10), (b, 10), (c, 11)), 1)}
     na, nb, _ = (net.start(docs[vm], [(f"one-{vm}-0", net.mac(vm, 0), [f"10.31.0.{i}/24"])])[0]
                   for i, vm in enumerate((a, b, c), 1))
@@ -111,6 +112,9 @@ def test_vlans_isolate_and_spoofed_traffic_is_dropped(net):
     assert nb.exec("ping", "-c1", "-W1", "-I", "10.31.0.2", "10.31.0.99").returncode != 0
     assert na.exec("ping", "-c1", "-W1", "-I", "10.31.0.99", "10.31.0.2").returncode != 0
     assert na.ping("10.31.0.2"), "its own address still works"
+    na.exec("ip", "addr", "add", "10.31.0.51/24", "dev", "eth0", "nodad", check=True)
+    assert na.exec("ping", "-c1", "-W1", "-I", "10.31.0.51", "10.31.0.2").returncode == 0, \
+        "a NIC_ALIAS address of the NIC is allowed on its port"
     # ARP spoofing: announcing b's address from a (gratuitous ARP) is dropped at a's port
     trace = subprocess.run(["ovs-appctl", "ofproto/trace", net.bridge,
                             f"in_port=one-{a}-0,arp,dl_src={net.mac(a, 0)},"
