@@ -20,6 +20,7 @@ PACKAGES: dict[str, dict[str, str]] = {
     "tm": {"rbd": "one_drivers.tm.rbd"},
     "vnm": {"ovsdb": "one_drivers.vnm.ovsdb"},
     "vmm": {"libvirt": "one_drivers.vmm.libvirt"},
+    "im": {"libvirt": "one_drivers.im.libvirt"},
 }
 
 ActionFn = Callable[[Call], "str | None"]

@@ -1,0 +1,1 @@
+"""Information (monitoring) drivers: the probes OpenNebula's monitord receives from hosts."""

@@ -1,0 +1,121 @@
+"""run_monitord_client / stop_monitord_client: what monitord runs on the host (through
+``im/run_monitord_client`` and the ``im/libvirt.d/`` hook) with the monitoring configuration on
+stdin. Start runs every probe once and answers with them (monitord's first picture of the host),
+then leaves the client running in the background; a re-run replaces it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from one_drivers.core import log
+from one_drivers.core.contract import Call
+from one_drivers.core.documents import MonitorConfiguration
+from one_drivers.core.errors import ActionFailed, BadInput
+from one_drivers.core.xmlview import escape
+from one_drivers.im.libvirt.client import DEFAULT_PERIODS, GROUPS, Client, Options
+
+DEFAULT_STATE_DIR = "/var/tmp/one-drivers/im"
+
+
+def options(call: Call) -> Options:
+    conf: MonitorConfiguration = call.doc
+    settings = call.settings
+    address = conf.opt("NETWORK/MONITOR_ADDRESS") or "auto"
+    if address == "auto":  # the front-end we were started from, as upstream's agent does
+        address = (os.environ.get("SSH_CLIENT") or "").split(" ")[0] or \
+            conf.opt("NETWORK/ADDRESS") or "127.0.0.1"
+    if address in ("::", "0.0.0.0"):  # noqa: S104 - monitord's own bind-all, not ours
+        address = "127.0.0.1"
+    port = conf.opt("NETWORK/PORT") or "4124"
+    if not port.isdigit():
+        raise BadInput(f"NETWORK/PORT={port!r} is not a port number")
+    periods: dict[str, float] = {}
+    for group in GROUPS:
+        raw = conf.opt(f"PROBES_PERIOD/{group}")
+        try:
+            periods[group] = float(raw) if raw else float(DEFAULT_PERIODS[group])
+        except ValueError:
+            raise BadInput(f"PROBES_PERIOD/{group}={raw!r} is not a number of seconds") from None
+    pubkey = conf.opt("NETWORK/PUBKEY") or ""
+    if pubkey and not pubkey.startswith("-----") and os.path.isfile(pubkey):
+        with open(pubkey, encoding="utf-8") as fh:
+            pubkey = fh.read()
+    state_dir = settings.get("STATE_DIR") or os.environ.get("ONE_DRIVERS_IM_STATE_DIR") \
+        or DEFAULT_STATE_DIR
+    os.makedirs(state_dir, exist_ok=True)
+    uri = settings.get("LIBVIRT_URI") or os.environ.get("LIBVIRT_DEFAULT_URI") \
+        or "qemu:///system"
+    return Options(conf.host_id, address, int(port), pubkey, periods,
+                   os.path.join(state_dir, f"host-{conf.host_id}.json"), uri,
+                   settings.get("PCI_FILTER") or "")
+
+
+def _pidfile(opts: Options) -> str:
+    return opts.state_file.replace(".json", ".pid")
+
+
+def _stop(opts: Options) -> bool:
+    try:
+        with open(_pidfile(opts), encoding="utf-8") as fh:
+            pid = int(fh.read().split()[0])
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            ours = b"one_drivers.im.libvirt.client" in fh.read()
+    except (OSError, ValueError, IndexError):
+        return False
+    if ours:
+        os.kill(pid, signal.SIGTERM)
+        for _ in range(50):
+            if not os.path.exists(f"/proc/{pid}"):
+                break
+            time.sleep(0.1)
+    os.unlink(_pidfile(opts))
+    return ours
+
+
+def run_monitord_client(call: Call) -> str:
+    opts = options(call)
+    _stop(opts)
+    import libvirt
+
+    from one_drivers.core.retry import call_with_timeout
+
+    libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
+    timeout = call.deadline.cap(call.settings.float("LIBVIRT_TIMEOUT", 30), "opening libvirt")
+    try:
+        conn = call_with_timeout(libvirt.open, opts.libvirt_uri, timeout=timeout,
+                                 what=f"libvirt at {opts.libvirt_uri}")
+    except libvirt.libvirtError as exc:
+        raise ActionFailed(f"cannot reach libvirt at {opts.libvirt_uri} "
+                           f"({exc.get_error_message()})") from None
+    first = Client(opts, conn).messages({"SYSTEM_HOST", "MONITOR_HOST", "SYNC_STATE_VM",
+                                         "MONITOR_VM"})
+    conn.close()
+    settings_path = opts.state_file.replace(".json", ".settings.json")
+    with open(settings_path, "w", encoding="utf-8") as fh:
+        json.dump(opts._asdict(), fh)
+    with open(opts.state_file.replace(".json", ".log"), "ab") as logf:
+        proc = subprocess.Popen([sys.executable, "-m", "one_drivers.im.libvirt.client",
+                                 settings_path], stdin=subprocess.DEVNULL, stdout=logf,
+                                stderr=logf, start_new_session=True)
+    time.sleep(0.3)
+    if proc.poll() is not None:
+        raise ActionFailed(f"the monitoring client exited at once (status {proc.returncode})",
+                           hint=f"see {opts.state_file.replace('.json', '.log')}")
+    with open(_pidfile(opts), "w", encoding="utf-8") as fh:
+        fh.write(f"{proc.pid}\n")
+    log.info(f"monitoring client {proc.pid} sends to {opts.address}:{opts.port}")
+    from one_drivers.im.libvirt.wire import pack
+
+    parts = "".join(f"<{m.kind}>{escape(pack(m.text))}</{m.kind}>" for m in first)
+    return f"<MONITOR_MESSAGES>{parts}<TIMESTAMP>{int(time.time())}</TIMESTAMP></MONITOR_MESSAGES>"
+
+
+def stop_monitord_client(call: Call) -> None:
+    opts = options(call)
+    if not _stop(opts):
+        log.info(f"no monitoring client of host {opts.host_id} was running")

@@ -1,0 +1,235 @@
+"""The probe groups, from libvirt in bulk: one ``getAllDomainStats`` call per period serves both
+STATE_VM and MONITOR_VM whatever the number of VMs (upstream runs virsh per domain), and the host's
+own figures come from a handful of node calls. Output is OpenNebula template text."""
+
+from __future__ import annotations
+
+import base64
+import os
+import platform
+import re
+import socket
+import time
+import xml.etree.ElementTree as ET
+from typing import Any, NamedTuple
+
+from one_drivers import __version__
+
+VM_NAME = re.compile(r"^one-(\d+)$")
+
+# libvirt VIR_DOMAIN_* states and pause reasons -> OpenNebula (upstream's lib/kvm.rb mapping)
+NOSTATE, RUNNING, BLOCKED, PAUSED, SHUTDOWN, SHUTOFF, CRASHED, PMSUSPENDED = range(8)
+# paused by libvirt on the way somewhere: migration, save, dump, from snapshot, shutting down,
+# snapshot, starting up, post-copy; user: suspended; the rest (unknown, I/O error, watchdog,
+# crashed, post-copy failed, API error) is a failure
+PAUSED_RUNNING = {2, 3, 4, 7, 8, 9, 11, 12}
+PAUSED_USER = 1
+
+
+def one_state(state: int, reason: int) -> str:
+    if state in (RUNNING, BLOCKED, SHUTDOWN, NOSTATE):
+        return "RUNNING"
+    if state == SHUTOFF:
+        return "POWEROFF"
+    if state == CRASHED:
+        return "FAILURE"
+    if state == PMSUSPENDED:
+        return "SUSPENDED"
+    if state == PAUSED:
+        if reason == PAUSED_USER:
+            return "SUSPENDED"
+        if reason in PAUSED_RUNNING:
+            return "RUNNING"
+        return "FAILURE"  # I/O error, watchdog, crashed, unknown...
+    return "UNKNOWN"
+
+
+class Domain(NamedTuple):
+    vm_id: int  # -1: a wild VM (not created by OpenNebula)
+    uuid: str
+    name: str
+    state: str
+    stats: dict[str, Any]
+
+
+STATS = (1 | 2 | 4 | 8 | 16 | 32)  # STATE, CPU_TOTAL, BALLOON, VCPU, INTERFACE, BLOCK
+
+
+def domains(conn: Any) -> list[Domain]:
+    """Every domain with its stats: one libvirt call."""
+    out = []
+    for dom, stats in conn.getAllDomainStats(STATS, 0):
+        name, uuid = dom.name(), dom.UUIDString()  # cached in the object: no round trip
+        match = VM_NAME.match(name)
+        state = one_state(int(stats.get("state.state", 0)), int(stats.get("state.reason", 0)))
+        out.append(Domain(int(match.group(1)) if match else -1, uuid, name, state, stats))
+    return out
+
+
+def _vm_line(dom: Domain, **extra: str) -> str:
+    fields = [f'ID="{dom.vm_id}"', f'DEPLOY_ID="{dom.uuid}"']
+    fields += [f'{k}="{v}"' for k, v in extra.items()]
+    return f"VM = [ {', '.join(fields)} ]"
+
+
+def state_vm(doms: list[Domain], known: dict[str, dict[str, Any]], *, sync: bool
+             ) -> tuple[str, dict[str, dict[str, Any]]]:
+    """STATE_VM text: the VMs whose state changed (and those that vanished, as POWEROFF), or
+    every VM with SYNC_STATE=yes; and the new ``known`` map (uuid -> id, state)."""
+    now = {d.uuid: {"id": d.vm_id, "state": d.state} for d in doms}
+    lines = ["SYNC_STATE=yes", "MISSING_STATE=POWEROFF"] if sync else []
+    for dom in doms:
+        if sync or known.get(dom.uuid, {}).get("state") != dom.state:
+            lines.append(_vm_line(dom, VM_NAME=dom.name, STATE=dom.state))
+    if not sync:
+        for uuid, old in known.items():
+            if uuid not in now and old.get("state") != "POWEROFF":
+                lines.append(f'VM = [ ID="{old["id"]}", DEPLOY_ID="{uuid}", STATE="POWEROFF" ]')
+    return "\n".join(lines), now
+
+
+def monitor_vm(doms: list[Domain], cpu_before: dict[str, list[float]], now: float
+               ) -> tuple[str, dict[str, list[float]]]:
+    """MONITOR_VM text and the CPU samples to diff against next time."""
+    lines = []
+    samples: dict[str, list[float]] = {}
+    for dom in doms:
+        s = dom.stats
+        cpu_ns = float(s.get("cpu.time", 0))
+        samples[dom.uuid] = [cpu_ns, now]
+        before = cpu_before.get(dom.uuid)
+        cpu = 0.0
+        if before and now > before[1]:
+            cpu = max(0.0, (cpu_ns - before[0]) / ((now - before[1]) * 1e9) * 100)
+        net = {k: 0 for k in ("rx.bytes", "tx.bytes")}
+        for i in range(int(s.get("net.count", 0))):
+            for k in net:
+                net[k] += int(s.get(f"net.{i}.{k}", 0))
+        blk = {k: 0 for k in ("rd.bytes", "wr.bytes", "rd.reqs", "wr.reqs")}
+        for i in range(int(s.get("block.count", 0))):
+            for k in blk:
+                blk[k] += int(s.get(f"block.{i}.{k}", 0))
+        memory = int(s.get("balloon.rss", 0) or s.get("balloon.current", 0))
+        monitor = "\n".join([f'CPU="{cpu:.2f}"', f'MEMORY="{memory}"',
+                             f'NETRX="{net["rx.bytes"]}"', f'NETTX="{net["tx.bytes"]}"',
+                             f'DISKRDBYTES="{blk["rd.bytes"]}"', f'DISKWRBYTES="{blk["wr.bytes"]}"',
+                             f'DISKRDIOPS="{blk["rd.reqs"]}"', f'DISKWRIOPS="{blk["wr.reqs"]}"'])
+        lines.append(_vm_line(dom, MONITOR=base64.b64encode(monitor.encode()).decode()))
+    return "\n".join(lines), samples
+
+
+def system_host(conn: Any, doms: list[Domain], pci_filter: str = "") -> str:
+    """SYSTEM_HOST: what the host is (changes rarely)."""
+    _model, mem_kib, cpus, mhz, *_topology = conn.getInfo()
+    caps = ET.fromstring(conn.getCapabilities())  # noqa: S314 - libvirt's own output
+    arch = caps.findtext("host/cpu/arch") or platform.machine()
+    lines = ["HYPERVISOR=kvm", f"TOTALCPU={cpus * 100}", f"CPUSPEED={mhz}",
+             f"TOTALMEMORY={_meminfo().get('MemTotal', mem_kib * 1024 // 1024)}",
+             f'ARCH="{arch}"', f'MODELNAME="{_cpu_model_name()}"',
+             f'HOSTNAME="{socket.gethostname()}"', f'VERSION="one-drivers {__version__}"',
+             f'KVM_CPU_MODEL="{caps.findtext("host/cpu/model") or ""}"']
+    try:
+        names = conn.getCPUModelNames(arch, 0) or []
+    except Exception:  # not every arch has a model list
+        names = []
+    lines.append(f'KVM_CPU_MODELS="{" ".join(names)}"')
+    machines = sorted({m.text or "" for m in caps.iterfind("guest/arch/machine")} - {""})
+    lines.append(f'KVM_MACHINES="{" ".join(machines)}"')
+    features = [f.get("name") or "" for f in caps.iterfind("host/cpu/feature")]
+    lines.append(f'KVM_CPU_FEATURES="{",".join(features)}"')
+    for cell in caps.iterfind("host/topology/cells/cell"):
+        node = cell.get("id")
+        by_core: dict[str, list[str]] = {}
+        for cpu in cell.iterfind("cpus/cpu"):
+            by_core.setdefault(cpu.get("core_id") or cpu.get("id") or "0", []).append(
+                cpu.get("id") or "")
+        for core, ids in sorted(by_core.items()):
+            lines.append(f'HOST_SHARE=[ NUMA_NODE=[ NODE_ID="{node}", CORE="{core}", '
+                         f'CPUS="{",".join(ids)}" ] ]')
+        total = cell.findtext("memory") or "0"
+        lines.append(f'MEMORY_NODE=[ NODE_ID="{node}", TOTAL="{total}" ]')
+        for pages in cell.iterfind("pages"):
+            lines.append(f'HUGEPAGE=[ NODE_ID="{node}", SIZE="{pages.get("size")}", '
+                         f'PAGES="{pages.text or 0}" ]')
+    if pci_filter:
+        lines += _pci(conn, pci_filter)
+    for dom in doms:
+        if dom.vm_id == -1:
+            lines.append(f'VM=[ ID="-1", DEPLOY_ID="{dom.uuid}", VM_NAME="{dom.name}", '
+                         f'STATE="{dom.state}" ]')
+    return "\n".join(lines)
+
+
+def _pci(conn: Any, pci_filter: str) -> list[str]:
+    """PCI devices whose class starts with one of the filter's prefixes (``*``: all)."""
+    wanted = [p.strip().lower() for p in pci_filter.split(",") if p.strip()]
+    out = []
+    for dev in conn.listAllDevices(2):  # VIR_CONNECT_LIST_NODE_DEVICES_CAP_PCI_DEV
+        cap = ET.fromstring(dev.XMLDesc(0)).find("capability")  # noqa: S314
+        if cap is None:
+            continue
+        klass = (cap.findtext("class") or "").lower().removeprefix("0x")
+        if "*" not in wanted and not any(klass.startswith(w) for w in wanted):
+            continue
+        vendor = cap.find("vendor")
+        product = cap.find("product")
+        out.append(f'PCI=[ ADDRESS="{dev.name()}", CLASS="{klass}", '
+                   f'VENDOR="{vendor.get("id") if vendor is not None else ""}", '
+                   f'DEVICE="{product.get("id") if product is not None else ""}" ]')
+    return out
+
+
+def monitor_host(conn: Any, cpu_before: list[float] | None, now: float
+                 ) -> tuple[str, list[float]]:
+    """MONITOR_HOST: usage, with CPU from the node's counters since the last sample."""
+    mem = conn.getMemoryStats(-1, 0)  # KiB: total, free, buffers, cached
+    free = int(mem.get("free", 0)) + int(mem.get("buffers", 0)) + int(mem.get("cached", 0))
+    cpu = conn.getCPUStats(-1, 0)  # ns: kernel, user, idle, iowait
+    busy = float(cpu.get("kernel", 0) + cpu.get("user", 0))
+    idle = float(cpu.get("idle", 0) + cpu.get("iowait", 0))
+    ncpu = conn.getInfo()[2]
+    used_cpu = 0.0
+    if cpu_before:
+        d_busy, d_idle = busy - cpu_before[0], idle - cpu_before[1]
+        if d_busy + d_idle > 0:
+            used_cpu = d_busy / (d_busy + d_idle) * ncpu * 100
+    rx = tx = 0
+    for line in _read("/proc/net/dev").splitlines()[2:]:
+        name, _, rest = line.partition(":")
+        fields = rest.split()
+        if name.strip() != "lo" and len(fields) >= 9:
+            rx += int(fields[0])
+            tx += int(fields[8])
+    total = int(mem.get("total", 0))
+    lines = ["HYPERVISOR=kvm", f"USEDMEMORY={total - free}", f"FREEMEMORY={free}",
+             f"USEDCPU={used_cpu:.0f}", f"FREECPU={max(0.0, ncpu * 100 - used_cpu):.0f}",
+             f"NETRX={rx}", f"NETTX={tx}"]
+    return "\n".join(lines), [busy, idle, now]
+
+
+def beacon() -> str:
+    return f"TIMESTAMP={int(time.time())}"
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return fh.read()
+    except OSError:
+        return ""
+
+
+def _meminfo() -> dict[str, int]:
+    out = {}
+    for line in _read("/proc/meminfo").splitlines():
+        key, _, rest = line.partition(":")
+        if rest.strip().split()[:1]:
+            out[key] = int(rest.split()[0])
+    return out
+
+
+def _cpu_model_name() -> str:
+    for line in _read("/proc/cpuinfo").splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip().replace('"', "")
+    return platform.processor() or os.uname().machine

@@ -1,0 +1,256 @@
+"""The monitoring client against the lab's libvirtd with running TCG guests, and a real UDP + TCP
+listener playing monitord that decodes every message."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import os
+import socket
+import subprocess
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from one_drivers.im.libvirt.wire import unpack
+from one_drivers.lab.console import GuestConsole
+from one_drivers.lab.documents import domain_xml
+
+READY = "one-lab-guest: ready"
+
+
+class Monitord:
+    """UDP and TCP on one port, like onemonitord; ``messages`` holds (type, result, host id,
+    decoded text) in arrival order. The TCP side can be taken down and brought back."""
+
+    def __init__(self, private_key=None) -> None:
+        self.private_key = private_key
+        self.messages: list[tuple[str, str, int, str]] = []
+        self.raw: list[str] = []  # payloads as they came over the wire
+        self.lock = threading.Lock()
+        self.udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.udp.bind(("127.0.0.1", 0))
+        self.port = self.udp.getsockname()[1]
+        self.tcp: socket.socket | None = None
+        self.tcp_up()
+        threading.Thread(target=self._udp_loop, daemon=True).start()
+
+    def _record(self, raw: bytes) -> None:
+        kind, result, hid, _ts, payload = raw.decode().split(" ", 4)
+        text = unpack(payload.strip(), self.private_key)
+        with self.lock:
+            self.raw.append(payload.strip())
+            self.messages.append((kind, result, int(hid), text))
+
+    def _udp_loop(self) -> None:
+        while True:
+            self._record(self.udp.recv(1 << 20))
+
+    def tcp_up(self) -> None:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", self.port))
+        sock.listen(16)
+        self.tcp = sock
+
+        def accept() -> None:
+            while True:
+                try:
+                    conn, _ = sock.accept()
+                except OSError:
+                    return
+                with conn:
+                    data = b""
+                    while chunk := conn.recv(1 << 16):
+                        data += chunk
+                    self._record(data)
+
+        threading.Thread(target=accept, daemon=True).start()
+
+    def tcp_down(self) -> None:
+        assert self.tcp is not None
+        self.tcp.close()
+
+    def wait(self, kind: str, match, timeout: float = 20) -> str:
+        """The text of the first (new) message of ``kind`` for which ``match(text)`` holds."""
+        end = time.monotonic() + timeout
+        seen = 0
+        while time.monotonic() < end:
+            with self.lock:
+                batch = self.messages[seen:]
+                seen = len(self.messages)
+            for k, result, _hid, text in batch:
+                if k == kind and result == "SUCCESS" and match(text):
+                    return text
+            time.sleep(0.1)
+        kinds = sorted({m[0] for m in self.messages})
+        raise AssertionError(f"no matching {kind} within {timeout} s (got: {kinds})")
+
+    def clear(self) -> None:
+        with self.lock:
+            self.messages.clear()
+
+
+def config(port: int, host_id: int, pubkey: str = "") -> str:
+    key = f"<PUBKEY>{pubkey}</PUBKEY>" if pubkey else ""
+    return (f"<MONITOR_CONFIGURATION><NETWORK><ADDRESS>0.0.0.0</ADDRESS><PORT>{port}</PORT>"
+            f"<MONITOR_ADDRESS>127.0.0.1</MONITOR_ADDRESS>{key}</NETWORK><PROBES_PERIOD>"
+            "<BEACON_HOST>1</BEACON_HOST><SYSTEM_HOST>3</SYSTEM_HOST><MONITOR_HOST>2"
+            "</MONITOR_HOST><STATE_VM>1</STATE_VM><MONITOR_VM>2</MONITOR_VM><SYNC_STATE_VM>4"
+            f"</SYNC_STATE_VM></PROBES_PERIOD><HOST_ID>{host_id}</HOST_ID>"
+            "</MONITOR_CONFIGURATION>")
+
+
+@pytest.fixture
+def guests(lab_env, tmp_path):
+    """Boot guests named as OpenNebula names them (plus a wild one); destroyed afterwards."""
+    import libvirt
+
+    conn = libvirt.open(lab_env["LIBVIRT_DEFAULT_URI"])
+    made = []
+
+    def boot(name_id: int, wild: bool = False):
+        d = tmp_path / f"g{name_id}"
+        d.mkdir()
+        xml = domain_xml(lab_env, name_id, str(d), str(d / "console")).replace(
+            "type='kvm'", "type='qemu'", 1)
+        if wild:
+            xml = xml.replace(f"<name>one-{name_id}</name>", f"<name>wild-{name_id}</name>")
+        dom = conn.createXML(xml, 0)
+        made.append(dom)
+        return dom, GuestConsole(d / "console")
+
+    yield boot
+    for dom in made:
+        with contextlib.suppress(libvirt.libvirtError):
+            dom.destroy()
+    conn.close()
+
+
+def run_client(remotes: Path, action: str, conf: str, host_id: int, state_dir: Path
+               ) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(remotes / "im" / "libvirt" / action), "libvirt", str(host_id),
+                           "node1"], input=conf, capture_output=True, text=True, timeout=60,
+                          check=False, env={**os.environ, "ONE_DRIVERS_IM_STATE_DIR":
+                                            str(state_dir)})
+
+
+def vm_entries(text: str) -> dict[str, str]:
+    """DEPLOY_ID -> the VM = [ ... ] line."""
+    out = {}
+    for line in text.splitlines():
+        if line.startswith("VM") and 'DEPLOY_ID="' in line:
+            out[line.split('DEPLOY_ID="', 1)[1].split('"', 1)[0]] = line
+    return out
+
+
+def test_host_and_vm_state_reach_monitord(lab_env, remotes, guests, tmp_path):
+    import libvirt
+    import libvirt_qemu
+
+    base = 5000 + int(uuid.uuid4().hex[:3], 16)
+    (a, ca), (b, cb), (c, _), _wild = (guests(base), guests(base + 1), guests(base + 2),
+                                           guests(base + 3, wild=True))
+    for console in (ca, cb):
+        console.wait_for(READY)
+    monitord = Monitord()
+    host_id = 40 + base % 50
+    state_dir = tmp_path / "im"
+    res = run_client(remotes, "run_monitord_client", config(monitord.port, host_id), host_id,
+                     state_dir)
+    assert res.returncode == 0, res.stderr
+    first = res.stdout.strip()
+    assert first.startswith("<MONITOR_MESSAGES>") and "<TIMESTAMP>" in first
+    try:
+        system = monitord.wait("SYSTEM_HOST", lambda t: "HYPERVISOR=kvm" in t)
+        for key in ("TOTALCPU=", "TOTALMEMORY=", "CPUSPEED=", "KVM_MACHINES=", "KVM_CPU_MODELS=",
+                    "MEMORY_NODE=", "HOST_SHARE="):
+            assert key in system, key
+        assert f'VM_NAME="wild-{base + 3}"' in system and 'ID="-1"' in system, "a wild VM"
+        host = monitord.wait("MONITOR_HOST", lambda t: "USEDMEMORY=" in t)
+        assert "FREECPU=" in host and "NETRX=" in host
+        monitord.wait("BEACON_HOST", lambda t: t.startswith("TIMESTAMP="))
+        vms = vm_entries(monitord.wait("MONITOR_VM", lambda t: a.UUIDString() in t))
+        monitor = base64.b64decode(vms[a.UUIDString()].split('MONITOR="', 1)[1].split('"')[0])
+        for key in (b"CPU=", b"MEMORY=", b"NETRX=", b"DISKRDBYTES="):
+            assert key in monitor
+        assert f'ID="{base}"' in vms[a.UUIDString()]
+        sync = monitord.wait("STATE_VM", lambda t: t.startswith("SYNC_STATE=yes"))
+        entries = vm_entries(sync)
+        assert all('STATE="RUNNING"' in entries[d.UUIDString()] for d in (a, b, c))
+        # a guest that powers itself off
+        _poweroff(cb)
+        change = monitord.wait("STATE_VM", lambda t: b.UUIDString() in t and
+                               "SYNC_STATE" not in t)
+        assert 'STATE="POWEROFF"' in vm_entries(change)[b.UUIDString()]
+        # a destroyed one: gone from the next full report, which says MISSING_STATE
+        c_uuid = c.UUIDString()
+        c.destroy()
+        sync = monitord.wait("STATE_VM", lambda t: t.startswith("SYNC_STATE=yes") and
+                             c_uuid not in t)
+        assert "MISSING_STATE=POWEROFF" in sync and a.UUIDString() in sync
+        # a guest stopped under libvirt's feet (as on an I/O error): FAILURE
+        libvirt_qemu.qemuMonitorCommand(a, '{"execute":"stop"}', 0)
+        failed = monitord.wait("STATE_VM", lambda t: a.UUIDString() in t and "FAILURE" in t)
+        assert 'STATE="FAILURE"' in vm_entries(failed)[a.UUIDString()]
+        # monitord's TCP side goes away; a change meanwhile is delivered when it is back
+        monitord.tcp_down()
+        a.resume()
+        time.sleep(3)
+        monitord.tcp_up()
+        back = monitord.wait("STATE_VM", lambda t: a.UUIDString() in t and "RUNNING" in t,
+                             timeout=30)
+        assert 'STATE="RUNNING"' in vm_entries(back)[a.UUIDString()]
+    finally:
+        stop = run_client(remotes, "stop_monitord_client", config(monitord.port, host_id),
+                          host_id, state_dir)
+    assert stop.returncode == 0, stop.stderr
+    assert not (state_dir / f"host-{host_id}.pid").exists()
+    monitord.clear()
+    time.sleep(2.5)
+    assert not monitord.messages, "the client is gone"
+    assert a.state()[0] == libvirt.VIR_DOMAIN_RUNNING
+
+
+def _poweroff(console: GuestConsole) -> None:
+    """``poweroff -f`` ends the guest before the shell can answer: send it and move on."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.connect(console.path)
+        sock.sendall(b"\npoweroff -f\n")
+        time.sleep(0.5)
+
+
+def test_encrypted_messages_and_a_corrupt_state_store(lab_env, remotes, guests, tmp_path):
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.public_key().public_bytes(serialization.Encoding.PEM,
+                                        serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+    base = 6000 + int(uuid.uuid4().hex[:3], 16)
+    dom, console = guests(base)
+    console.wait_for(READY)
+    monitord = Monitord(private_key=key)
+    host_id = 90 + base % 50
+    state_dir = tmp_path / "im"
+    state_dir.mkdir()
+    (state_dir / f"host-{host_id}.json").write_text("{not json")  # a crash mid-write, say
+    res = run_client(remotes, "run_monitord_client", config(monitord.port, host_id, pem),
+                     host_id, state_dir)
+    assert res.returncode == 0, res.stderr
+    try:
+        sync = monitord.wait("STATE_VM", lambda t: dom.UUIDString() in t)
+        assert 'STATE="RUNNING"' in vm_entries(sync)[dom.UUIDString()]
+        monitord.wait("SYSTEM_HOST", lambda t: "HYPERVISOR=kvm" in t)
+        assert (state_dir / f"host-{host_id}.json.corrupt").exists(), "kept for a post-mortem"
+    finally:
+        run_client(remotes, "stop_monitord_client", config(monitord.port, host_id), host_id,
+                   state_dir)
+    import zlib
+
+    wire = zlib.decompress(base64.b64decode(monitord.raw[0]))
+    assert len(wire) % 256 == 0, "whole RSA-2048 blocks"
+    assert b"HYPERVISOR" not in wire and b"DEPLOY_ID" not in wire, "nothing readable on the wire"
