@@ -9,6 +9,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 import bench_ds_monitor
 import bench_ds_rbd
+import bench_im_libvirt
 import bench_startup
 import bench_tm_rbd
 import bench_vmm_libvirt
@@ -18,7 +19,7 @@ import bench_vnm_ovsdb
 def main() -> int:
     results: dict[str, float] = {}
     for bench in (bench_startup, bench_ds_monitor, bench_ds_rbd, bench_tm_rbd,
-                  bench_vnm_ovsdb, bench_vmm_libvirt):
+                  bench_vnm_ovsdb, bench_vmm_libvirt, bench_im_libvirt):
         results.update(bench.main())
     print("\nsummary: " + ", ".join(f"{k}={v:.2f}" for k, v in results.items()))
     return 0

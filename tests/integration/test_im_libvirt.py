@@ -254,3 +254,21 @@ def test_encrypted_messages_and_a_corrupt_state_store(lab_env, remotes, guests, 
     wire = zlib.decompress(base64.b64decode(monitord.raw[0]))
     assert len(wire) % 256 == 0, "whole RSA-2048 blocks"
     assert b"HYPERVISOR" not in wire and b"DEPLOY_ID" not in wire, "nothing readable on the wire"
+
+
+def test_opennebulas_generic_run_monitord_client_hook(lab_env, remotes, tmp_path):
+    """``im/run_monitord_client`` runs every executable of ``im/<IM_MAD>.d/`` with ``<im_mad>
+    <host id> <host>``, ``stop`` first to stop: ours is ``im/libvirt.d/monitord-client_control``."""
+    hook = remotes / "im" / "libvirt.d" / "monitord-client_control"
+    monitord = Monitord()
+    env = {**os.environ, "ONE_DRIVERS_IM_STATE_DIR": str(tmp_path)}
+    conf = config(monitord.port, 77)
+    started = subprocess.run([str(hook), "libvirt", "77", "node1"], input=conf, text=True,
+                             capture_output=True, timeout=60, check=False, env=env)
+    assert started.returncode == 0 and started.stdout.startswith("<MONITOR_MESSAGES>")
+    assert (tmp_path / "host-77.pid").exists()
+    monitord.wait("BEACON_HOST", lambda t: True)
+    stopped = subprocess.run([str(hook), "stop", "libvirt", "77", "node1"], input=conf,
+                             text=True, capture_output=True, timeout=60, check=False, env=env)
+    assert stopped.returncode == 0, stopped.stderr
+    assert not (tmp_path / "host-77.pid").exists()

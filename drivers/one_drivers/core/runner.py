@@ -113,8 +113,18 @@ def exit_now(code: int) -> None:
     os._exit(code)
 
 
+IM_CONTROL = "monitord-client_control"
+
+
 def shim(path: str, family: str, driver: str, action: str) -> None:
-    """Entry of the generated remotes shims: ``<remotes>/<family>/<driver>/<action>``."""
+    """Entry of the generated remotes shims: ``<remotes>/<family>/<driver>/<action>``, and
+    ``<remotes>/im/<driver>.d/monitord-client_control``, which OpenNebula's generic
+    ``im/run_monitord_client`` runs with ``<im_mad> <host id> <host>`` (``stop`` first to stop)."""
     remotes = os.path.dirname(os.path.dirname(os.path.dirname(os.path.realpath(path))))
-    exit_now(run(family, driver, action, sys.argv[1:], stdin=sys.stdin.buffer,
+    argv = sys.argv[1:]
+    if family == "im" and action == IM_CONTROL:
+        stopping = argv[:1] == ["stop"]
+        action = "stop_monitord_client" if stopping else "run_monitord_client"
+        argv = argv[1:] if stopping else argv
+    exit_now(run(family, driver, action, argv, stdin=sys.stdin.buffer,
                  stdout=sys.stdout, remotes=remotes))

@@ -1,0 +1,61 @@
+"""IM pure logic: the state mapping, STATE_VM change detection, MONITOR_VM figures, the wire."""
+
+from __future__ import annotations
+
+import base64
+
+import pytest
+
+from one_drivers.im.libvirt import probes
+from one_drivers.im.libvirt.wire import Message, pack, unpack
+
+
+@pytest.mark.parametrize(("state", "reason", "expected"), [
+    (1, 0, "RUNNING"), (2, 0, "RUNNING"), (4, 0, "RUNNING"), (5, 0, "POWEROFF"),
+    (6, 0, "FAILURE"), (7, 0, "SUSPENDED"), (3, 1, "SUSPENDED"), (3, 2, "RUNNING"),
+    (3, 11, "RUNNING"), (3, 0, "FAILURE"), (3, 5, "FAILURE"), (3, 6, "FAILURE"),
+])
+def test_libvirt_states_map_as_opennebula_expects(state, reason, expected):
+    assert probes.one_state(state, reason) == expected
+
+
+def dom(vm_id: int, uuid: str, state: str = "RUNNING", **stats: float) -> probes.Domain:
+    return probes.Domain(vm_id, uuid, f"one-{vm_id}", state, dict(stats))
+
+
+def test_state_changes_vanished_vms_and_full_syncs():
+    known: dict = {}
+    text, known = probes.state_vm([dom(1, "u1"), dom(2, "u2")], known, sync=False)
+    assert text.count("VM = [") == 2
+    text, known = probes.state_vm([dom(1, "u1"), dom(2, "u2")], known, sync=False)
+    assert text == "", "nothing changed: nothing to say"
+    text, known = probes.state_vm([dom(1, "u1", "FAILURE")], known, sync=False)
+    assert 'DEPLOY_ID="u1", VM_NAME="one-1", STATE="FAILURE"' in text
+    assert 'ID="2", DEPLOY_ID="u2", STATE="POWEROFF"' in text, "a vanished VM powered off"
+    text, _ = probes.state_vm([dom(1, "u1")], known, sync=True)
+    assert text.startswith("SYNC_STATE=yes\nMISSING_STATE=POWEROFF") and "u2" not in text
+
+
+def test_monitor_vm_sums_devices_and_diffs_cpu():
+    stats = {"cpu.time": 3e9, "balloon.rss": 1000, "net.count": 2, "net.0.rx.bytes": 5,
+             "net.1.rx.bytes": 7, "net.0.tx.bytes": 1, "block.count": 1, "block.0.rd.bytes": 9,
+             "block.0.wr.reqs": 4}
+    text, samples = probes.monitor_vm([dom(1, "u1", **stats)], {"u1": [1e9, 100.0]}, 102.0)
+    monitor = base64.b64decode(text.split('MONITOR="')[1].split('"')[0]).decode()
+    assert 'CPU="100.00"' in monitor, "2 s of CPU in 2 s: one core"
+    assert 'NETRX="12"' in monitor and 'NETTX="1"' in monitor and 'MEMORY="1000"' in monitor
+    assert 'DISKRDBYTES="9"' in monitor and 'DISKWRIOPS="4"' in monitor
+    assert samples == {"u1": [3e9, 102.0]}
+
+
+def test_wire_round_trip_plain_and_encrypted():
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    text = "VM = [ ID=\"1\" ]\n" * 200  # longer than one RSA block
+    assert unpack(pack(text)) == text
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    assert unpack(pack(text, key.public_key()), key) == text
+    line = Message("BEACON_HOST", False, 3, "TIMESTAMP=1", timestamp=99).line()
+    kind, result, host, ts, payload = line.split(" ")
+    assert (kind, result, host, ts, unpack(payload)) == ("BEACON_HOST", "FAILURE", "3", "99",
+                                                         "TIMESTAMP=1")
