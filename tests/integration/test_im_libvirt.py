@@ -272,3 +272,19 @@ def test_opennebulas_generic_run_monitord_client_hook(lab_env, remotes, tmp_path
                              text=True, capture_output=True, timeout=60, check=False, env=env)
     assert stopped.returncode == 0, stopped.stderr
     assert not (tmp_path / "host-77.pid").exists()
+
+
+def test_pci_devices_in_system_host(lab_env):
+    import libvirt
+
+    from one_drivers.im.libvirt import probes
+
+    conn = libvirt.open(lab_env["LIBVIRT_DEFAULT_URI"])
+    try:
+        text = probes.system_host(conn, [], "*")
+        assert "PCI=[ ADDRESS=\"0000:00:00.0\"" in text, text
+        assert probes.system_host(conn, [], "").count("PCI=[") == 0, "no filter: none reported"
+        bridges = probes.system_host(conn, [], "0600")
+        assert 0 < bridges.count("PCI=[") < text.count("PCI=["), "only host bridges"
+    finally:
+        conn.close()

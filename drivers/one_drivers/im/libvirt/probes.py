@@ -161,21 +161,29 @@ def system_host(conn: Any, doms: list[Domain], pci_filter: str = "") -> str:
 
 
 def _pci(conn: Any, pci_filter: str) -> list[str]:
-    """PCI devices whose class starts with one of the filter's prefixes (``*``: all)."""
+    """PCI devices (as OpenNebula's PCI attributes) whose class starts with one of the filter's
+    prefixes, e.g. ``0300`` for VGA controllers (``*``: all)."""
     wanted = [p.strip().lower() for p in pci_filter.split(",") if p.strip()]
     out = []
     for dev in conn.listAllDevices(2):  # VIR_CONNECT_LIST_NODE_DEVICES_CAP_PCI_DEV
         cap = ET.fromstring(dev.XMLDesc(0)).find("capability")  # noqa: S314
         if cap is None:
             continue
-        klass = (cap.findtext("class") or "").lower().removeprefix("0x")
+        klass = (cap.findtext("class") or "").lower().removeprefix("0x")[:4]
         if "*" not in wanted and not any(klass.startswith(w) for w in wanted):
             continue
-        vendor = cap.find("vendor")
-        product = cap.find("product")
-        out.append(f'PCI=[ ADDRESS="{dev.name()}", CLASS="{klass}", '
-                   f'VENDOR="{vendor.get("id") if vendor is not None else ""}", '
-                   f'DEVICE="{product.get("id") if product is not None else ""}" ]')
+        nums = {k: int(cap.findtext(k) or "0", 0) for k in ("domain", "bus", "slot", "function")}
+        short = f"{nums['bus']:02x}:{nums['slot']:02x}.{nums['function']:x}"
+        vendor, product = cap.find("vendor"), cap.find("product")
+        vid = (vendor.get("id") if vendor is not None else "") or ""
+        pid = (product.get("id") if product is not None else "") or ""
+        vid, pid = vid.removeprefix("0x"), pid.removeprefix("0x")
+        out.append(f'PCI=[ ADDRESS="{nums["domain"]:04x}:{short}", SHORT_ADDRESS="{short}", '
+                   f'DOMAIN="{nums["domain"]:04x}", BUS="{nums["bus"]:02x}", '
+                   f'SLOT="{nums["slot"]:02x}", FUNCTION="{nums["function"]:x}", '
+                   f'CLASS="{klass}", VENDOR="{vid}", DEVICE="{pid}", '
+                   f'TYPE="{vid}:{pid}:{klass}", '
+                   f'DEVICE_NAME="{(product.text or "") if product is not None else ""}" ]')
     return out
 
 
