@@ -26,9 +26,22 @@ def cmd_install_remotes(args: argparse.Namespace) -> int:
 
 
 def cmd_oned_conf(args: argparse.Namespace) -> int:
-    from one_drivers.core.oned_conf import render, render_json
+    from one_drivers.core.oned_conf import registration, render, render_json
 
-    sys.stdout.write(render_json() if args.json else render())
+    if not args.merge:
+        sys.stdout.write(render_json() if args.json else render())
+        return 0
+    from one_drivers.core.conf_merge import merge_file
+    from one_drivers.core.errors import DriverError
+
+    for path in args.merge:
+        try:
+            changed = merge_file(path, registration(), check=args.check)
+        except (DriverError, OSError) as exc:
+            print(f"{path}: {exc}", file=sys.stderr)
+            return getattr(exc, "exit_code", 1)
+        print(f"{path}: {'changed' if changed else 'unchanged'}"
+              + (" (check mode: nothing written)" if args.check and changed else ""))
     return 0
 
 
@@ -146,6 +159,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("oned-conf", help="print the oned.conf / monitord.conf registration")
     p.add_argument("--json", action="store_true", help="structured, for configuration tools")
+    p.add_argument("--merge", nargs="+", metavar="FILE",
+                   help="merge into these oned.conf / monitord.conf files in place, keeping the "
+                        "operator's other settings; prints changed or unchanged per file")
+    p.add_argument("--check", action="store_true", help="with --merge: only say what would change")
     p.set_defaults(func=cmd_oned_conf)
 
     p = sub.add_parser("lab", help="the embedded one-machine lab")

@@ -1,0 +1,77 @@
+"""Merging our registration into an operator's oned.conf / monitord.conf."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from one_drivers.cli import main
+from one_drivers.core.conf_merge import merge
+from one_drivers.core.errors import BadInput
+from one_drivers.core.oned_conf import registration
+
+ONED = '''# an operator's oned.conf (trimmed)
+PORT = 2633
+DATASTORE_MAD = [
+    EXECUTABLE = "one_datastore",
+    ARGUMENTS  = "-t 15 -d dummy,fs,ceph -s shared,ssh,ceph"
+]
+TM_MAD = [
+    EXECUTABLE = "one_tm",
+    ARGUMENTS  = "-t 15 -d dummy,shared,ssh,ceph"
+]
+MARKET_MAD = [
+    EXECUTABLE = "one_market",
+    ARGUMENTS  = "-t 15 -m http,s3,one"
+]
+# TM_MAD_CONF = [ NAME = "rbd", LN_TARGET = "commented out: not a block" ]
+TM_MAD_CONF = [
+    NAME = "ceph", LN_TARGET = "NONE", CLONE_TARGET = "SELF", SHARED = "YES"
+]
+TM_MAD_CONF = [ NAME = "rbd", LN_TARGET = "SYSTEM" ]
+VM_MAD = [
+    NAME = "kvm", EXECUTABLE = "one_vmm_exec", ARGUMENTS = "-t 15 -r 0 kvm -p", TYPE = "kvm"
+]
+'''
+MONITORD = '''NETWORK = [ ADDRESS = "0.0.0.0", PORT = 4124 ]
+IM_MAD = [ NAME = "kvm", EXECUTABLE = "one_im_ssh", ARGUMENTS = "-r 3 -t 15 -w 90 kvm" ]
+'''
+
+
+def test_merge_adds_lists_and_blocks_and_keeps_the_rest():
+    reg = registration()
+    out = merge(ONED, reg, "oned.conf")
+    assert 'ARGUMENTS  = "-t 15 -d dummy,fs,ceph,rbd -s shared,ssh,ceph,rbd"' in out
+    assert 'ARGUMENTS  = "-t 15 -d dummy,shared,ssh,ceph,rbd"' in out
+    assert "PORT = 2633" in out and 'NAME = "ceph", LN_TARGET = "NONE"' in out
+    assert 'NAME = "kvm", EXECUTABLE = "one_vmm_exec"' in out, "the operator's kvm untouched"
+    assert 'TM_MAD_CONF = [ NAME = "rbd", LN_TARGET = "SYSTEM" ]' not in out, "ours replaced"
+    assert "# TM_MAD_CONF = [ NAME = \"rbd\", LN_TARGET = \"commented out" in out
+    assert re.search(r'TM_MAD_CONF = \[\n    NAME\s+= "rbd",\n    LN_TARGET\s+= "NONE"', out)
+    assert re.search(r'DS_MAD_CONF = \[\n    NAME\s+= "rbd"', out), "appended"
+    assert 'VN_MAD_CONF = [\n    NAME        = "ovsdb"' in out
+    assert 'NAME              = "libvirt"' in out and "-t 15 -r 0 libvirt -p" in out
+    assert merge(out, reg, "oned.conf") == out, "a second run changes nothing"
+    mon = merge(MONITORD, reg, "monitord.conf")
+    assert 'ARGUMENTS  = "-r 3 -t 15 -w 90 libvirt"' in mon and 'NAME = "kvm"' in mon
+    assert "DATASTORE_MAD" not in mon and merge(mon, reg, "monitord.conf") == mon
+
+
+def test_a_file_that_is_not_oned_conf_is_refused():
+    with pytest.raises(BadInput, match=r"DATASTORE_MAD = \[ \.\.\. \] is missing"):
+        merge("PORT = 2633\n", registration(), "oned.conf")
+
+
+def test_cli_merge_check_and_idempotence(tmp_path, capsys):
+    oned = tmp_path / "oned.conf"
+    oned.write_text(ONED)
+    oned.chmod(0o640)
+    assert main(["oned-conf", "--merge", str(oned), "--check"]) == 0
+    assert "changed (check mode: nothing written)" in capsys.readouterr().out
+    assert oned.read_text() == ONED
+    assert main(["oned-conf", "--merge", str(oned)]) == 0
+    assert f"{oned}: changed" in capsys.readouterr().out
+    assert oct(oned.stat().st_mode & 0o777) == "0o640"
+    assert main(["oned-conf", "--merge", str(oned)]) == 0
+    assert f"{oned}: unchanged" in capsys.readouterr().out
