@@ -5,13 +5,15 @@ PY := $(VENV)/bin/python
 ONE_DRIVERS := $(VENV)/bin/one-drivers
 export ONE_DRIVERS_LAB_DIR ?= /var/tmp/one-drivers-lab
 
-.PHONY: help deps venv setup lab-up lab-down lab-status demo test lint unit integration bench clean
+.PHONY: help deps venv setup lab-up lab-down lab-status demo test lint unit integration bench clean \
+	molecule molecule-setup
 
 help:
 	@echo "make demo    - install everything needed, bring the lab up, run the demo"
 	@echo "make test    - install everything needed, bring the lab up, lint + the whole suite"
 	@echo "make bench   - benchmarks against the upstream way, printing ratios"
 	@echo "make lab-up / lab-down / lab-status"
+	@echo "make molecule - the Ansible roles in podman containers (Molecule)"
 
 deps:
 	@bash .ci/install-debian-packages packages-debian.txt
@@ -51,6 +53,21 @@ test: lint lab-up
 
 bench: lab-up
 	$(PY) bench/run.py
+
+# Molecule: the roles in ansible/ in podman containers (image built once, locally)
+$(VENV)/.molecule: requirements-molecule.txt $(VENV)/.installed
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements-molecule.txt
+	@touch $@
+
+molecule-setup: venv
+	@$(MAKE) --no-print-directory $(VENV)/.molecule
+	$(PY) molecule/images/build.py
+
+molecule: molecule-setup
+	PATH=$(abspath $(VENV))/bin:$$PATH CONTAINERS_CONF=$(abspath molecule/containers.conf) \
+		$(VENV)/bin/ansible-lint --profile production ansible
+	PATH=$(abspath $(VENV))/bin:$$PATH CONTAINERS_CONF=$(abspath molecule/containers.conf) \
+		$(VENV)/bin/molecule test --all
 
 clean: lab-down
 	rm -rf $(VENV) build *.egg-info drivers/*.egg-info .mypy_cache .ruff_cache .pytest_cache
