@@ -6,7 +6,7 @@ ONE_DRIVERS := $(VENV)/bin/one-drivers
 export ONE_DRIVERS_LAB_DIR ?= /var/tmp/one-drivers-lab
 
 .PHONY: help deps venv setup lab-up lab-down lab-status demo test lint unit integration bench clean \
-	molecule molecule-setup
+	molecule molecule-setup wheelhouse
 
 help:
 	@echo "make demo    - install everything needed, bring the lab up, run the demo"
@@ -59,15 +59,23 @@ $(VENV)/.molecule: requirements-molecule.txt $(VENV)/.installed
 	$(PY) -m pip install -q --disable-pip-version-check -r requirements-molecule.txt
 	@touch $@
 
-molecule-setup: venv
+# the package and its pinned pure-Python dependencies as wheels, for the Ansible role
+wheelhouse: venv
+	rm -rf dist/wheelhouse
+	$(PY) -m pip wheel -q --disable-pip-version-check --no-deps -w dist/wheelhouse .
+	$(PY) -m pip wheel -q --disable-pip-version-check -w dist/wheelhouse \
+		$$(grep -v -e '^#' -e '^libvirt-python' requirements.txt)
+
+molecule-setup: venv wheelhouse
 	@$(MAKE) --no-print-directory $(VENV)/.molecule
 	$(PY) molecule/images/build.py
 
+MOLECULE_ENV = PATH=$(abspath $(VENV))/bin:$$PATH CONTAINERS_CONF=$(abspath molecule/containers.conf) \
+	ANSIBLE_ROLES_PATH=$(abspath ansible/roles)
+
 molecule: molecule-setup
-	PATH=$(abspath $(VENV))/bin:$$PATH CONTAINERS_CONF=$(abspath molecule/containers.conf) \
-		$(VENV)/bin/ansible-lint --profile production ansible
-	PATH=$(abspath $(VENV))/bin:$$PATH CONTAINERS_CONF=$(abspath molecule/containers.conf) \
-		$(VENV)/bin/molecule test --all
+	$(MOLECULE_ENV) $(VENV)/bin/ansible-lint --profile production ansible molecule
+	$(MOLECULE_ENV) $(VENV)/bin/molecule test --all
 
 clean: lab-down
 	rm -rf $(VENV) build *.egg-info drivers/*.egg-info .mypy_cache .ruff_cache .pytest_cache

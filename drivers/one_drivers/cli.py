@@ -49,6 +49,8 @@ def cmd_lab(args: argparse.Namespace) -> int:
     from one_drivers.lab.lab import Lab
     from one_drivers.lab.proc import LabError
 
+    if args.lab_command in ("ceph-up", "ceph-env"):
+        return cmd_lab_ceph(args)
     lab = Lab(Path(args.dir) if args.dir else None)
     if args.lab_command == "env":
         for key, value in lab.env().items():
@@ -72,6 +74,29 @@ def cmd_lab(args: argparse.Namespace) -> int:
     started = ", ".join(f"{k} {v:.1f}s" for k, v in timings.items()) or "nothing (all healthy)"
     print(f"lab up in {took:.1f}s (started: {started}); state in {lab.root}")
     print(f"use it with: eval \"$(one-drivers lab env{' --dir ' + args.dir if args.dir else ''})\"")
+    return 0
+
+
+def cmd_lab_ceph(args: argparse.Namespace) -> int:
+    """Only the lab's one-node Ceph, listening on ``--address`` (the Molecule scenarios' cluster
+    container). Idempotent: a healthy cluster is left as it is."""
+    from one_drivers.lab.ceph import CephLab
+    from one_drivers.lab.proc import LabError
+
+    ceph = CephLab(Path(args.dir or "/var/tmp/one-drivers-ceph"), args.port_offset,
+                   args.address)
+    if args.lab_command == "ceph-up" and not (ceph.running() and ceph.healthy()):
+        try:
+            ceph.up()
+            ceph.wait_healthy(timeout=120)
+        except LabError as exc:
+            print(f"ceph up failed: {exc}", file=sys.stderr)
+            return 1
+        print("ceph: started")
+    elif args.lab_command == "ceph-up":
+        print("ceph: already healthy")
+    for key, value in ceph.env().items():
+        print(f"{key}={value}")
     return 0
 
 
@@ -166,9 +191,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_oned_conf)
 
     p = sub.add_parser("lab", help="the embedded one-machine lab")
-    p.add_argument("lab_command", choices=["up", "down", "status", "env"])
+    p.add_argument("lab_command", choices=["up", "down", "status", "env", "ceph-up", "ceph-env"])
     p.add_argument("--dir", help="state directory (default $ONE_DRIVERS_LAB_DIR or "
                                  "/var/tmp/one-drivers-lab)")
+    p.add_argument("--address", default="127.0.0.1", help="ceph-up: where Ceph listens")
+    p.add_argument("--port-offset", type=int, default=0, help="ceph-up: added to its ports")
     p.set_defaults(func=cmd_lab)
 
     p = sub.add_parser("rbd", help="Ceph RBD maintenance")

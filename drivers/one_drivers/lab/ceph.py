@@ -57,7 +57,11 @@ def keyring_text(entities: dict[str, str]) -> str:
 
 
 class CephLab:
-    def __init__(self, root: Path, port_offset: int = 0) -> None:
+    """``address``: where the daemons listen (loopback for the lab; a container's own address
+    for the Molecule scenarios' containerized cluster)."""
+
+    def __init__(self, root: Path, port_offset: int = 0, address: str = "127.0.0.1") -> None:
+        self.address = address
         self.mon_v2 = MON_V2_PORT + port_offset
         self.mon_v1 = MON_V1_PORT + port_offset
         self.osd_ports = (OSD_PORTS[0] + port_offset, OSD_PORTS[1] + port_offset)
@@ -82,7 +86,7 @@ class CephLab:
             "ONE_LAB_CEPH_DATA_POOL": DATA_POOL,
             "ONE_LAB_CEPH_USER": RBD_USER,
             "ONE_LAB_CEPH_KEYRING": str(self.user_keyring),
-            "ONE_LAB_CEPH_MON": f"127.0.0.1:{self.mon_v1}",
+            "ONE_LAB_CEPH_MON": f"{self.address}:{self.mon_v1}",
         }
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -125,8 +129,8 @@ class CephLab:
         d = self.dir
         return f"""[global]
 fsid = {fsid}
-mon_host = [v2:127.0.0.1:{self.mon_v2},v1:127.0.0.1:{self.mon_v1}]
-public_network = 127.0.0.0/8
+mon_host = [v2:{self.address}:{self.mon_v2},v1:{self.address}:{self.mon_v1}]
+public_network = {"127.0.0.0/8" if self.address.startswith("127.") else self.address + "/32"}
 ms_bind_port_min = {self.osd_ports[0]}
 ms_bind_port_max = {self.osd_ports[1]}
 auth_cluster_required = cephx
@@ -177,7 +181,7 @@ osd_data = {d}/osd/0
 
     def _write_monmap(self, fsid: str) -> None:
         run(["monmaptool", "--create", "--fsid", fsid, "--addv", "a",
-             f"[v2:127.0.0.1:{self.mon_v2},v1:127.0.0.1:{self.mon_v1}]",
+             f"[v2:{self.address}:{self.mon_v2},v1:{self.address}:{self.mon_v1}]",
              str(self.dir / "monmap")])
 
     def _osd_mkfs(self, osd_uuid: str) -> None:
