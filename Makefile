@@ -10,7 +10,8 @@ export ONE_DRIVERS_LAB_DIR ?= /var/tmp/one-drivers-lab
 
 help:
 	@echo "make demo    - install everything needed, bring the lab up, run the demo"
-	@echo "make test    - install everything needed, bring the lab up, lint + the whole suite"
+	@echo "make test    - install everything needed, bring the lab up, lint + the whole suite,"
+	@echo "               then the Molecule scenarios"
 	@echo "make bench   - benchmarks against the upstream way, printing ratios"
 	@echo "make lab-up / lab-down / lab-status"
 	@echo "make molecule - the Ansible roles in podman containers (Molecule)"
@@ -50,6 +51,7 @@ unit: setup
 
 test: lint lab-up
 	bash .ci/pytest $(PY) tests
+	@$(MAKE) --no-print-directory molecule
 
 bench: lab-up
 	$(PY) bench/run.py
