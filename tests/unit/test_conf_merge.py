@@ -75,3 +75,14 @@ def test_cli_merge_check_and_idempotence(tmp_path, capsys):
     assert oct(oned.stat().st_mode & 0o777) == "0o640"
     assert main(["oned-conf", "--merge", str(oned)]) == 0
     assert f"{oned}: unchanged" in capsys.readouterr().out
+
+
+def test_vmm_execrc_gets_the_live_disk_snapshot_pair():
+    from one_drivers.core.conf_merge import merge
+
+    rc = '# comment\nLIVE_DISK_SNAPSHOTS="kvm-qcow2 kvm-shared kvm-ceph"\nOTHER="x"\n'
+    out = merge(rc, registration(), "vmm_execrc")
+    assert 'LIVE_DISK_SNAPSHOTS="kvm-qcow2 kvm-shared kvm-ceph libvirt-rbd"' in out
+    assert 'OTHER="x"' in out and "# comment" in out
+    assert merge(out, registration(), "vmm_execrc") == out
+    assert 'LIVE_DISK_SNAPSHOTS="libvirt-rbd"' in merge("", registration(), "vmm_execrc")

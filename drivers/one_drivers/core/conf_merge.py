@@ -56,9 +56,26 @@ def _add_to_list(arguments: str, option: str, names: list[str]) -> str:
     return arguments[:start] + ",".join(current + missing) + arguments[end:]
 
 
+def merge_rc(text: str, values: dict[str, list[str]]) -> str:
+    """A shell rc file (``vmm_execrc``): each word of ``values[KEY]`` added to ``KEY="a b"``."""
+    for key, words in values.items():
+        match = re.search(rf'^{key}="([^"]*)"', text, re.MULTILINE)
+        if match is None:
+            text = text.rstrip("\n") + f'\n{key}="{" ".join(words)}"\n'
+            continue
+        current = match.group(1).split()
+        missing = [w for w in words if w not in current]
+        if missing:
+            text = (text[:match.start(1)] + " ".join(current + missing)
+                    + text[match.end(1):])
+    return text
+
+
 def merge(text: str, registration: dict[str, Any], file: str) -> str:
     """``text`` with everything of ``registration`` (see :mod:`one_drivers.core.oned_conf`) that
-    belongs in ``file`` (``oned.conf`` or ``monitord.conf``)."""
+    belongs in ``file`` (``oned.conf``, ``monitord.conf`` or ``vmm_execrc``)."""
+    if file == "vmm_execrc":
+        return merge_rc(text, registration.get("vmm_execrc", {}))
     if file == "oned.conf":
         for mad, entry in registration["driver_lists"].items():
             found = _blocks(text, mad)
@@ -94,7 +111,7 @@ def merge(text: str, registration: dict[str, Any], file: str) -> str:
 def merge_file(path: str, registration: dict[str, Any], *, kind: str | None = None,
                check: bool = False) -> bool:
     """Merge in place (atomically, mode kept); True when the file changed (or, with ``check``,
-    would change: nothing is written). ``kind``: oned.conf or monitord.conf (default: the
+    would change: nothing is written). ``kind``: oned.conf, monitord.conf or vmm_execrc (default: the
     file's name)."""
     with open(path, encoding="utf-8") as fh:
         text = fh.read()
