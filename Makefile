@@ -43,7 +43,7 @@ demo: lab-up
 	$(ONE_DRIVERS) demo
 
 lint: setup
-	$(VENV)/bin/ruff check drivers tests bench
+	$(VENV)/bin/ruff check drivers tests bench molecule
 	$(VENV)/bin/mypy
 
 unit: setup

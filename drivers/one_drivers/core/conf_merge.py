@@ -111,8 +111,8 @@ def merge(text: str, registration: dict[str, Any], file: str) -> str:
 def merge_file(path: str, registration: dict[str, Any], *, kind: str | None = None,
                check: bool = False) -> bool:
     """Merge in place (atomically, mode kept); True when the file changed (or, with ``check``,
-    would change: nothing is written). ``kind``: oned.conf, monitord.conf or vmm_execrc (default: the
-    file's name)."""
+    would change: nothing is written). ``kind``: oned.conf, monitord.conf or vmm_execrc
+    (default: the file's name)."""
     with open(path, encoding="utf-8") as fh:
         text = fh.read()
     new = merge(text, registration, kind or os.path.basename(path))
