@@ -63,3 +63,13 @@ def test_oned_conf_registers_every_driver():
     assert vm_mad["NAME"] == "libvirt" and vm_mad["TYPE"] == "kvm"
     assert vm_mad["ARGUMENTS"] == "-t 15 -r 0 libvirt -p", "parallel: a cancel never waits"
     assert reg["vmm_execrc"] == {"LIVE_DISK_SNAPSHOTS": ["libvirt-rbd"]}
+
+
+def test_install_makes_the_vnm_hook_directories_and_keeps_their_content(tmp_path):
+    first = install(tmp_path)
+    hooks = [tmp_path / "vnm" / "ovsdb" / d for d in ("pre.d", "post.d", "clean.d")]
+    assert all(h.is_dir() for h in hooks) and all(h in first.written for h in hooks)
+    (hooks[1] / "10-site").write_text("#!/bin/sh\n")
+    again = install(tmp_path)
+    assert (hooks[1] / "10-site").exists() and not any(h in again.written for h in hooks)
+    assert (tmp_path / "im" / "libvirt.d" / "monitord-client_control").exists()
