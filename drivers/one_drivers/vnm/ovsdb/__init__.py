@@ -27,6 +27,8 @@ DRIVER = Driver(
                               "system)"),
         "OVS_BRIDGE_CONF": ("", "Bridge columns set on every bridge used, k=v,k2=v2 (the NIC's "
                                 "OVS_BRIDGE_CONF wins)"),
+        "SUDO": ("yes", "yes: an action that cannot write the OVSDB socket re-runs itself once "
+                        "under `sudo -n` (the Ansible role installs the sudoers rule)"),
         "KEEP_EMPTY_BRIDGE": ("no", "yes: keep bridges we created when their last VM port goes"),
         "STATE_DIR": ("", "where each VM's network document is kept for `one-drivers ovs "
                           "reconcile` (default: ONE_DRIVERS_VNM_STATE_DIR or "
@@ -37,4 +39,6 @@ DRIVER = Driver(
         "ACTION_TIMEOUT": ("120", "seconds an action may take in total"),
     },
     oned_conf={"BRIDGE_TYPE": "openvswitch"},
+    # as oneadmin, the action re-executes itself once under sudo when OVSDB is root's
+    router=f"{_M}.privilege:route",
 )
