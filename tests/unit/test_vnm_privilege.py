@@ -18,6 +18,6 @@ def test_only_a_non_root_user_facing_a_root_socket_escalates(tmp_path):
 
 
 def test_the_privileged_command_is_the_same_action_through_the_package():
-    argv = sudo_argv("post", ["uuid-1", "node1"])
-    assert argv == ["sudo", "-n", sys.executable, "-m", "one_drivers", "vnm", "ovsdb", "post",
-                    "uuid-1", "node1"]
+    argv = sudo_argv("/var/tmp/one", "post", ["uuid-1", "node1"])
+    assert argv == ["sudo", "-n", sys.executable, "-m", "one_drivers.vnm.ovsdb.privileged",
+                    "/var/tmp/one", "post", "uuid-1", "node1"]

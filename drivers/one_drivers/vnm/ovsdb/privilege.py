@@ -3,7 +3,7 @@ and ovs-ofctl through sudo (a dozen sudo processes per NIC); here the whole acti
 itself once under ``sudo -n`` when the OVSDB socket is not writable, with the same argv and
 stdin. The Ansible role installs the matching sudoers rule:
 
-    oneadmin ALL=(root) NOPASSWD: <venv>/bin/python -m one_drivers vnm ovsdb *
+    oneadmin ALL=(root) NOPASSWD: <venv>/bin/python -m one_drivers.vnm.ovsdb.privileged *
 
 Hooks (``<action>.d``) run afterwards as the calling user, as upstream runs them.
 """
@@ -39,8 +39,9 @@ def needs_privilege(endpoint: str, euid: int | None = None) -> bool:
     return os.path.exists(path) and not os.access(path, os.W_OK)
 
 
-def sudo_argv(action: str, argv: list[str]) -> list[str]:
-    return ["sudo", "-n", sys.executable, "-m", "one_drivers", "vnm", "ovsdb", action, *argv]
+def sudo_argv(remotes: str, action: str, argv: list[str]) -> list[str]:
+    return ["sudo", "-n", sys.executable, "-m", "one_drivers.vnm.ovsdb.privileged", remotes,
+            action, *argv]
 
 
 def route(call: Call, action_fn: Any) -> str | None:
@@ -50,7 +51,9 @@ def route(call: Call, action_fn: Any) -> str | None:
         out: str | None = action_fn(call)
         return out
     try:
-        proc = subprocess.run(sudo_argv(call.action, list(call.extras.get("argv") or [])),
+        remotes = os.fspath(call.extras.get("remotes") or "")
+        proc = subprocess.run(sudo_argv(remotes, call.action,
+                                        list(call.extras.get("argv") or [])),
                               input=call.extras.get("stdin") or b"", capture_output=True,
                               timeout=call.deadline.remaining(), check=False)
     except subprocess.TimeoutExpired:
