@@ -31,11 +31,18 @@ class Monitord:
         self.messages: list[tuple[str, str, int, str]] = []
         self.raw: list[str] = []  # payloads as they came over the wire
         self.lock = threading.Lock()
-        self.udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.udp.bind(("127.0.0.1", 0))
-        self.port = self.udp.getsockname()[1]
         self.tcp: socket.socket | None = None
-        self.tcp_up()
+        for _ in range(50):  # one port number free for both UDP and TCP, like monitord's
+            self.udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            self.udp.bind(("127.0.0.1", 0))
+            self.port = self.udp.getsockname()[1]
+            try:
+                self.tcp_up()
+                break
+            except OSError:
+                self.udp.close()
+        else:
+            raise AssertionError("no port free for both UDP and TCP")
         threading.Thread(target=self._udp_loop, daemon=True).start()
 
     def _record(self, raw: bytes) -> None:
@@ -52,7 +59,11 @@ class Monitord:
     def tcp_up(self) -> None:
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", self.port))
+        try:
+            sock.bind(("127.0.0.1", self.port))
+        except OSError:
+            sock.close()
+            raise
         sock.listen(16)
         self.tcp = sock
 
