@@ -3,7 +3,7 @@ and ovs-ofctl through sudo (a dozen sudo processes per NIC); here the whole acti
 itself once under ``sudo -n`` when the OVSDB socket is not writable, with the same argv and
 stdin. The Ansible role installs the matching sudoers rule:
 
-    oneadmin ALL=(root) NOPASSWD: <venv>/bin/python -m one_drivers.vnm.ovsdb.privileged *
+    oneadmin ALL=(root) NOPASSWD: <venv>/bin/python* -m one_drivers.vnm.ovsdb.privileged *
 
 Hooks (``<action>.d``) run afterwards as the calling user, as upstream runs them.
 """
