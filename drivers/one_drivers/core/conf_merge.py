@@ -15,6 +15,7 @@ import os
 import re
 from typing import Any
 
+from one_drivers.core.atomic import write_atomic
 from one_drivers.core.errors import BadInput
 
 # a vector attribute: SECTION = [ ... ] (values are quoted strings, which may hold brackets)
@@ -118,9 +119,5 @@ def merge_file(path: str, registration: dict[str, Any], *, kind: str | None = No
     new = merge(text, registration, kind or os.path.basename(path))
     if new == text or check:
         return new != text
-    tmp = f"{path}.one-drivers.tmp"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(new)
-    os.chmod(tmp, os.stat(path).st_mode & 0o7777)
-    os.replace(tmp, path)
+    write_atomic(path, new)  # the file's mode is kept
     return True

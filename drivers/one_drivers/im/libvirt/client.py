@@ -16,6 +16,7 @@ import sys
 import time
 from typing import Any, NamedTuple
 
+from one_drivers.core.atomic import write_atomic
 from one_drivers.core.retry import call_with_timeout
 from one_drivers.im.libvirt import probes
 from one_drivers.im.libvirt.wire import TCP_TYPES, Message, Sender, load_public_key
@@ -56,12 +57,7 @@ class Store:
                 self.data[key] = {}
 
     def save(self) -> None:
-        tmp = f"{self.path}.tmp"
-        with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump(self.data, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, self.path)
+        write_atomic(self.path, json.dumps(self.data))
 
 
 class Client:

@@ -7,6 +7,7 @@ import xml.etree.ElementTree as ET
 from typing import Any
 
 from one_drivers.core import log
+from one_drivers.core.atomic import write_atomic
 from one_drivers.core.contract import Call
 from one_drivers.core.errors import ActionFailed, NotFound
 from one_drivers.vmm.libvirt.common import SHUTOFF, host_hypervisor, resolved
@@ -37,10 +38,7 @@ def deploy(call: Call) -> str:
 
 def _write(path: str, text: str) -> None:
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
+    write_atomic(path, text)
 
 
 def _gone_or_off(hv: Hypervisor, dom: Any) -> bool:

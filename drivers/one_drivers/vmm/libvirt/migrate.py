@@ -9,8 +9,6 @@ half-made domain on the destination. Snapshots of the VM are redefined on the de
 
 from __future__ import annotations
 
-import glob
-import os
 import xml.etree.ElementTree as ET
 from typing import Any
 
@@ -20,8 +18,7 @@ from one_drivers.core.contract import Call
 from one_drivers.core.errors import ActionFailed, BadInput, DriverError
 from one_drivers.vmm.libvirt.common import PAUSED, RUNNING, host_hypervisor, resolved
 from one_drivers.vmm.libvirt.connection import Hypervisor
-from one_drivers.vmm.libvirt.deployment import system_datastore_dir
-from one_drivers.vmm.libvirt.snapshots import REDEFINE
+from one_drivers.vmm.libvirt.snapshots import redefine_snapshots
 
 
 def destination_uri(settings: Settings, host: str) -> str:
@@ -111,16 +108,6 @@ def _host_uuid(hv: Hypervisor) -> str:
 
 def _redefine_snapshots(dst: Hypervisor, deploy_id: str, xml: str) -> None:
     """Internal snapshots' XML (kept in the VM's directory) on the destination's libvirt."""
-    vm_dir = system_datastore_dir(ET.fromstring(xml))  # noqa: S314 - libvirt's own output
-    paths = sorted(glob.glob(os.path.join(vm_dir or "/nonexistent", "snap-*.xml")))
-    if not paths:
-        return
     dom = dst.domain(deploy_id)
-    if dom is None:
-        return
-    for path in paths:
-        with open(path, encoding="utf-8") as fh:
-            try:
-                dst.call(dom.snapshotCreateXML, fh.read(), REDEFINE, what=f"redefining {path}")
-            except DriverError as exc:
-                log.info(f"snapshot metadata {path} not redefined on the destination: {exc}")
+    if dom is not None:
+        redefine_snapshots(dst, dom, ET.fromstring(xml))  # noqa: S314 - libvirt's own output

@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from one_drivers.core import log
+from one_drivers.core.atomic import write_atomic
 from one_drivers.core.contract import Call
 from one_drivers.core.documents import VM, VmmActionData
 from one_drivers.core.errors import ActionFailed, DriverError, NotFound
@@ -129,10 +130,7 @@ def snapshot_create(call: Call) -> str:
 
 
 def _write_record(vm_dir: str, name: str, record: dict[str, Any]) -> None:
-    tmp = _record_path(vm_dir, name) + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(record, fh)
-    os.replace(tmp, _record_path(vm_dir, name))
+    write_atomic(_record_path(vm_dir, name), json.dumps(record))
 
 
 def snapshot_revert(call: Call) -> None:
@@ -196,10 +194,7 @@ def _internal_create(hv: Hypervisor, dom: Any, domain: ET.Element, name: str) ->
     vm_dir = system_datastore_dir(domain)
     if vm_dir and os.path.isdir(vm_dir):
         xml = hv.call(snap.getXMLDesc, 0, what=f"reading snapshot {name}")
-        tmp = os.path.join(vm_dir, f".{name}.xml.tmp")
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write(xml)
-        os.replace(tmp, os.path.join(vm_dir, f"{name}.xml"))
+        write_atomic(os.path.join(vm_dir, f"{name}.xml"), xml)
     return name
 
 

@@ -11,6 +11,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, NamedTuple
 
 from one_drivers.core import log
+from one_drivers.core.atomic import write_atomic
 from one_drivers.core.config import Settings
 from one_drivers.core.errors import ActionFailed
 from one_drivers.ovs import flows
@@ -117,12 +118,7 @@ class StateFile(NamedTuple):
 
     def save(self, vm_id: int, xml: bytes) -> None:
         os.makedirs(self.directory, mode=0o750, exist_ok=True)
-        tmp = f"{self.path(vm_id)}.tmp.{os.getpid()}"
-        with open(tmp, "wb") as fh:
-            fh.write(xml)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, self.path(vm_id))  # a crash leaves the old document or the new one
+        write_atomic(self.path(vm_id), xml)
 
     def drop(self, vm_id: int) -> None:
         with contextlib.suppress(FileNotFoundError):
