@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from one_drivers.ceph import ownership
 from one_drivers.core.faults import CRASH_AT, KILLED, TRACE
 from one_drivers.lab.documents import datastore_doc, disk_attrs, ds_doc, vm_doc
 from one_drivers.lab.lab import Lab
@@ -71,6 +72,15 @@ def snapshots(ioctx, name: str) -> list[str]:
         return [s["name"] for s in image.list_snaps()]
 
 
+def owner_of(ioctx, name: str) -> tuple[str | None, ...]:
+    """Kind, VM and disk from the image's ownership record (image-meta)."""
+    import rbd
+
+    with rbd.Image(ioctx, name, read_only=True) as image:
+        meta = ownership.read(image)
+    return meta.get("kind"), meta.get("vm"), meta.get("disk")
+
+
 @pytest.fixture
 def image(lab_env, remotes, ceph_admin, tmp_path):
     Lab().oned.record("datastore", IMAGE_DS, datastore_doc(lab_env, IMAGE_DS))
@@ -115,11 +125,13 @@ def test_tm_clone_and_delete_converge_from_every_crash(lab_env, remotes, ceph_ad
         for point in clone_points:
             crash_then_rerun(clone, point)
             assert read_image(ioctx, f"one-{iid}-{vmid}-0")[:8 * MIB] == data
+            assert owner_of(ioctx, f"one-{iid}-{vmid}-0") == ("clone", str(vmid), "0"), point
             if delete_points is None:
                 with_snaps = tm(remotes, "snap_create", where, 0, vmid, IMAGE_DS)
                 assert with_snaps({}).returncode == 0
                 delete_points = points_of(delete)
-                assert "delete:removed" in delete_points, delete_points
+                assert {"remove:snap-ids-released", "delete:removed"} <= set(delete_points), \
+                    delete_points
                 assert clone({}).returncode == 0
             assert tm(remotes, "snap_create", where, 0, vmid, IMAGE_DS)({}).returncode == 0
             assert tm(remotes, "snap_create", where, 1, vmid, IMAGE_DS)({}).returncode == 0

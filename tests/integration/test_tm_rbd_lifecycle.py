@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from one_drivers.ceph import ownership
 from one_drivers.lab.documents import datastore_doc, disk_attrs, ds_doc, vm_doc
 from one_drivers.lab.lab import Lab
 from tests.helpers import allocated, rbd_names, read_image, run_remote, trash_names
@@ -99,6 +100,11 @@ def test_a_vm_life_through_transfer_files(world, remotes, ceph_admin, tmp_path, 
     fs_disk = read_image(ioctx, f"one-sys-{vmid}-1")
     assert len(fs_disk) == 32 * MIB and fs_disk[1080:1082] == b"\x53\xef"  # ext4
     assert read_image(ioctx, f"one-sys-{vmid}-2")[4086:4096] == b"SWAPSPACE2"
+    for name, kind, disk_id in ((clone_name, "clone", "0"), (f"one-sys-{vmid}-1", "volatile", "1"),
+                                (f"one-sys-{vmid}-2", "volatile", "2")):
+        with rbd.Image(ioctx, name, read_only=True) as disk:  # ownership: what GC may delete
+            meta = ownership.read(disk)
+        assert (meta.get("kind"), meta.get("vm"), meta.get("disk")) == (kind, str(vmid), disk_id)
     iso = on_host / "disk.4"  # written on the host, not here
     assert not Path(vm_dir).exists()
     listing = subprocess.run(["xorriso", "-indev", str(iso), "-ls", "/"], capture_output=True,

@@ -89,6 +89,8 @@ def clone_image(pool: Pool, src: ImageSpec, dst: ImageSpec, *, new_snap: str,
             is_clone = parent(source) is not None
             reused = reusable_snapshot(source)
             snap = reused or f"{CLONE_SNAP_PREFIX}{new_snap}"
+            if grow_to <= source.size():  # the snapshot has the image's size
+                grow_to = 0
             origin = ImageSpec(src.pool, src.name, snap)
             try:  # the common case first: nothing there yet
                 if snap not in snap_names(source):

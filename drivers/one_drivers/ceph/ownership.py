@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import struct
 import time
 from typing import Any
 
@@ -24,6 +25,23 @@ def stamp(kind: str, **fields: object) -> dict[str, str]:
 
 def apply(image: Any, meta: dict[str, str]) -> None:
     image.metadata_set(KEY, json.dumps(meta, separators=(",", ":"), sort_keys=True))
+
+
+def apply_unopened(ioctx: Any, name: str, meta: dict[str, str]) -> None:
+    """Stamp a format-2 image that nobody has open, without opening it.
+
+    Opening a clone opens its parent too (three round trips, ~14 ms of a ~100 ms clone action);
+    this is the same cls_rbd ``metadata_set`` call librbd makes, sent straight to the image's
+    header object: ``rbd_id.<name>`` holds the image id (an encoded string), and the input is
+    an encoded ``map<string, bufferlist>`` (little-endian u32 lengths) of one entry.
+    """
+    raw = ioctx.read(f"rbd_id.{name}")
+    (length,) = struct.unpack_from("<I", raw)
+    image_id = raw[4:4 + length].decode()
+    key = KEY.encode()
+    value = json.dumps(meta, separators=(",", ":"), sort_keys=True).encode()
+    payload = struct.pack("<II", 1, len(key)) + key + struct.pack("<I", len(value)) + value
+    ioctx.execute(f"rbd_header.{image_id}", "rbd", "metadata_set", payload)
 
 
 def stamped(image: Any) -> bool:

@@ -135,29 +135,34 @@ def delete(call: Call) -> None:
     import rbd
 
     with _pool(call, ctx) as pool, ceph_errors(f"removing {ctx.spec}", call.subject):
-        try:
-            with open_image(pool.ioctx, ctx.spec.name, read_only=True) as image:
-                up = parent(image)
-        except rbd.ImageNotFound:
-            log.info(f"{ctx.spec} is already gone")
-            if ctx.source is not None:  # a re-run after a crash: the clone snapshot may remain
-                sweep_clone_snapshots(pool, ctx.source,
-                                      min_age=ctx.settings.float("SWEEP_MIN_AGE", 300))
-            return
         deferred = (ctx.settings.get("DELETE_MODE", "now") or "now").lower() == "deferred"
         if ctx.settings.bool("CEPH_TRASH", False) or deferred:
             # deferred: out of sight now, snapshots and data reclaimed by trash-purge
             delay = 0 if deferred else ctx.settings.int("TRASH_DEFERMENT", 86400)
-            rbd.RBD().trash_move(pool.ioctx, ctx.spec.name, delay)
+            try:
+                rbd.RBD().trash_move(pool.ioctx, ctx.spec.name, delay)
+            except rbd.ImageNotFound:
+                _already_gone(ctx, pool)
+                return
             log.info(f"moved {ctx.spec} to the RBD trash"
                      + (" (DELETE_MODE=deferred: trash-purge reclaims it)" if deferred
                         else f" for {delay} s"))
             return
-        remove_image(pool.cluster, pool.ioctx, ctx.spec.name)
+        parents: list[ImageSpec | None] = []
+        if remove_image(pool.cluster, pool.ioctx, ctx.spec.name,
+                        opened=lambda image: parents.append(parent(image))) == "absent":
+            _already_gone(ctx, pool)
+            return
         faults.point("delete:removed")
-        if up is not None:
-            release_parent(pool.cluster, up)
+        if parents and parents[0] is not None:
+            release_parent(pool.cluster, parents[0])
     log.info(f"removed {ctx.spec}")
+
+
+def _already_gone(ctx: DiskContext, pool: Pool) -> None:
+    log.info(f"{ctx.spec} is already gone")
+    if ctx.source is not None:  # a re-run after a crash: the clone snapshot may remain
+        sweep_clone_snapshots(pool, ctx.source, min_age=ctx.settings.float("SWEEP_MIN_AGE", 300))
 
 
 def resize(call: Call) -> None:
