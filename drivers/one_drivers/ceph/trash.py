@@ -15,11 +15,11 @@ from typing import Any
 from one_drivers.core import log
 
 
-def _drop_snapshots(ioctx: Any, entry: dict[str, Any]) -> tuple[bool, Any]:
+def _drop_snapshots(ioctx: Any, entry: dict[str, Any], cluster: Any) -> tuple[bool, Any]:
     """Remove an expired entry's snapshots; (False, None) when a clone still needs one."""
     import rbd
 
-    from one_drivers.ceph.rbd_ops import children, parent, user_snaps
+    from one_drivers.ceph.rbd_ops import children, parent, release_snap_ids, user_snaps
 
     image = rbd.Image(ioctx, image_id=entry["id"])
     try:
@@ -27,6 +27,7 @@ def _drop_snapshots(ioctx: Any, entry: dict[str, Any]) -> tuple[bool, Any]:
         snaps = [s["name"] for s in user_snaps(image)]
         if any(children(image, s) for s in snaps):
             return False, None
+        release_snap_ids(cluster, ioctx, image)
         for snap in snaps:
             if image.is_protected_snap(snap):
                 image.unprotect_snap(snap)
@@ -53,7 +54,7 @@ def purge(ioctx: Any, *, now: datetime.datetime | None = None,
             counts["not_expired"] += 1
             continue
         try:
-            free, up = _drop_snapshots(ioctx, entry)
+            free, up = _drop_snapshots(ioctx, entry, cluster)
             if not free:
                 counts["has_clones"] += 1
                 continue
