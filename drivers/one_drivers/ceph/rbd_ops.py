@@ -174,6 +174,9 @@ def remove_snap(cluster: Any, image: Any, snap: str) -> None:
         image.remove_snap(snap)
 
 
+RELEASE_BATCH = 16  # snapshot ids freed at once (threads; the bindings have no async call)
+
+
 def release_snap_ids(cluster: Any, ioctx: Any, image: Any) -> int:
     """Free the RADOS snapshot ids of an image about to be removed, all at once.
 
@@ -204,12 +207,14 @@ def release_snap_ids(cluster: Any, ioctx: Any, image: Any) -> int:
             errors.append(exc)
 
     try:
-        threads = [threading.Thread(target=release, args=(s["id"],)) for s in free[1:]]
-        for t in threads:
-            t.start()
-        release(free[0]["id"])
-        for t in threads:
-            t.join()
+        for start in range(0, len(free), RELEASE_BATCH):  # a batch shares one commit
+            batch = [s["id"] for s in free[start:start + RELEASE_BATCH]]
+            threads = [threading.Thread(target=release, args=(i,)) for i in batch[1:]]
+            for t in threads:
+                t.start()
+            release(batch[0])
+            for t in threads:
+                t.join()
     finally:
         if data_ioctx is not ioctx:
             data_ioctx.close()
