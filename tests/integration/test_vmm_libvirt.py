@@ -456,6 +456,96 @@ def test_live_migration_between_two_hosts(vm, two_hosts, lab_env, tmp_path):
         dst.close()
 
 
+def test_live_migration_keeps_the_vms_network(vm, two_hosts, lab_env):
+    """oned's order for a VM with NICs: VNM pre on the destination, migrate, VNM post there, VNM
+    clean on the source. The destination is the second lab host with an Open vSwitch of its own
+    in its own network namespace: the guest answers there on its VLAN, anti-spoofing holds
+    there, and nothing of the VM is left on the source's switch."""
+    import base64
+
+    import libvirt
+
+    from one_drivers.lab import netns
+
+    remotes, made = two_hosts
+    h2 = lab_env["ONE_LAB_HOST_NETNS"]
+    on_host2 = {**os.environ, "ONE_DRIVERS_OVSDB": lab_env["ONE_LAB_HOST_OVSDB"],
+                "ONE_DRIVERS_VNM_STATE_DIR": lab_env["ONE_LAB_HOST_VNM_STATE_DIR"]}
+    bridge = f"mg{uuid.uuid4().hex[:6]}"
+
+    def nic(vm_id: int, last: int) -> dict[str, object]:
+        return {"NIC_ID": 0, "NETWORK_ID": 1, "VN_MAD": "ovsdb", "BRIDGE": bridge,
+                "MAC": f"02:00:0a:4d:00:{last:02x}", "IP": f"10.77.0.{last}",
+                "TARGET": f"one-{vm_id}-0", "VLAN_ID": 77, "FILTER_IP_SPOOFING": "YES",
+                "FILTER_MAC_SPOOFING": "YES"}
+
+    guest, peer1, peer2 = nic(vm.id, 10), nic(vm.id + 5000, 20), nic(vm.id + 6000, 30)
+    docs = {id(n): vm_doc(int(str(n["TARGET"]).split("-")[1]), [], nics=[n])
+            for n in (guest, peer1, peer2)}
+
+    def vnm(action: str, n: dict[str, object], *argv: str, host2: bool = False) -> None:
+        proc = subprocess.run([*(["ip", "netns", "exec", h2] if host2 else []),
+                               str(remotes / "vnm" / "ovsdb" / action), *argv],
+                              input=base64.b64encode(docs[id(n)].encode()), capture_output=True,
+                              timeout=120, check=False, env=on_host2 if host2 else None)
+        assert proc.returncode == 0, (action, proc.stderr.decode())
+
+    def vsctl(*args: str, host2: bool = False) -> str:
+        db = [f"--db={lab_env['ONE_LAB_HOST_OVSDB']}"] if host2 else []
+        return subprocess.run(["ovs-vsctl", *db, "--timeout=10", *args], capture_output=True,
+                              text=True, check=True, timeout=20).stdout.strip()
+
+    ds_dir = f"/var/lib/one/datastores/199/{vm.id}"
+    here, there = Path(ds_dir), Path(lab_env["ONE_LAB_HOST_DATASTORES"]) / "199" / str(vm.id)
+    for d in (here, there):  # what TM premigrate does: the VM directory on both hosts
+        d.mkdir(parents=True, exist_ok=True)
+        made.append(d)
+    vm.dir, vm.console, vm.remotes = here, GuestConsole(here / "console"), remotes
+    fakes: list[netns.FakeNic] = []
+    dst = libvirt.open(lab_env["ONE_LAB_HOST_LIBVIRT_URI"])
+    try:
+        vnm("pre", peer1)  # a peer VM on the source host
+        fakes.append(netns.plug(str(peer1["TARGET"]), str(peer1["MAC"]), ["10.77.0.20/24"]))
+        vnm("post", peer1, "peer1", HOST)
+        vnm("pre", guest)
+        vm.deploy(nics=[(bridge, str(guest["MAC"]), str(guest["TARGET"]))])
+        vnm("post", guest, vm.deploy_id, HOST)
+        vm.console.wait_for(READY)
+        vm.console.run("ip addr add 10.77.0.10/24 dev eth0; ip link set eth0 up")
+        assert fakes[0].ping("10.77.0.10", count=5), "the guest answers on the source"
+
+        vnm("pre", peer2, host2=True)  # a peer VM on the destination host
+        fakes.append(netns.plug(str(peer2["TARGET"]), str(peer2["MAC"]), ["10.77.0.30/24"],
+                                host_netns=h2))
+        vnm("post", peer2, "peer2", "one-lab-host", host2=True)
+        vnm("pre", guest, host2=True)
+        res = vm.run("migrate", vm.deploy_id, "one-lab-host", HOST)
+        assert res.returncode == 0, res.stderr
+        vnm("post", guest, vm.deploy_id, "one-lab-host", host2=True)
+        vnm("clean", guest, HOST)
+
+        assert dst.lookupByUUIDString(vm.deploy_id).state()[0] == 1
+        assert vsctl("get", "Port", str(guest["TARGET"]), "tag", host2=True) == "77"
+        assert fakes[1].ping("10.77.0.10", count=5), "the guest answers on the destination"
+        on_dst = GuestConsole(there / "console")
+        on_dst.run("ip addr add 10.77.0.99/24 dev eth0")  # an address it was not given
+        assert not fakes[1].ping("10.77.0.99", count=3), "spoofing is dropped there too"
+        assert fakes[1].ping("10.77.0.10", count=3)
+        assert str(guest["TARGET"]) not in vsctl("list-ports", bridge).split()
+        cookie = f"cookie=0x{(0x0ED0 << 48) | (vm.id << 16):x}/0xffffffffffff0000"
+        left = subprocess.run(["ovs-ofctl", "dump-flows", "--no-stats", bridge, cookie],
+                              capture_output=True, text=True, check=True, timeout=20).stdout
+        assert "cookie=" not in left, "the source keeps no flow of the VM"
+    finally:
+        with contextlib.suppress(libvirt.libvirtError):
+            dst.lookupByUUIDString(vm.deploy_id).destroy()
+        dst.close()
+        for fake in fakes:
+            netns.unplug(fake.target, fake.netns, fake.host_netns)
+        vsctl("--if-exists", "del-br", bridge)
+        vsctl("--if-exists", "del-br", bridge, host2=True)
+
+
 def test_a_guest_that_does_not_release_a_nic_gets_a_clear_error(vm):
     """A guest whose hot-plug driver is off never acknowledges the unplug (OpenNebula/one#8021):
     the action says so after DETACH_TIMEOUT instead of reporting success or hanging."""

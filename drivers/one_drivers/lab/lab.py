@@ -46,8 +46,10 @@ class Lab:
         self.host2_net = HostNetns(self.root, port_offset, [
             str(self.ceph.mon_v1), str(self.ceph.mon_v2),
             f"{self.ceph.osd_ports[0]}-{self.ceph.osd_ports[1]}"])
+        self.ovs2 = OvsLab(self.root, name="ovs2", prefix=self.host2_net.exec_prefix(),
+                           env_key="HOST")  # the second host's own switch, in its namespace
         self.libvirt2 = LibvirtLab(
-            self.root, self.ovs.run_dir, name="libvirt2", host_uuid=HOST2_UUID,
+            self.root, self.ovs2.run_dir, name="libvirt2", host_uuid=HOST2_UUID,
             extra_binds={str(self.ssh.host_datastores): DATASTORES},
             env_key="ONE_LAB_HOST_LIBVIRT_URI", prefix=self.host2_net.exec_prefix())
         self.guest = Guest(self.root)
@@ -63,8 +65,8 @@ class Lab:
 
     def env(self) -> dict[str, str]:
         env = {"ONE_DRIVERS_LAB_DIR": str(self.root)}
-        for part in (self.ceph, self.ovs, self.host2_net, self.libvirt2, self.libvirt, self.ssh,
-                     self.guest, self.oned):
+        for part in (self.ceph, self.ovs, self.host2_net, self.ovs2, self.libvirt2, self.libvirt,
+                     self.ssh, self.guest, self.oned):
             env.update(part.env())
         return env
 
@@ -75,6 +77,7 @@ class Lab:
             "libvirt": self.libvirt.healthy() if self.libvirt.running() else False,
             "libvirt2": self.libvirt2.healthy() if self.libvirt2.running() else False,
             "host2_net": self.host2_net.healthy(),
+            "ovs2": self.ovs2.healthy(),
             "ssh": self.ssh.healthy(),
             "oned": self.oned.healthy(),
             "guest_image": self.guest.built(),
@@ -107,7 +110,9 @@ class Lab:
             step("ssh", self.ssh.healthy(), lambda: self.ssh.up(created))
             net_ok = self.host2_net.healthy()
             step("host2_net", net_ok, self.host2_net.up)
-            step("libvirt2", net_ok and self.libvirt2.running() and self.libvirt2.healthy(),
+            ovs2_ok = net_ok and self.ovs2.healthy()  # a new namespace needs a new switch
+            step("ovs2", ovs2_ok, self.ovs2.up)
+            step("libvirt2", ovs2_ok and self.libvirt2.running() and self.libvirt2.healthy(),
                  lambda: self.libvirt2.up(created))
             self.libvirt2.define_ceph_secret(RBD_USER, self.ceph.user_keyring)
             step("oned", self.oned.healthy(), self.oned.up)
@@ -128,7 +133,7 @@ class Lab:
     def down(self) -> list[str]:
         with self._locked():
             stopped = [*self.oned.down(), *self.ssh.down(), *self.libvirt2.down(),
-                       *self.host2_net.down(), *self.libvirt.down(),
+                       *self.ovs2.down(), *self.host2_net.down(), *self.libvirt.down(),
                        *self.ovs.down(), *self.ceph.down()]
             for path in reversed(self._created()):
                 with contextlib.suppress(OSError):  # not empty: someone else uses it now

@@ -17,6 +17,7 @@ class FakeNic(NamedTuple):
     netns: str
     target: str
     mac: str
+    host_netns: str | None = None  # where the host end lives: the second lab host's namespace
 
     def exec(self, *argv: str, timeout: float = 30, check: bool = False
              ) -> subprocess.CompletedProcess[str]:
@@ -34,28 +35,32 @@ class FakeNic(NamedTuple):
 
 
 def plug(target: str, mac: str, addresses: list[str], *, mtu: int | None = None,
-         netns: str | None = None) -> FakeNic:
+         netns: str | None = None, host_netns: str | None = None) -> FakeNic:
     """A namespace ``netns`` (default: the target's name) with ``eth0`` = ``mac``/``addresses``,
-    and the host end ``target`` up. Replaces a leftover of the same name."""
+    and the host end ``target`` up, in ``host_netns`` when the NIC is on the second lab host.
+    Replaces a leftover of the same name."""
     ns = netns or f"ns-{target}"
-    unplug(target, ns)
+    unplug(target, ns, host_netns)
+    host = ["-n", host_netns] if host_netns else []
     _ip("netns", "add", ns)
     _ip("link", "add", target, "type", "veth", "peer", "name", "eth0", "netns", ns)
+    if host_netns:
+        _ip("link", "set", target, "netns", host_netns)
     _ip("-n", ns, "link", "set", "eth0", "address", mac)
     for address in addresses:
         _ip("-n", ns, "addr", "add", address, "dev", "eth0", "nodad")
     if mtu:
-        _ip("link", "set", target, "mtu", str(mtu))
+        _ip(*host, "link", "set", target, "mtu", str(mtu))
         _ip("-n", ns, "link", "set", "eth0", "mtu", str(mtu))
     _ip("-n", ns, "link", "set", "lo", "up")
     _ip("-n", ns, "link", "set", "eth0", "up")
-    _ip("link", "set", target, "up")
-    return FakeNic(ns, target, mac)
+    _ip(*host, "link", "set", target, "up")
+    return FakeNic(ns, target, mac, host_netns)
 
 
-def unplug(target: str, netns: str | None = None) -> None:
+def unplug(target: str, netns: str | None = None, host_netns: str | None = None) -> None:
     """The VM is gone: its tap disappears (and its namespace with it)."""
-    _ip("link", "del", target, check=False)
+    _ip(*(["-n", host_netns] if host_netns else []), "link", "del", target, check=False)
     _ip("netns", "del", netns or f"ns-{target}", check=False)
 
 

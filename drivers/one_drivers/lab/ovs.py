@@ -1,4 +1,5 @@
-"""ovsdb-server + ovs-vswitchd (userspace datapath) with a private run directory."""
+"""ovsdb-server + ovs-vswitchd (userspace datapath) with a private run directory: one for this
+machine, and one inside the second host's network namespace (its taps live there)."""
 
 from __future__ import annotations
 
@@ -12,8 +13,13 @@ SCHEMA = Path("/usr/share/openvswitch/vswitch.ovsschema")
 
 
 class OvsLab:
-    def __init__(self, root: Path) -> None:
-        self.dir = root / "ovs"
+    def __init__(self, root: Path, name: str = "ovs", prefix: list[str] | None = None,
+                 env_key: str = "") -> None:
+        """``prefix`` runs the daemons elsewhere (``ip netns exec <ns>``); ``env_key`` names a
+        second host's switch in the lab's env (``ONE_LAB_<KEY>_OVSDB`` ...) instead of making
+        it the default one of the drivers."""
+        self.prefix, self.env_key = prefix or [], env_key
+        self.dir = root / name
         self.run_dir = self.dir / "run"
         self.db = self.dir / "conf.db"
         self.sock = self.run_dir / "db.sock"
@@ -21,6 +27,9 @@ class OvsLab:
                      for name in ("ovs-vswitchd", "ovsdb-server")}
 
     def env(self) -> dict[str, str]:
+        if self.env_key:
+            return {f"ONE_LAB_{self.env_key}_OVSDB": f"unix:{self.sock}",
+                    f"ONE_LAB_{self.env_key}_VNM_STATE_DIR": str(self.dir / "vnm-state")}
         return {"OVS_RUNDIR": str(self.run_dir), "OVS_DBDIR": str(self.dir),
                 "OVS_LOGDIR": str(self.dir / "log"), "ONE_DRIVERS_OVSDB": f"unix:{self.sock}",
                 # no kernel datapath here; the VNM driver's per-VM state for reconcile
@@ -28,7 +37,8 @@ class OvsLab:
                 "ONE_DRIVERS_VNM_STATE_DIR": str(self.dir / "vnm-state")}
 
     def _env(self) -> dict[str, str]:
-        return {**os.environ, **self.env()}
+        return {**os.environ, "OVS_RUNDIR": str(self.run_dir), "OVS_DBDIR": str(self.dir),
+                "OVS_LOGDIR": str(self.dir / "log")}
 
     def running(self) -> bool:
         return all(alive(read_pid(p)) for p in self.pids.values())
@@ -66,17 +76,19 @@ class OvsLab:
         self.vsctl("set", "Open_vSwitch", ".", "external_ids:one-drivers-lab=up")
 
     def _start_db(self, env: dict[str, str]) -> None:
-        run(["ovsdb-server", str(self.db), f"--remote=punix:{self.sock}",
+        run([*self.prefix, "ovsdb-server", str(self.db), f"--remote=punix:{self.sock}",
              "--remote=db:Open_vSwitch,Open_vSwitch,manager_options",
              f"--pidfile={self.pids['ovsdb-server']}", "--detach", "--no-chdir",
              f"--log-file={self.dir}/log/ovsdb-server.log"], env=env)
 
     def _start_switch(self, env: dict[str, str]) -> None:
-        run(["ovs-vswitchd", f"unix:{self.sock}", f"--pidfile={self.pids['ovs-vswitchd']}",
-             "--detach", "--no-chdir", f"--log-file={self.dir}/log/ovs-vswitchd.log"], env=env)
+        run([*self.prefix, "ovs-vswitchd", f"unix:{self.sock}",
+             f"--pidfile={self.pids['ovs-vswitchd']}", "--detach", "--no-chdir",
+             f"--log-file={self.dir}/log/ovs-vswitchd.log"], env=env)
 
     def down(self) -> list[str]:
-        return [name for name, pidfile in self.pids.items() if stop(pidfile)]
+        where = f" ({self.dir.name})" if self.env_key else ""
+        return [name + where for name, pidfile in self.pids.items() if stop(pidfile)]
 
     def healthy(self) -> bool:
         if not self.running():
