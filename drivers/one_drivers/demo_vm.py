@@ -1,13 +1,16 @@
 """The VM part of ``one-drivers demo``: a real guest on the lab's libvirt, booted from a clone of
-the demo image, with an OVS NIC; saved to RBD and restored, snapshotted and reverted, shut down.
-Every step is a shim run as OpenNebula runs it (VNM, VMM and TM drivers together)."""
+the demo image, with an OVS NIC; saved to RBD and restored, snapshotted and reverted, live-migrated
+to the lab's second host (its own libvirtd and Open vSwitch in its own network namespace), shut
+down there. Every step is a shim run as OpenNebula runs it (VNM, VMM and TM drivers together)."""
 
 from __future__ import annotations
 
 import base64
+import os
 import subprocess
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 from one_drivers.lab.console import GuestConsole
 from one_drivers.lab.documents import disk_attrs, domain_xml, elements, lab_ds_template, vm_doc
@@ -17,12 +20,15 @@ VM_ID = 4246
 HOST = "node1"
 
 
-def _run(remotes: Path, path: str, argv: list[str], stdin: bytes, title: str) -> str:
+def _run(remotes: Path, path: str, argv: list[str], stdin: bytes, title: str, *,
+         on: str = "", prefix: tuple[str, ...] = (), env: dict[str, str] | None = None) -> str:
+    """A shim as oned runs it; ``on`` names the host when it is not the first one."""
     t = time.monotonic()
-    proc = subprocess.run([str(remotes / path), *argv], input=stdin, capture_output=True,
-                          timeout=600, check=False)
+    proc = subprocess.run([*prefix, str(remotes / path), *argv], input=stdin, capture_output=True,
+                          timeout=600, check=False, env={**os.environ, **(env or {})})
     out = proc.stdout.decode().strip()
-    print(f"\n$ {path} {' '.join(argv)}   # {title}   (exit {proc.returncode}, "
+    where = f"[{on}] " if on else ""
+    print(f"\n{where}$ {path} {' '.join(argv)}   # {title}   (exit {proc.returncode}, "
           f"{(time.monotonic() - t) * 1000:.0f} ms){'  -> ' + out if out else ''}")
     for line in proc.stderr.decode().strip().splitlines()[-3:]:
         print(f"  {line}")
@@ -35,9 +41,10 @@ def vm_on_libvirt(lab: Lab, remotes: Path, env: dict[str, str], image: str, sys_
     from one_drivers.tm.transfer import run_transfer
 
     work = lab.root / "demo"
+    work.mkdir(parents=True, exist_ok=True)
     print(f"\n== VM {VM_ID} for real: its disk a clone of {image}, an OVS NIC on VLAN 42, "
           "the lab's libvirt (QEMU TCG)")
-    vm_dir = work / f"vm-{VM_ID}"
+    vm_dir = Path(f"/var/lib/one/datastores/{sys_ds}/{VM_ID}")  # each lab host has its own
     vm_dir.mkdir(parents=True, exist_ok=True)
     disk = f"{image}-{VM_ID}-0"
     transfer = work / "transfer.vm"
@@ -78,9 +85,53 @@ def vm_on_libvirt(lab: Lab, remotes: Path, env: dict[str, str], image: str, sys_
     _run(remotes, "vmm/libvirt/snapshot_revert", [deploy_id, "snap-0", *tail], data, "")
     print("  after the revert the guest says:", console.run("cat /tmp/mark"))
     _run(remotes, "vmm/libvirt/snapshot_delete", [deploy_id, "snap-0", *tail], data, "")
-    _run(remotes, "vmm/libvirt/shutdown", [deploy_id, HOST, *tail], data, "ACPI")
-    _run(remotes, "vnm/ovsdb/clean", [HOST], vnm, "")
-    transfer.write_text(f"DELETE rbd {HOST}:{vm_dir}/disk.0 {VM_ID} 100\n")
-    print(f"\n$ one-drivers tm run-transfer   # DELETE rbd ...disk.0 {VM_ID} 100")
+    console.run("echo travelling > /tmp/mark")
+    there = _migrate(lab, remotes, env, vm, vm_dir, sys_ds, deploy_id, data)
+    print("  the guest, now on the second host, says:",
+          GuestConsole(there / "console").run("cat /tmp/mark"))
+    host2 = _host2(lab, env)
+    _run(remotes, "vmm/libvirt/shutdown", [deploy_id, host2.name, str(VM_ID), host2.name],
+         data, "ACPI", on=host2.name, env={"LIBVIRT_DEFAULT_URI": env["ONE_LAB_HOST_LIBVIRT_URI"]})
+    _run(remotes, "vnm/ovsdb/clean", [host2.name], vnm, "", on=host2.name, prefix=host2.prefix,
+         env=host2.env)
+    transfer.write_text(f"DELETE rbd {host2.name}:{vm_dir}/disk.0 {VM_ID} 100\n"
+                        f"DELETE rbd {host2.name}:{vm_dir} {VM_ID} {sys_ds}\n")
+    print(f"\n$ one-drivers tm run-transfer   # DELETE the disk, then the VM directory on "
+          f"{host2.name} (epilog)")
     if run_transfer(transfer, remotes) != 0:
         raise SystemExit("demo step failed")
+
+
+class _Host2(NamedTuple):
+    name: str
+    prefix: tuple[str, ...]  # VNM actions run in its network namespace, on its switch
+    env: dict[str, str]
+
+
+def _host2(lab: Lab, env: dict[str, str]) -> _Host2:
+    return _Host2(env["ONE_LAB_SSH_HOST"], tuple(lab.host2_net.exec_prefix()),
+                  {"ONE_DRIVERS_OVSDB": env["ONE_LAB_HOST_OVSDB"],
+                   "ONE_DRIVERS_VNM_STATE_DIR": env["ONE_LAB_HOST_VNM_STATE_DIR"]})
+
+
+def _migrate(lab: Lab, remotes: Path, env: dict[str, str], vm: str, vm_dir: Path, sys_ds: int,
+             deploy_id: str, data: bytes) -> Path:
+    """A live migration in oned's order; returns the VM directory as the second host sees it."""
+    host2 = _host2(lab, env)
+    print(f"\n== live migration to {host2.name}: its own libvirtd, Open vSwitch and network "
+          "namespace; the RBD disk is shared, the memory crosses a veth link")
+    conf = remotes / "etc" / "vmm" / "libvirt" / "libvirt.conf"
+    conf.write_text(conf.read_text() + f"\nLIBVIRT_REMOTE_URI={env['ONE_LAB_HOST_LIBVIRT_URI']}"
+                    f"\nMIGRATE_URI={env['ONE_LAB_HOST_MIGRATE_URI']}\n")
+    b64 = base64.b64encode(vm.encode())
+    moves = ["localhost", host2.name, str(vm_dir), str(VM_ID), str(sys_ds)]
+    _run(remotes, "tm/rbd/premigrate", moves, b64, "the VM directory reaches the destination")
+    _run(remotes, "vnm/ovsdb/pre", [], b64, "the port there, before the guest arrives",
+         on=host2.name, prefix=host2.prefix, env=host2.env)
+    _run(remotes, "vmm/libvirt/migrate", [deploy_id, host2.name, HOST, str(VM_ID), HOST], data,
+         "live, through libvirt's API")
+    _run(remotes, "vnm/ovsdb/post", [deploy_id, host2.name], b64, "", on=host2.name,
+         prefix=host2.prefix, env=host2.env)
+    _run(remotes, "tm/rbd/postmigrate", moves, b64, "the source's copy goes")
+    _run(remotes, "vnm/ovsdb/clean", [HOST], b64, "the source's port and flows go")
+    return Path(env["ONE_LAB_HOST_DATASTORES"]) / str(sys_ds) / str(VM_ID)
