@@ -63,12 +63,15 @@ class SshLab:
             "PermitRootLogin prohibit-password\nPasswordAuthentication no\n"
             "KbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\nPrintMotd no\n"
             "MaxStartups 100:30:200\nMaxSessions 100\n"
+            "LogLevel VERBOSE\n"  # logs every session, shared connection or not
         )
         self.config.write_text(
             f"Host {HOST_ALIAS}\n  HostName 127.0.0.1\n  Port {self.port}\n  User root\n"
             f"  IdentityFile {self.key}\n  IdentitiesOnly yes\n"
             f"  UserKnownHostsFile {self.dir}/known_hosts\n  StrictHostKeyChecking yes\n"
             "  BatchMode yes\n  LogLevel ERROR\n"
+            # as OpenNebula's default front-end ssh config: one connection, many sessions
+            f"  ControlMaster auto\n  ControlPath {self.dir}/c-%p\n  ControlPersist yes\n"
         )
         sshd = shutil.which("sshd") or "/usr/sbin/sshd"
         self.host_datastores.mkdir(parents=True, exist_ok=True)
@@ -99,4 +102,7 @@ class SshLab:
         return proc.returncode == 0
 
     def down(self) -> list[str]:
+        if self.config.exists():  # the shared connection first: it would outlive sshd
+            run(["ssh", "-F", str(self.config), "-O", "exit", HOST_ALIAS], timeout=15,
+                check=False)
         return ["sshd"] if stop(self.pidfile) else []
