@@ -1,9 +1,12 @@
 """Front-end verify: DS cp, TM clone and TM delete through the installed remotes, against the
 ceph container's cluster as the restricted cephx user; the VM and datastore documents come from
-an oned stand-in (XML-RPC), as TM actions read them from oned. Exits non-zero with the reason."""
+an oned stand-in (XML-RPC), as TM actions read them from oned. The image datastore's attributes
+are the role's example template's, so the example is proven to work. Exits non-zero with the
+reason."""
 
 import base64
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -19,6 +22,12 @@ ENV = {"CEPH_CONF": "/etc/ceph/ceph.conf", "ONE_LAB_CEPH_POOL": "one",
        "ONE_LAB_CEPH_KEYRING": "/etc/ceph/ceph.client.libvirt.keyring",
        "ONE_LAB_CEPH_MON": MON}
 IMAGE, VM, SYS_DS = 7001, 71, 0
+EXAMPLES = Path("/var/lib/one/one-drivers-examples")
+
+
+def template(path: Path) -> dict:
+    """The single-valued attributes of an OpenNebula template file."""
+    return dict(re.findall(r'^([A-Z_]+)\s*=\s*"([^"]*)"\s*$', path.read_text(), re.M))
 
 
 def check(ok: bool, what: str) -> None:
@@ -48,10 +57,16 @@ def images() -> set:
         cluster.shutdown()
 
 
+EXAMPLE_DS = template(EXAMPLES / "ceph-image-datastore.tmpl")
+check((EXAMPLE_DS.get("DS_MAD"), EXAMPLE_DS.get("TM_MAD")) == ("rbd", "rbd"),
+      f"the example image datastore selects the rbd drivers: {EXAMPLE_DS}")
+check(template(EXAMPLES / "ovsdb-vnet.tmpl").get("VN_MAD") == "ovsdb",
+      "the example virtual network selects the ovsdb driver")
+
 with tempfile.TemporaryDirectory() as tmp:
     src = Path(tmp) / "disk.raw"
     src.write_bytes(os.urandom(1 << 20) + bytes(3 << 20))
-    doc = ds_doc(ENV, IMAGE, image={"PATH": str(src)}, ds={"SAFE_DIRS": tmp})
+    doc = ds_doc(ENV, IMAGE, image={"PATH": str(src)}, ds={"SAFE_DIRS": tmp, **EXAMPLE_DS})
     source = run("datastore/rbd/cp", [str(IMAGE)], base64.b64encode(doc.encode()))
     check(source.split()[0] == f"one/one-{IMAGE}", source)
     oned = OnedStandin(Path(tmp) / "oned", port_offset=int(sys.argv[2]))
@@ -72,4 +87,5 @@ with tempfile.TemporaryDirectory() as tmp:
     run("datastore/rbd/rm", [str(IMAGE)], base64.b64encode(
         ds_doc(ENV, IMAGE, image={"SOURCE": f"one/one-{IMAGE}"}).encode()))
     check(f"one-{IMAGE}" not in images(), "the image is gone after DS rm")
-print("frontend: DS cp, TM clone, TM delete, DS rm through the installed remotes: ok")
+print("frontend: DS cp (the example datastore's attributes), TM clone, TM delete, DS rm "
+      "through the installed remotes: ok")
