@@ -178,11 +178,12 @@ def test_host_and_vm_state_reach_monitord(lab_env, remotes, guests, tmp_path):
     try:
         system = monitord.wait("SYSTEM_HOST", lambda t: "HYPERVISOR=kvm" in t)
         for key in ("TOTALCPU=", "TOTALMEMORY=", "CPUSPEED=", "KVM_MACHINES=", "KVM_CPU_MODELS=",
-                    "MEMORY_NODE=", "HOST_SHARE="):
+                    'MEMORY_NODE=[ NODE_ID="0", TOTAL=', 'CORE=[ NODE_ID="0", ID="0", CPUS='):
             assert key in system, key
         assert f'VM_NAME="wild-{base + 3}"' in system and 'ID="-1"' in system, "a wild VM"
         host = monitord.wait("MONITOR_HOST", lambda t: "USEDMEMORY=" in t)
         assert "FREECPU=" in host and "NETRX=" in host
+        assert 'MEMORY_NODE=[ NODE_ID="0", FREE=' in host, "NUMA usage"
         monitord.wait("BEACON_HOST", lambda t: t.startswith("TIMESTAMP="))
         vms = vm_entries(monitord.wait("MONITOR_VM", lambda t: a.UUIDString() in t))
         monitor = base64.b64decode(vms[a.UUIDString()].split('MONITOR="', 1)[1].split('"')[0])

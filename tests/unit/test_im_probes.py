@@ -59,3 +59,52 @@ def test_wire_round_trip_plain_and_encrypted():
     kind, result, host, ts, payload = line.split(" ")
     assert (kind, result, host, ts, unpack(payload)) == ("BEACON_HOST", "FAILURE", "3", "99",
                                                          "TIMESTAMP=1")
+
+
+TWO_SOCKETS = """<capabilities><host><topology><cells num='2'>
+<cell id='0'><memory unit='KiB'>1000</memory>
+ <pages unit='KiB' size='4'>250</pages><pages unit='KiB' size='2048'>8</pages>
+ <distances><sibling id='0' value='10'/><sibling id='1' value='21'/></distances>
+ <cpus num='4'><cpu id='0' socket_id='0' die_id='0' core_id='0' siblings='0,2'/>
+  <cpu id='2' socket_id='0' die_id='0' core_id='0' siblings='0,2'/>
+  <cpu id='1' socket_id='0' die_id='0' core_id='1' siblings='1,3'/>
+  <cpu id='3' socket_id='0' die_id='0' core_id='1' siblings='1,3'/></cpus></cell>
+<cell id='1'><memory unit='KiB'>2000</memory>
+ <pages unit='KiB' size='4'>500</pages><pages unit='KiB' size='2048'>0</pages>
+ <distances><sibling id='0' value='21'/><sibling id='1' value='10'/></distances>
+ <cpus num='2'><cpu id='4' socket_id='1' die_id='0' core_id='0' siblings='4'/>
+  <cpu id='5' socket_id='2' die_id='0' core_id='0' siblings='5'/></cpus></cell>
+</cells></topology></host></capabilities>"""
+
+
+def test_numa_topology_in_opennebulas_keys():
+    import xml.etree.ElementTree as ET
+
+    lines = probes.numa_topology(ET.fromstring(TWO_SOCKETS))
+    assert lines == [
+        'CORE=[ NODE_ID="0", ID="0", CPUS="0,2" ]', 'CORE=[ NODE_ID="0", ID="1", CPUS="1,3" ]',
+        'MEMORY_NODE=[ NODE_ID="0", TOTAL="1000", DISTANCE="0 1" ]',
+        'HUGEPAGE=[ NODE_ID="0", SIZE="2048", PAGES="8" ]',  # the base 4 KiB pages are not huge
+        # two sockets in one node share core_id 0: each core is named by its first CPU
+        'CORE=[ NODE_ID="1", ID="4", CPUS="4" ]', 'CORE=[ NODE_ID="1", ID="5", CPUS="5" ]',
+        'MEMORY_NODE=[ NODE_ID="1", TOTAL="2000", DISTANCE="1 0" ]',
+        'HUGEPAGE=[ NODE_ID="1", SIZE="2048", PAGES="0" ]',
+    ]
+
+
+def test_numa_usage_per_node():
+    import xml.etree.ElementTree as ET
+
+    class Node:  # the two node calls of a libvirt connection, with figures we choose
+        def getCellsFreeMemory(self, start: int, count: int) -> list[int]:
+            return [[400 * 1024, 1500 * 1024][start]]
+
+        def getFreePages(self, sizes: list[int], start: int, count: int) -> dict:
+            return {start: {size: 3 + start for size in sizes}}
+
+    assert probes.numa_usage(Node(), ET.fromstring(TWO_SOCKETS)) == [
+        'MEMORY_NODE=[ NODE_ID="0", FREE="400", USED="600" ]',
+        'HUGEPAGE=[ NODE_ID="0", SIZE="2048", FREE="3" ]',
+        'MEMORY_NODE=[ NODE_ID="1", FREE="1500", USED="500" ]',
+        'HUGEPAGE=[ NODE_ID="1", SIZE="2048", FREE="4" ]',
+    ]

@@ -137,20 +137,7 @@ def system_host(conn: Any, doms: list[Domain], pci_filter: str = "") -> str:
     lines.append(f'KVM_MACHINES="{" ".join(machines)}"')
     features = [f.get("name") or "" for f in caps.iterfind("host/cpu/feature")]
     lines.append(f'KVM_CPU_FEATURES="{",".join(features)}"')
-    for cell in caps.iterfind("host/topology/cells/cell"):
-        node = cell.get("id")
-        by_core: dict[str, list[str]] = {}
-        for cpu in cell.iterfind("cpus/cpu"):
-            by_core.setdefault(cpu.get("core_id") or cpu.get("id") or "0", []).append(
-                cpu.get("id") or "")
-        for core, ids in sorted(by_core.items()):
-            lines.append(f'HOST_SHARE=[ NUMA_NODE=[ NODE_ID="{node}", CORE="{core}", '
-                         f'CPUS="{",".join(ids)}" ] ]')
-        total = cell.findtext("memory") or "0"
-        lines.append(f'MEMORY_NODE=[ NODE_ID="{node}", TOTAL="{total}" ]')
-        for pages in cell.iterfind("pages"):
-            lines.append(f'HUGEPAGE=[ NODE_ID="{node}", SIZE="{pages.get("size")}", '
-                         f'PAGES="{pages.text or 0}" ]')
+    lines += numa_topology(caps)
     if pci_filter:
         lines += _pci(conn, pci_filter)
     for dom in doms:
@@ -187,6 +174,57 @@ def _pci(conn: Any, pci_filter: str) -> list[str]:
     return out
 
 
+def _base_page_kib() -> int:
+    return os.sysconf("SC_PAGE_SIZE") // 1024
+
+
+def numa_topology(caps: ET.Element) -> list[str]:
+    """SYSTEM_HOST's NUMA nodes as oned reads them: ``CORE`` (its CPUs: the hardware threads),
+    ``MEMORY_NODE`` (KiB, and the node ids nearest first), ``HUGEPAGE`` (not the base page)."""
+    lines = []
+    base = _base_page_kib()
+    for cell in caps.iterfind("host/topology/cells/cell"):
+        node = cell.get("id") or "0"
+        cores: dict[tuple[str, str, str], list[int]] = {}
+        for cpu in cell.iterfind("cpus/cpu"):
+            key = (cpu.get("socket_id") or "", cpu.get("die_id") or "",
+                   cpu.get("core_id") or cpu.get("id") or "")
+            cores.setdefault(key, []).append(int(cpu.get("id") or 0))
+        core_ids = [key[2] for key in cores]
+        unique = len(set(core_ids)) == len(core_ids)  # else (several sockets): first CPU's id
+        for key, cpus in sorted(cores.items(), key=lambda kv: min(kv[1])):
+            core = key[2] if unique else str(min(cpus))
+            lines.append(f'CORE=[ NODE_ID="{node}", ID="{core}", '
+                         f'CPUS="{",".join(map(str, sorted(cpus)))}" ]')
+        distances = sorted((int(s.get("value") or 0), int(s.get("id") or 0))
+                           for s in cell.iterfind("distances/sibling"))
+        nearest = " ".join(str(n) for _, n in distances) or node
+        lines.append(f'MEMORY_NODE=[ NODE_ID="{node}", TOTAL="{cell.findtext("memory") or 0}", '
+                     f'DISTANCE="{nearest}" ]')
+        for pages in cell.iterfind("pages"):
+            if int(pages.get("size") or 0) != base:
+                lines.append(f'HUGEPAGE=[ NODE_ID="{node}", SIZE="{pages.get("size")}", '
+                             f'PAGES="{pages.text or 0}" ]')
+    return lines
+
+
+def numa_usage(conn: Any, caps: ET.Element) -> list[str]:
+    """MONITOR_HOST's NUMA usage: free and used memory per node (KiB), free huge pages."""
+    lines = []
+    base = _base_page_kib()
+    for cell in caps.iterfind("host/topology/cells/cell"):
+        node = int(cell.get("id") or 0)
+        total = int(cell.findtext("memory") or 0)
+        free = conn.getCellsFreeMemory(node, 1)[0] // 1024
+        lines.append(f'MEMORY_NODE=[ NODE_ID="{node}", FREE="{free}", USED="{total - free}" ]')
+        sizes = [int(p.get("size") or 0) for p in cell.iterfind("pages")]
+        sizes = [size for size in sizes if size != base]
+        if sizes:
+            for size, count in sorted(conn.getFreePages(sizes, node, 1).get(node, {}).items()):
+                lines.append(f'HUGEPAGE=[ NODE_ID="{node}", SIZE="{size}", FREE="{count}" ]')
+    return lines
+
+
 def monitor_host(conn: Any, cpu_before: list[float] | None, now: float
                  ) -> tuple[str, list[float]]:
     """MONITOR_HOST: usage, with CPU from the node's counters since the last sample."""
@@ -212,6 +250,7 @@ def monitor_host(conn: Any, cpu_before: list[float] | None, now: float
     lines = ["HYPERVISOR=kvm", f"USEDMEMORY={total - free}", f"FREEMEMORY={free}",
              f"USEDCPU={used_cpu:.0f}", f"FREECPU={max(0.0, ncpu * 100 - used_cpu):.0f}",
              f"NETRX={rx}", f"NETTX={tx}"]
+    lines += numa_usage(conn, ET.fromstring(conn.getCapabilities()))  # noqa: S314 - libvirt's
     return "\n".join(lines), [busy, idle, now]
 
 
