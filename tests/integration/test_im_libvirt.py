@@ -105,9 +105,11 @@ class Monitord:
             self.messages.clear()
 
 
-def config(port: int, host_id: int, pubkey: str = "") -> str:
+def config(port: int, host_id: int, pubkey: str = "", ds_location: str = "") -> str:
     key = f"<PUBKEY>{pubkey}</PUBKEY>" if pubkey else ""
-    return (f"<MONITOR_CONFIGURATION><NETWORK><ADDRESS>0.0.0.0</ADDRESS><PORT>{port}</PORT>"
+    location = f"<DATASTORE_LOCATION>{ds_location}</DATASTORE_LOCATION>" if ds_location else ""
+    return (f"<MONITOR_CONFIGURATION>{location}<NETWORK><ADDRESS>0.0.0.0</ADDRESS>"
+            f"<PORT>{port}</PORT>"
             f"<MONITOR_ADDRESS>127.0.0.1</MONITOR_ADDRESS>{key}</NETWORK><PROBES_PERIOD>"
             "<BEACON_HOST>1</BEACON_HOST><SYSTEM_HOST>3</SYSTEM_HOST><MONITOR_HOST>2"
             "</MONITOR_HOST><STATE_VM>1</STATE_VM><MONITOR_VM>2</MONITOR_VM><SYNC_STATE_VM>4"
@@ -170,8 +172,13 @@ def test_host_and_vm_state_reach_monitord(lab_env, remotes, guests, tmp_path):
     monitord = Monitord()
     host_id = 40 + base % 50
     state_dir = tmp_path / "im"
-    res = run_client(remotes, "run_monitord_client", config(monitord.port, host_id), host_id,
-                     state_dir)
+    location = tmp_path / "datastores"  # a local system datastore (marked) and a shared one
+    for ds, tm_mad in (("0", "ssh"), ("101", "")):
+        (location / ds).mkdir(parents=True)
+        if tm_mad:
+            (location / ds / ".monitor").write_text(tm_mad)
+    res = run_client(remotes, "run_monitord_client",
+                     config(monitord.port, host_id, ds_location=str(location)), host_id, state_dir)
     assert res.returncode == 0, res.stderr
     first = res.stdout.strip()
     assert first.startswith("<MONITOR_MESSAGES>") and "<TIMESTAMP>" in first
@@ -181,6 +188,8 @@ def test_host_and_vm_state_reach_monitord(lab_env, remotes, guests, tmp_path):
                     'MEMORY_NODE=[ NODE_ID="0", TOTAL=', 'CORE=[ NODE_ID="0", ID="0", CPUS='):
             assert key in system, key
         assert f'VM_NAME="wild-{base + 3}"' in system and 'ID="-1"' in system, "a wild VM"
+        assert "DS_LOCATION_FREE_MB=" in system and "DS=[ ID=0, USED_MB=" in system
+        assert "ID=101" not in system, "a datastore no TM marked is not the host's to report"
         host = monitord.wait("MONITOR_HOST", lambda t: "USEDMEMORY=" in t)
         assert "FREECPU=" in host and "NETRX=" in host
         assert 'MEMORY_NODE=[ NODE_ID="0", FREE=' in host, "NUMA usage"

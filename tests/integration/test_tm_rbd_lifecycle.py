@@ -425,6 +425,8 @@ def test_ssh_system_datastore_disks_are_files_on_the_host(world, remotes, ceph_a
         disk0 = (on_host / "disk.0").read_bytes()
         assert len(disk0) == 16 * MIB and disk0[:8 * MIB] == world["data"]
         assert (on_host / "disk.0").stat().st_blocks * 512 < 8 * MIB  # holes stayed holes
+        # a local system datastore: marked for the host's monitoring, as the ssh TM does
+        assert (on_host.parent / ".monitor").read_text().strip() == "ssh"
         with open(on_host / "disk.3", "r+b") as fh:  # the guest writes its persistent disk
             fh.seek(MIB)
             fh.write(b"written by the guest")

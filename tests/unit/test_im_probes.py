@@ -108,3 +108,17 @@ def test_numa_usage_per_node():
         'MEMORY_NODE=[ NODE_ID="1", FREE="1500", USED="500" ]',
         'HUGEPAGE=[ NODE_ID="1", SIZE="2048", FREE="4" ]',
     ]
+
+
+def test_local_datastores_only_those_a_tm_marked(tmp_path):
+    for ds in ("0", "100", "not-a-ds"):
+        (tmp_path / ds).mkdir()
+    (tmp_path / "0" / ".monitor").write_text("ssh\n")
+    (tmp_path / "not-a-ds" / ".monitor").write_text("ssh\n")
+    lines = probes.local_datastores(str(tmp_path))
+    assert [line.split("=")[0] for line in lines[:3]] == [
+        "DS_LOCATION_USED_MB", "DS_LOCATION_TOTAL_MB", "DS_LOCATION_FREE_MB"]
+    assert len(lines) == 4 and lines[3].startswith("DS=[ ID=0, USED_MB=")
+    total = int(lines[1].split("=")[1])
+    assert total > 0 and f"TOTAL_MB={total}," in lines[3]
+    assert probes.local_datastores(str(tmp_path / "missing")) == []

@@ -38,3 +38,17 @@ def test_a_cut_stream_is_refused_and_leaves_nothing(tmp_path):
     assert not dst.exists() and not (tmp_path / "dst.one-drivers-tmp").exists()
     with pytest.raises(Truncated, match="not a one-drivers sparse stream"):
         read_stream(io.BytesIO(b"garbage-garbage"))
+
+
+def test_a_local_system_datastore_is_marked_for_monitoring(tmp_path):
+    from one_drivers.core.sparsefile import main, mark_for_monitoring
+
+    disk = tmp_path / "datastores" / "0" / "42" / "disk.0"
+    disk.parent.mkdir(parents=True)
+    mark_for_monitoring(str(disk), "ssh")
+    assert (tmp_path / "datastores" / "0" / ".monitor").read_text() == "ssh\n"
+    (tmp_path / "datastores" / "0" / ".monitor").write_text("qcow2\n")
+    mark_for_monitoring(str(disk), "ssh")  # a mark already there is the operator's: kept
+    assert (tmp_path / "datastores" / "0" / ".monitor").read_text() == "qcow2\n"
+    assert main(["receive", str(disk), "--monitor"]) == 2
+    assert main(["receive", str(disk), "--other", "ssh"]) == 2

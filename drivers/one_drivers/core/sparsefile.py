@@ -113,15 +113,29 @@ def receive_file(inp: IO[bytes], path: str) -> int:
     return size
 
 
+def mark_for_monitoring(path: str, tm_mad: str) -> None:
+    """``path`` is a VM disk in a local system datastore (``<location>/<ds>/<vm>/disk.N``): mark
+    the datastore's directory as the ssh TM does (``.monitor`` naming the TM), so the host's
+    monitoring reports its space (OpenNebula's monitor_ds probe reads only marked ones)."""
+    marker = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(path))), ".monitor")
+    if not os.path.exists(marker):
+        with open(marker, "w", encoding="utf-8") as fh:
+            fh.write(tm_mad + "\n")
+
+
 def main(argv: list[str]) -> int:
-    if len(argv) != 2 or argv[0] not in ("send", "receive"):
-        sys.stderr.write("usage: python -m one_drivers.core.sparsefile send|receive PATH\n")
+    mark = argv[3] if len(argv) == 4 and argv[2] == "--monitor" else None
+    if argv[:1] not in (["send"], ["receive"]) or len(argv) != (4 if mark else 2):
+        sys.stderr.write("usage: python -m one_drivers.core.sparsefile send PATH | "
+                         "receive PATH [--monitor TM_MAD]\n")
         return 2
     try:
         if argv[0] == "send":
             send_file(argv[1], sys.stdout.buffer)
         else:
             receive_file(sys.stdin.buffer, argv[1])
+            if mark:
+                mark_for_monitoring(argv[1], mark)
     except (OSError, Truncated) as exc:
         sys.stderr.write(f"{argv[1]}: {exc}\n")
         return 1

@@ -27,6 +27,7 @@ DEFAULT_PERIODS = {"BEACON_HOST": 30, "SYSTEM_HOST": 600, "MONITOR_HOST": 120, "
 
 
 PROBE_TIMEOUT = 30.0
+DEFAULT_DS_LOCATION = "/var/lib/one/datastores"
 
 
 class Options(NamedTuple):
@@ -38,6 +39,7 @@ class Options(NamedTuple):
     state_file: str
     libvirt_uri: str
     pci_filter: str
+    ds_location: str = DEFAULT_DS_LOCATION
 
 
 class Store:
@@ -83,7 +85,8 @@ class Client:
             out.append(Message("BEACON_HOST", True, hid, probes.beacon()))
         if "SYSTEM_HOST" in groups:
             out.append(Message("SYSTEM_HOST", True, hid,
-                               probes.system_host(self.conn, doms, self.opts.pci_filter)))
+                               probes.system_host(self.conn, doms, self.opts.pci_filter,
+                                                  self.opts.ds_location)))
         if "MONITOR_HOST" in groups:
             text, data["host_cpu"] = probes.monitor_host(self.conn, data.get("host_cpu"), now)
             out.append(Message("MONITOR_HOST", True, hid, text))

@@ -17,7 +17,13 @@ from one_drivers.core.contract import Call
 from one_drivers.core.documents import MonitorConfiguration
 from one_drivers.core.errors import ActionFailed, BadInput
 from one_drivers.core.xmlview import escape
-from one_drivers.im.libvirt.client import DEFAULT_PERIODS, GROUPS, Client, Options
+from one_drivers.im.libvirt.client import (
+    DEFAULT_DS_LOCATION,
+    DEFAULT_PERIODS,
+    GROUPS,
+    Client,
+    Options,
+)
 
 DEFAULT_STATE_DIR = "/var/tmp/one-drivers/im"
 
@@ -52,7 +58,8 @@ def options(call: Call) -> Options:
         or "qemu:///system"
     return Options(conf.host_id, address, int(port), pubkey, periods,
                    os.path.join(state_dir, f"host-{conf.host_id}.json"), uri,
-                   settings.get("PCI_FILTER") or "")
+                   settings.get("PCI_FILTER") or "",
+                   conf.opt("DATASTORE_LOCATION") or DEFAULT_DS_LOCATION)
 
 
 def _pidfile(opts: Options) -> str:

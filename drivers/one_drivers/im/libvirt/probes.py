@@ -118,7 +118,36 @@ def monitor_vm(doms: list[Domain], cpu_before: dict[str, list[float]], now: floa
     return "\n".join(lines), samples
 
 
-def system_host(conn: Any, doms: list[Domain], pci_filter: str = "") -> str:
+def _usage_mb(path: str) -> tuple[int, int, int]:
+    """Used, total and available MiB of the file system holding ``path`` (as df reports)."""
+    st = os.statvfs(path)
+    mib = 1024 * 1024
+    return ((st.f_blocks - st.f_bfree) * st.f_frsize // mib, st.f_blocks * st.f_frsize // mib,
+            st.f_bavail * st.f_frsize // mib)
+
+
+def local_datastores(location: str) -> list[str]:
+    """The space of the datastore location, and of each system datastore in it that a TM marked
+    for local monitoring (a ``.monitor`` file, as the ssh TM leaves): what oned uses to place VMs
+    on a host's local system datastore."""
+    try:
+        used, total, free = _usage_mb(location)
+        entries = sorted(os.scandir(location), key=lambda e: e.name)
+    except OSError:
+        return []
+    lines = [f"DS_LOCATION_USED_MB={used}", f"DS_LOCATION_TOTAL_MB={total}",
+             f"DS_LOCATION_FREE_MB={free}"]
+    for entry in entries:
+        if entry.name.isdigit() and entry.is_dir() and \
+                os.path.exists(os.path.join(entry.path, ".monitor")):
+            used, total, free = _usage_mb(entry.path)
+            lines.append(f"DS=[ ID={entry.name}, USED_MB={used}, TOTAL_MB={total}, "
+                         f"FREE_MB={free} ]")
+    return lines
+
+
+def system_host(conn: Any, doms: list[Domain], pci_filter: str = "",
+                ds_location: str = "") -> str:
     """SYSTEM_HOST: what the host is (changes rarely)."""
     _model, mem_kib, cpus, mhz, *_topology = conn.getInfo()
     caps = ET.fromstring(conn.getCapabilities())  # noqa: S314 - libvirt's own output
@@ -140,6 +169,8 @@ def system_host(conn: Any, doms: list[Domain], pci_filter: str = "") -> str:
     lines += numa_topology(caps)
     if pci_filter:
         lines += _pci(conn, pci_filter)
+    if ds_location:
+        lines += local_datastores(ds_location)
     for dom in doms:
         if dom.vm_id == -1:
             lines.append(f'VM=[ ID="-1", DEPLOY_ID="{dom.uuid}", VM_NAME="{dom.name}", '

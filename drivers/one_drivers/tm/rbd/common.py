@@ -31,15 +31,18 @@ class DiskContext(NamedTuple):
 
 
 def send_to_host(where: HostPath, python: str, write: Callable[[IO[bytes]], None],
-                 timeout: float) -> None:
+                 timeout: float, *, monitor: str = "") -> None:
     """Stream a file to ``host:path`` through the host's sparse receiver, in one ssh session
-    (it makes the directory, writes a temporary name, renames when complete)."""
+    (it makes the directory, writes a temporary name, renames when complete). ``monitor``: a
+    disk of a local system datastore, whose directory is marked for the host's monitoring."""
     import subprocess
 
     from one_drivers.core import remote
 
-    proc = remote.popen(where.host, [python, "-m", "one_drivers.core.sparsefile", "receive",
-                                     where.path], stdin=subprocess.PIPE, stderr=subprocess.PIPE)
+    argv = [python, "-m", "one_drivers.core.sparsefile", "receive", where.path]
+    if monitor:
+        argv += ["--monitor", monitor]
+    proc = remote.popen(where.host, argv, stdin=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         if proc.stdin is not None:
             write(proc.stdin)

@@ -37,7 +37,7 @@ def export_to_host(call: Call, ctx: DiskContext, pool: Pool, spec: ImageSpec,
         size = max(image.size(), grow_to)
         send_to_host(where, _python(ctx),
                      lambda out: write_stream(out, size, image_chunks(image, image.size())),
-                     timeout)
+                     timeout, monitor="ssh")
 
 
 def import_from_host(call: Call, ctx: DiskContext, where: HostPath, image: Any) -> int:
