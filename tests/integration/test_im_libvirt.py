@@ -185,6 +185,7 @@ def test_host_and_vm_state_reach_monitord(lab_env, remotes, guests, tmp_path):
     try:
         system = monitord.wait("SYSTEM_HOST", lambda t: "HYPERVISOR=kvm" in t)
         for key in ("TOTALCPU=", "TOTALMEMORY=", "CPUSPEED=", "KVM_MACHINES=", "KVM_CPU_MODELS=",
+                    "CGROUPS_VERSION=",
                     'MEMORY_NODE=[ NODE_ID="0", TOTAL=', 'CORE=[ NODE_ID="0", ID="0", CPUS='):
             assert key in system, key
         assert f'VM_NAME="wild-{base + 3}"' in system and 'ID="-1"' in system, "a wild VM"

@@ -122,3 +122,9 @@ def test_local_datastores_only_those_a_tm_marked(tmp_path):
     total = int(lines[1].split("=")[1])
     assert total > 0 and f"TOTAL_MB={total}," in lines[3]
     assert probes.local_datastores(str(tmp_path / "missing")) == []
+
+
+def test_cgroups_version_from_the_hierarchy(tmp_path):
+    assert probes.cgroups_version(str(tmp_path)) == 1
+    (tmp_path / "cgroup.controllers").write_text("cpu memory\n")
+    assert probes.cgroups_version(str(tmp_path)) == 2

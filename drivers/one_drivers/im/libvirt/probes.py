@@ -118,6 +118,11 @@ def monitor_vm(doms: list[Domain], cpu_before: dict[str, list[float]], now: floa
     return "\n".join(lines), samples
 
 
+def cgroups_version(root: str = "/sys/fs/cgroup") -> int:
+    """2 on the unified hierarchy (oned scales CPU shares by it), else 1."""
+    return 2 if os.path.exists(os.path.join(root, "cgroup.controllers")) else 1
+
+
 def _usage_mb(path: str) -> tuple[int, int, int]:
     """Used, total and available MiB of the file system holding ``path`` (as df reports)."""
     st = os.statvfs(path)
@@ -156,7 +161,8 @@ def system_host(conn: Any, doms: list[Domain], pci_filter: str = "",
              f"TOTALMEMORY={_meminfo().get('MemTotal', mem_kib * 1024 // 1024)}",
              f'ARCH="{arch}"', f'MODELNAME="{_cpu_model_name()}"',
              f'HOSTNAME="{socket.gethostname()}"', f'VERSION="one-drivers {__version__}"',
-             f'KVM_CPU_MODEL="{caps.findtext("host/cpu/model") or ""}"']
+             f'KVM_CPU_MODEL="{caps.findtext("host/cpu/model") or ""}"',
+             f"CGROUPS_VERSION={cgroups_version()}"]
     try:
         names = conn.getCPUModelNames(arch, 0) or []
     except Exception:  # not every arch has a model list
