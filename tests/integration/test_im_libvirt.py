@@ -177,6 +177,8 @@ def test_host_and_vm_state_reach_monitord(lab_env, remotes, guests, tmp_path):
         (location / ds).mkdir(parents=True)
         if tm_mad:
             (location / ds / ".monitor").write_text(tm_mad)
+    (location / "0" / str(base)).mkdir()  # guest a's disk as a file there, as the .ssh TM makes
+    (location / "0" / str(base) / "disk.2").write_bytes(os.urandom(3 << 20))
     res = run_client(remotes, "run_monitord_client",
                      config(monitord.port, host_id, ds_location=str(location)), host_id, state_dir)
     assert res.returncode == 0, res.stderr
@@ -197,7 +199,7 @@ def test_host_and_vm_state_reach_monitord(lab_env, remotes, guests, tmp_path):
         monitord.wait("BEACON_HOST", lambda t: t.startswith("TIMESTAMP="))
         vms = vm_entries(monitord.wait("MONITOR_VM", lambda t: a.UUIDString() in t))
         monitor = base64.b64decode(vms[a.UUIDString()].split('MONITOR="', 1)[1].split('"')[0])
-        for key in (b"CPU=", b"MEMORY=", b"NETRX=", b"DISKRDBYTES="):
+        for key in (b"CPU=", b"MEMORY=", b"NETRX=", b"DISKRDBYTES=", b"DISK_SIZE=[ID=2, SIZE=3]"):
             assert key in monitor
         assert f'ID="{base}"' in vms[a.UUIDString()]
         sync = monitord.wait("STATE_VM", lambda t: t.startswith("SYNC_STATE=yes"))

@@ -128,3 +128,23 @@ def test_cgroups_version_from_the_hierarchy(tmp_path):
     assert probes.cgroups_version(str(tmp_path)) == 1
     (tmp_path / "cgroup.controllers").write_text("cpu memory\n")
     assert probes.cgroups_version(str(tmp_path)) == 2
+
+
+def test_disk_sizes_of_vms_on_local_system_datastores(tmp_path):
+    vm_dir = tmp_path / "0" / "42"
+    vm_dir.mkdir(parents=True)
+    (tmp_path / "0" / ".monitor").write_text("ssh\n")
+    with open(vm_dir / "disk.0", "wb") as fh:  # 10 MiB apparent, 2 MiB allocated
+        fh.write(b"x" * (2 << 20))
+        fh.truncate(10 << 20)
+    (vm_dir / "disk.1.snap").mkdir()  # not a disk file
+    (vm_dir / "deployment.0").write_text("<domain/>")
+    (tmp_path / "101" / "43").mkdir(parents=True)  # not marked: not ours to measure
+    (tmp_path / "101" / "43" / "disk.0").write_bytes(b"y" * (1 << 20))
+    sizes = probes.local_disk_sizes(str(tmp_path))
+    assert sizes == {42: {0: 2}}
+    text, _ = probes.monitor_vm([dom(42, "u42"), dom(44, "u44")], {}, 1.0, sizes)
+    monitors = [base64.b64decode(line.split('MONITOR="')[1].split('"')[0]).decode()
+                for line in text.splitlines()]
+    assert "DISK_SIZE=[ID=0, SIZE=2]" in monitors[0] and "DISK_SIZE" not in monitors[1]
+    assert probes.local_disk_sizes(str(tmp_path / "missing")) == {}

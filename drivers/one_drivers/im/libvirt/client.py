@@ -100,7 +100,8 @@ class Client:
                 data["pending"] = {**data["pending"], "text": "\n".join(
                     filter(None, [data["pending"].get("text", ""), text]))}
         if "MONITOR_VM" in groups:
-            text, data["cpu"] = probes.monitor_vm(doms, data["cpu"], now)
+            text, data["cpu"] = probes.monitor_vm(doms, data["cpu"], now,
+                                                  probes.local_disk_sizes(self.opts.ds_location))
             out.append(Message("MONITOR_VM", True, hid, text))
         self.store.save()
         return out

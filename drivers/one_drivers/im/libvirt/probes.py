@@ -88,9 +88,11 @@ def state_vm(doms: list[Domain], known: dict[str, dict[str, Any]], *, sync: bool
     return "\n".join(lines), now
 
 
-def monitor_vm(doms: list[Domain], cpu_before: dict[str, list[float]], now: float
+def monitor_vm(doms: list[Domain], cpu_before: dict[str, list[float]], now: float,
+               disk_sizes: dict[int, dict[int, int]] | None = None
                ) -> tuple[str, dict[str, list[float]]]:
-    """MONITOR_VM text and the CPU samples to diff against next time."""
+    """MONITOR_VM text and the CPU samples to diff against next time; ``disk_sizes``: MB used
+    by the disk files of VMs on local system datastores (:func:`local_disk_sizes`)."""
     lines = []
     samples: dict[str, list[float]] = {}
     for dom in doms:
@@ -114,6 +116,8 @@ def monitor_vm(doms: list[Domain], cpu_before: dict[str, list[float]], now: floa
                              f'NETRX="{net["rx.bytes"]}"', f'NETTX="{net["tx.bytes"]}"',
                              f'DISKRDBYTES="{blk["rd.bytes"]}"', f'DISKWRBYTES="{blk["wr.bytes"]}"',
                              f'DISKRDIOPS="{blk["rd.reqs"]}"', f'DISKWRIOPS="{blk["wr.reqs"]}"'])
+        for disk, size in sorted((disk_sizes or {}).get(dom.vm_id, {}).items()):
+            monitor += f"\nDISK_SIZE=[ID={disk}, SIZE={size}]"
         lines.append(_vm_line(dom, MONITOR=base64.b64encode(monitor.encode()).decode()))
     return "\n".join(lines), samples
 
@@ -131,23 +135,48 @@ def _usage_mb(path: str) -> tuple[int, int, int]:
             st.f_bavail * st.f_frsize // mib)
 
 
+DISK_FILE = re.compile(r"^disk\.(\d+)$")
+
+
+def _marked(location: str) -> list[os.DirEntry[str]]:
+    """The system datastores in ``location`` a TM marked for local monitoring (``.monitor``)."""
+    return sorted((e for e in os.scandir(location) if e.name.isdigit() and e.is_dir()
+                   and os.path.exists(os.path.join(e.path, ".monitor"))), key=lambda e: e.name)
+
+
+def local_disk_sizes(location: str) -> dict[int, dict[int, int]]:
+    """MB allocated to each VM's disk files in the marked local system datastores, as
+    ``{vm: {disk: MB}}`` (the ``.ssh`` TM variants keep disks there as sparse files)."""
+    sizes: dict[int, dict[int, int]] = {}
+    try:
+        for ds in _marked(location):
+            for vm in os.scandir(ds.path):
+                if not (vm.name.isdigit() and vm.is_dir()):
+                    continue
+                for f in os.scandir(vm.path):
+                    match = DISK_FILE.match(f.name)
+                    if match and f.is_file(follow_symlinks=False):
+                        used = f.stat(follow_symlinks=False).st_blocks * 512 // (1024 * 1024)
+                        sizes.setdefault(int(vm.name), {})[int(match[1])] = used
+    except OSError:  # a VM directory that went meanwhile: the next period sees the rest
+        pass
+    return sizes
+
+
 def local_datastores(location: str) -> list[str]:
     """The space of the datastore location, and of each system datastore in it that a TM marked
     for local monitoring (a ``.monitor`` file, as the ssh TM leaves): what oned uses to place VMs
     on a host's local system datastore."""
     try:
         used, total, free = _usage_mb(location)
-        entries = sorted(os.scandir(location), key=lambda e: e.name)
+        marked = _marked(location)
     except OSError:
         return []
     lines = [f"DS_LOCATION_USED_MB={used}", f"DS_LOCATION_TOTAL_MB={total}",
              f"DS_LOCATION_FREE_MB={free}"]
-    for entry in entries:
-        if entry.name.isdigit() and entry.is_dir() and \
-                os.path.exists(os.path.join(entry.path, ".monitor")):
-            used, total, free = _usage_mb(entry.path)
-            lines.append(f"DS=[ ID={entry.name}, USED_MB={used}, TOTAL_MB={total}, "
-                         f"FREE_MB={free} ]")
+    for entry in marked:
+        used, total, free = _usage_mb(entry.path)
+        lines.append(f"DS=[ ID={entry.name}, USED_MB={used}, TOTAL_MB={total}, FREE_MB={free} ]")
     return lines
 
 
