@@ -191,6 +191,9 @@ def test_host_and_vm_state_reach_monitord(lab_env, remotes, guests, tmp_path):
                     'MEMORY_NODE=[ NODE_ID="0", TOTAL=', 'CORE=[ NODE_ID="0", ID="0", CPUS='):
             assert key in system, key
         assert f'VM_NAME="wild-{base + 3}"' in system and 'ID="-1"' in system, "a wild VM"
+        wild = next(ln for ln in system.splitlines() if f'VM_NAME="wild-{base + 3}"' in ln)
+        imported = base64.b64decode(wild.split('IMPORT_TEMPLATE="')[1].split('"')[0]).decode()
+        assert f'IMPORT_VM_ID="{_wild[0].UUIDString()}"' in imported and 'MEMORY="' in imported
         assert "DS_LOCATION_FREE_MB=" in system and "DS=[ ID=0, USED_MB=" in system
         assert "ID=101" not in system, "a datastore no TM marked is not the host's to report"
         host = monitord.wait("MONITOR_HOST", lambda t: "USEDMEMORY=" in t)

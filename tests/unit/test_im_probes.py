@@ -148,3 +148,12 @@ def test_disk_sizes_of_vms_on_local_system_datastores(tmp_path):
                 for line in text.splitlines()]
     assert "DISK_SIZE=[ID=0, SIZE=2]" in monitors[0] and "DISK_SIZE" not in monitors[1]
     assert probes.local_disk_sizes(str(tmp_path / "missing")) == {}
+
+
+def test_a_wild_vm_can_be_imported():
+    wild = probes.Domain(-1, "u-wild", 'web"1', "RUNNING",
+                         {"vcpu.current": 2, "balloon.maximum": 524288})
+    text = base64.b64decode(probes.import_template(wild, "x86_64")).decode()
+    assert text.splitlines() == ['NAME="web1"', 'CPU="2"', 'VCPU="2"', 'MEMORY="512"',
+                                 'HYPERVISOR="kvm"', 'IMPORT_VM_ID="u-wild"',
+                                 'OS=[ ARCH="x86_64" ]']

@@ -122,6 +122,18 @@ def monitor_vm(doms: list[Domain], cpu_before: dict[str, list[float]], now: floa
     return "\n".join(lines), samples
 
 
+def import_template(dom: Domain, arch: str) -> str:
+    """What ``onehost importvm`` makes of a wild VM: an OpenNebula template (base64) with its
+    size and the domain it adopts."""
+    vcpus = int(dom.stats.get("vcpu.current") or dom.stats.get("vcpu.maximum") or 1)
+    memory_kib = int(dom.stats.get("balloon.maximum") or dom.stats.get("balloon.current") or 0)
+    name = dom.name.replace('"', "")
+    text = "\n".join([f'NAME="{name}"', f'CPU="{vcpus}"', f'VCPU="{vcpus}"',
+                      f'MEMORY="{memory_kib // 1024}"', 'HYPERVISOR="kvm"',
+                      f'IMPORT_VM_ID="{dom.uuid}"', f'OS=[ ARCH="{arch}" ]'])
+    return base64.b64encode(text.encode()).decode()
+
+
 def cgroups_version(root: str = "/sys/fs/cgroup") -> int:
     """2 on the unified hierarchy (oned scales CPU shares by it), else 1."""
     return 2 if os.path.exists(os.path.join(root, "cgroup.controllers")) else 1
@@ -209,7 +221,7 @@ def system_host(conn: Any, doms: list[Domain], pci_filter: str = "",
     for dom in doms:
         if dom.vm_id == -1:
             lines.append(f'VM=[ ID="-1", DEPLOY_ID="{dom.uuid}", VM_NAME="{dom.name}", '
-                         f'STATE="{dom.state}" ]')
+                         f'STATE="{dom.state}", IMPORT_TEMPLATE="{import_template(dom, arch)}" ]')
     return "\n".join(lines)
 
 
