@@ -30,15 +30,17 @@ class OvsLab:
         if self.env_key:
             return {f"ONE_LAB_{self.env_key}_OVSDB": f"unix:{self.sock}",
                     f"ONE_LAB_{self.env_key}_VNM_STATE_DIR": str(self.dir / "vnm-state")}
-        return {"OVS_RUNDIR": str(self.run_dir), "OVS_DBDIR": str(self.dir),
-                "OVS_LOGDIR": str(self.dir / "log"), "ONE_DRIVERS_OVSDB": f"unix:{self.sock}",
+        return {**self._dirs(), "ONE_DRIVERS_OVSDB": f"unix:{self.sock}",
                 # no kernel datapath here; the VNM driver's per-VM state for reconcile
                 "ONE_DRIVERS_OVS_DATAPATH_TYPE": "netdev",
                 "ONE_DRIVERS_VNM_STATE_DIR": str(self.dir / "vnm-state")}
 
-    def _env(self) -> dict[str, str]:
-        return {**os.environ, "OVS_RUNDIR": str(self.run_dir), "OVS_DBDIR": str(self.dir),
+    def _dirs(self) -> dict[str, str]:
+        return {"OVS_RUNDIR": str(self.run_dir), "OVS_DBDIR": str(self.dir),
                 "OVS_LOGDIR": str(self.dir / "log")}
+
+    def _env(self) -> dict[str, str]:
+        return {**os.environ, **self._dirs()}
 
     def running(self) -> bool:
         return all(alive(read_pid(p)) for p in self.pids.values())
