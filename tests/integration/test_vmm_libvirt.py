@@ -480,13 +480,13 @@ def test_live_migration_keeps_the_vms_network(vm, two_hosts, lab_env):
                 "FILTER_MAC_SPOOFING": "YES"}
 
     guest, peer1, peer2 = nic(vm.id, 10), nic(vm.id + 5000, 20), nic(vm.id + 6000, 30)
-    docs = {id(n): vm_doc(int(str(n["TARGET"]).split("-")[1]), [], nics=[n])
-            for n in (guest, peer1, peer2)}
 
     def vnm(action: str, n: dict[str, object], *argv: str, host2: bool = False) -> None:
+        """A VNM action for the VM owning NIC ``n``, on the first host or the second."""
+        doc = vm_doc(int(str(n["TARGET"]).split("-")[1]), [], nics=[n])
         proc = subprocess.run([*(["ip", "netns", "exec", h2] if host2 else []),
                                str(remotes / "vnm" / "ovsdb" / action), *argv],
-                              input=base64.b64encode(docs[id(n)].encode()), capture_output=True,
+                              input=base64.b64encode(doc.encode()), capture_output=True,
                               timeout=120, check=False, env=on_host2 if host2 else None)
         assert proc.returncode == 0, (action, proc.stderr.decode())
 
