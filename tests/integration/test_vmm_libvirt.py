@@ -304,6 +304,10 @@ def test_context_cdrom_swap_and_live_resize(vm, lab_env):
     assert vm.console.wait_until_output("ls /sys/devices/system/cpu", "cpu1")
     too_many = vm.run("resize", vm.deploy_id, stdin=vm.action_data(template={"VCPU": 4}))
     assert too_many.returncode == 3 and "VCPU=4 exceeds the 2" in last_line(too_many.stderr)
+    too_much = vm.run("resize", vm.deploy_id, stdin=vm.action_data(
+        template={"MEMORY": 512, "MEMORY_RESIZE_MODE": "HOTPLUG"}))
+    assert too_much.returncode == 3 and "MEMORY=512 MB exceeds the 192 MB the VM was started " \
+        "with (MEMORY_RESIZE_MODE=HOTPLUG)" in last_line(too_much.stderr)
 
 
 def test_bad_input_is_one_plain_line(vm, tmp_path):

@@ -134,6 +134,15 @@ def resize(call: Call) -> None:
                                hint="raise VCPU_MAX and restart the VM")
             hv.call(dom.setVcpusFlags, vcpus, LIVE, what=f"setting {vcpus} vCPUs")
         if memory_mb:
+            # the balloon gives back up to the memory the VM started with, not beyond; more
+            # needs DIMM hot-plug (MEMORY_RESIZE_MODE=HOTPLUG), which this driver does not do
+            started_mb = int(hv.call(dom.maxMemory, what="reading the VM's memory")) // 1024
+            if memory_mb > started_mb:
+                mode = template.opt("MEMORY_RESIZE_MODE") or "BALLOON"
+                raise BadInput(f"MEMORY={memory_mb} MB exceeds the {started_mb} MB the VM was "
+                               f"started with (MEMORY_RESIZE_MODE={mode})",
+                               hint="memory hot-plug (HOTPLUG) is not supported by this driver: "
+                                    "resize it powered off")
             hv.call(dom.setMemoryFlags, memory_mb * 1024, LIVE,
                     what=f"setting memory to {memory_mb} MB")
 
