@@ -86,10 +86,10 @@ def vm_on_libvirt(lab: Lab, remotes: Path, env: dict[str, str], image: str, sys_
     print("  after the revert the guest says:", console.run("cat /tmp/mark"))
     _run(remotes, "vmm/libvirt/snapshot_delete", [deploy_id, "snap-0", *tail], data, "")
     console.run("echo travelling > /tmp/mark")
-    there = _migrate(lab, remotes, env, vm, vm_dir, sys_ds, deploy_id, data)
+    host2 = _host2(lab, env)
+    there = _migrate(host2, remotes, env, vm, vm_dir, sys_ds, deploy_id, data)
     print("  the guest, now on the second host, says:",
           GuestConsole(there / "console").run("cat /tmp/mark"))
-    host2 = _host2(lab, env)
     _run(remotes, "vmm/libvirt/shutdown", [deploy_id, host2.name, str(VM_ID), host2.name],
          data, "ACPI", on=host2.name, env={"LIBVIRT_DEFAULT_URI": env["ONE_LAB_HOST_LIBVIRT_URI"]})
     _run(remotes, "vnm/ovsdb/clean", [host2.name], vnm, "", on=host2.name, prefix=host2.prefix,
@@ -110,14 +110,12 @@ class _Host2(NamedTuple):
 
 def _host2(lab: Lab, env: dict[str, str]) -> _Host2:
     return _Host2(env["ONE_LAB_SSH_HOST"], tuple(lab.host2_net.exec_prefix()),
-                  {"ONE_DRIVERS_OVSDB": env["ONE_LAB_HOST_OVSDB"],
-                   "ONE_DRIVERS_VNM_STATE_DIR": env["ONE_LAB_HOST_VNM_STATE_DIR"]})
+                  lab.ovs2.driver_env())
 
 
-def _migrate(lab: Lab, remotes: Path, env: dict[str, str], vm: str, vm_dir: Path, sys_ds: int,
-             deploy_id: str, data: bytes) -> Path:
+def _migrate(host2: _Host2, remotes: Path, env: dict[str, str], vm: str, vm_dir: Path,
+             sys_ds: int, deploy_id: str, data: bytes) -> Path:
     """A live migration in oned's order; returns the VM directory as the second host sees it."""
-    host2 = _host2(lab, env)
     print(f"\n== live migration to {host2.name}: its own libvirtd, Open vSwitch and network "
           "namespace; the RBD disk is shared, the memory crosses a veth link")
     conf = remotes / "etc" / "vmm" / "libvirt" / "libvirt.conf"

@@ -473,8 +473,9 @@ def test_live_migration_keeps_the_vms_network(vm, two_hosts, lab_env):
 
     remotes, made = two_hosts
     h2 = lab_env["ONE_LAB_HOST_NETNS"]
-    on_host2 = {**os.environ, "ONE_DRIVERS_OVSDB": lab_env["ONE_LAB_HOST_OVSDB"],
-                "ONE_DRIVERS_VNM_STATE_DIR": lab_env["ONE_LAB_HOST_VNM_STATE_DIR"]}
+    from one_drivers.lab.lab import Lab
+
+    on_host2 = {**os.environ, **Lab().ovs2.driver_env()}
     bridge = f"mg{uuid.uuid4().hex[:6]}"
 
     def nic(vm_id: int, last: int) -> dict[str, object]:

@@ -23,8 +23,12 @@ def stamp(kind: str, **fields: object) -> dict[str, str]:
     return meta
 
 
+def _encode(meta: dict[str, str]) -> str:
+    return json.dumps(meta, separators=(",", ":"), sort_keys=True)
+
+
 def apply(image: Any, meta: dict[str, str]) -> None:
-    image.metadata_set(KEY, json.dumps(meta, separators=(",", ":"), sort_keys=True))
+    image.metadata_set(KEY, _encode(meta))
 
 
 def apply_unopened(ioctx: Any, name: str, meta: dict[str, str]) -> None:
@@ -39,7 +43,7 @@ def apply_unopened(ioctx: Any, name: str, meta: dict[str, str]) -> None:
     (length,) = struct.unpack_from("<I", raw)
     image_id = raw[4:4 + length].decode()
     key = KEY.encode()
-    value = json.dumps(meta, separators=(",", ":"), sort_keys=True).encode()
+    value = _encode(meta).encode()
     payload = struct.pack("<II", 1, len(key)) + key + struct.pack("<I", len(value)) + value
     ioctx.execute(f"rbd_header.{image_id}", "rbd", "metadata_set", payload)
 

@@ -195,9 +195,10 @@ def release_snap_ids(cluster: Any, ioctx: Any, image: Any) -> int:
     if not free:
         return 0
     data_pool = image.data_pool_id()
-    if data_pool not in (-1, ioctx.get_pool_id()) and cluster is None:
+    own_pool = data_pool in (-1, ioctx.get_pool_id())
+    if not own_pool and cluster is None:
         return 0  # no way to the data pool here: librbd releases them one by one
-    data_ioctx = ioctx if data_pool in (-1, ioctx.get_pool_id()) else cluster.open_ioctx2(data_pool)
+    data_ioctx = ioctx if own_pool else cluster.open_ioctx2(data_pool)
     errors: list[BaseException] = []
 
     def release(snap_id: int) -> None:

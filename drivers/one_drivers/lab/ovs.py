@@ -26,14 +26,17 @@ class OvsLab:
         self.pids = {name: self.run_dir / f"{name}.pid"
                      for name in ("ovs-vswitchd", "ovsdb-server")}
 
-    def env(self) -> dict[str, str]:
-        if self.env_key:
-            return {f"ONE_LAB_{self.env_key}_OVSDB": f"unix:{self.sock}",
-                    f"ONE_LAB_{self.env_key}_VNM_STATE_DIR": str(self.dir / "vnm-state")}
-        return {**self._dirs(), "ONE_DRIVERS_OVSDB": f"unix:{self.sock}",
-                # no kernel datapath here; the VNM driver's per-VM state for reconcile
-                "ONE_DRIVERS_OVS_DATAPATH_TYPE": "netdev",
+    def driver_env(self) -> dict[str, str]:
+        """What the VNM driver needs to program this switch (its OVSDB, its per-VM state)."""
+        return {"ONE_DRIVERS_OVSDB": f"unix:{self.sock}",
                 "ONE_DRIVERS_VNM_STATE_DIR": str(self.dir / "vnm-state")}
+
+    def env(self) -> dict[str, str]:
+        if self.env_key:  # ONE_LAB_HOST_OVSDB, ONE_LAB_HOST_VNM_STATE_DIR
+            return {f"ONE_LAB_{self.env_key}_{key.removeprefix('ONE_DRIVERS_')}": value
+                    for key, value in self.driver_env().items()}
+        # no kernel datapath here
+        return {**self._dirs(), **self.driver_env(), "ONE_DRIVERS_OVS_DATAPATH_TYPE": "netdev"}
 
     def _dirs(self) -> dict[str, str]:
         return {"OVS_RUNDIR": str(self.run_dir), "OVS_DBDIR": str(self.dir),

@@ -295,8 +295,7 @@ def numa_usage(conn: Any, caps: ET.Element) -> list[str]:
         total = int(cell.findtext("memory") or 0)
         free = conn.getCellsFreeMemory(node, 1)[0] // 1024
         lines.append(f'MEMORY_NODE=[ NODE_ID="{node}", FREE="{free}", USED="{total - free}" ]')
-        sizes = [int(p.get("size") or 0) for p in cell.iterfind("pages")]
-        sizes = [size for size in sizes if size != base]
+        sizes = [size for p in cell.iterfind("pages") if (size := int(p.get("size") or 0)) != base]
         if sizes:
             for size, count in sorted(conn.getFreePages(sizes, node, 1).get(node, {}).items()):
                 lines.append(f'HUGEPAGE=[ NODE_ID="{node}", SIZE="{size}", FREE="{count}" ]')
