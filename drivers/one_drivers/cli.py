@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import sys
 import time
@@ -143,17 +144,20 @@ def cmd_run_transfer(args: argparse.Namespace) -> int:
 
 def cmd_ovs_reconcile(args: argparse.Namespace) -> int:
     """Re-apply every running VM's NICs and remove what we own that no VM needs."""
-    from one_drivers.core.config import Settings, config_path, load_file
+    from one_drivers.core.config import Settings, config_path, load_file, load_root_file
     from one_drivers.core.errors import DriverError
     from one_drivers.core.registry import get_driver
     from one_drivers.vnm.ovsdb.host import resolved
+    from one_drivers.vnm.ovsdb.privileged import ROOT_CONF
     from one_drivers.vnm.ovsdb.reconcile import reconcile
 
     driver = get_driver("vnm", "ovsdb")
-    settings = resolved(Settings([driver.default_values(),
-                                  load_file(config_path("vnm", "ovsdb", args.remotes))],
-                                 subject="this host's Open vSwitch"))
     try:
+        # root (the service) reads only its own configuration, never a remotes tree oneadmin owns
+        configured = (load_root_file(args.config or ROOT_CONF) if os.geteuid() == 0
+                      else load_file(config_path("vnm", "ovsdb", args.remotes)))
+        settings = resolved(Settings([driver.default_values(), configured],
+                                     subject="this host's Open vSwitch"))
         report = reconcile(settings, dry_run=args.dry_run)
     except DriverError as exc:
         print(exc, file=sys.stderr)
@@ -165,6 +169,20 @@ def cmd_ovs_reconcile(args: argparse.Namespace) -> int:
           f"running VMs; {verb} {report.removed_ports} stale ports, flows of "
           f"{report.removed_flows} stale NICs, bridges: {', '.join(report.removed_bridges) or '-'}")
     return 1 if report.skipped else 0
+
+
+def cmd_install_sudo(args: argparse.Namespace) -> int:
+    from one_drivers.core.errors import DriverError
+    from one_drivers.vnm.ovsdb.privilege import install_sudo
+
+    try:
+        changed = install_sudo(args.user, entry=args.entry, config=args.config,
+                               sudoers=args.sudoers)
+    except DriverError as exc:
+        print(exc, file=sys.stderr)
+        return exc.exit_code
+    print(f"changed: {' '.join(changed)}" if changed else "unchanged")
+    return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -222,10 +240,22 @@ def build_parser() -> argparse.ArgumentParser:
     ovs_sub = p.add_subparsers(dest="ovs_command", required=True)
     p = ovs_sub.add_parser("reconcile", help="re-apply running VMs' NICs after an OVS restart "
                                              "and remove owned ports and flows of gone VMs")
-    p.add_argument("--remotes", help="remotes tree with the driver's config (default: "
-                                     "ONE_DRIVERS_REMOTES or /var/lib/one/remotes)")
+    p.add_argument("--remotes", help="not as root: remotes tree with the driver's config "
+                                     "(default: ONE_DRIVERS_REMOTES or /var/lib/one/remotes)")
+    p.add_argument("--config", help="as root: the configuration root reads (default: "
+                                    "/etc/one-drivers/vnm-ovsdb.conf)")
     p.add_argument("--dry-run", action="store_true", help="report only")
     p.set_defaults(func=cmd_ovs_reconcile)
+
+    p = sub.add_parser("install-sudo", help="hypervisor: the root-owned privileged VNM entry "
+                                            "and the sudoers rule that lets USER run it")
+    p.add_argument("--user", default="oneadmin", help="the driver user (default: oneadmin)")
+    p.add_argument("--entry", help="where the entry goes (default: <venv>/libexec/"
+                                   "one-drivers-vnm-privileged)")
+    p.add_argument("--config", help="the configuration the entry reads as root (default: "
+                                    "/etc/one-drivers/vnm-ovsdb.conf)")
+    p.add_argument("--sudoers", default="/etc/sudoers.d/one-drivers", help="the sudoers file")
+    p.set_defaults(func=cmd_install_sudo)
 
     p = sub.add_parser("demo", help="bring the lab up and run real actions end to end")
     p.set_defaults(func=cmd_demo)

@@ -1,10 +1,17 @@
-"""When a VNM action re-runs itself under sudo (pure decisions; the real run is in Molecule)."""
+"""When a VNM action re-runs itself under sudo (pure decisions; the real run through sudo is in
+tests/integration/test_vnm_privilege.py and Molecule)."""
 
 from __future__ import annotations
 
 import sys
 
-from one_drivers.vnm.ovsdb.privilege import needs_privilege, sudo_argv
+from one_drivers.vnm.ovsdb.privilege import (
+    default_entry,
+    entry_text,
+    needs_privilege,
+    sudo_argv,
+    sudoers_text,
+)
 
 
 def test_only_a_non_root_user_facing_a_root_socket_escalates(tmp_path):
@@ -17,7 +24,15 @@ def test_only_a_non_root_user_facing_a_root_socket_escalates(tmp_path):
         "no socket: the action reports OVSDB unreachable itself"
 
 
-def test_the_privileged_command_is_the_same_action_through_the_package():
-    argv = sudo_argv("/var/tmp/one", "post", ["uuid-1", "node1"])
-    assert argv == ["sudo", "-n", sys.executable, "-m", "one_drivers.vnm.ovsdb.privileged",
-                    "/var/tmp/one", "post", "uuid-1", "node1"]
+def test_the_privileged_command_is_the_fixed_entry_with_the_action_only():
+    argv = sudo_argv(default_entry(), "post", ["uuid-1", "node1"])
+    assert argv == ["sudo", "-n", f"{sys.prefix}/libexec/one-drivers-vnm-privileged",
+                    "post", "uuid-1", "node1"]
+
+
+def test_the_entry_runs_isolated_with_roots_configuration():
+    text = entry_text("/opt/one-drivers/bin/python3", "/etc/one-drivers/vnm-ovsdb.conf")
+    assert text.splitlines()[0] == "#!/opt/one-drivers/bin/python3 -I"
+    assert "main(config='/etc/one-drivers/vnm-ovsdb.conf')" in text
+    assert sudoers_text("oneadmin", "/opt/one-drivers/libexec/x").splitlines()[-1] == \
+        "oneadmin ALL=(root) NOPASSWD: /opt/one-drivers/libexec/x"

@@ -46,6 +46,14 @@ def load_file(path: str) -> dict[str, str]:
         return {}
 
 
+def load_root_file(path: str) -> dict[str, str]:
+    """A configuration root reads: only from a file that only root can change."""
+    from one_drivers.core.safefs import read_trusted_file
+
+    data = read_trusted_file(path, uid=0)
+    return parse_rc(data.decode("utf-8"), source=path) if data else {}
+
+
 def render_rc(defaults: Mapping[str, tuple[str, str]], header: str) -> str:
     """A config file documenting every default (``KEY -> (value, comment)``)."""
     lines = [f"# {line}" if line else "#" for line in header.splitlines()]

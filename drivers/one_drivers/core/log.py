@@ -3,6 +3,12 @@
 Two audiences: OpenNebula reads stderr (``INFO: ...`` progress lines, then one plain last line on
 failure); operators read the driver log file, which also gets tracebacks. The file is opened only
 when something is written, so a fast action pays nothing for it.
+
+The log goes where only its writer and root can plant names: ``$ONE_DRIVERS_LOG`` (not for root's
+privileged re-run, which clears the environment), else ``/var/log/one/one-drivers.log`` for the
+driver user and ``/var/log/one-drivers.log`` for root, each only when its directory is trusted
+(:mod:`safefs`). Never a shared temporary directory; the file is opened without following a
+symlink. No trusted place: stderr only.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ import sys
 import time
 
 DEFAULT_LOG = "/var/log/one/one-drivers.log"
+ROOT_LOG = "/var/log/one-drivers.log"
 
 _context = {"label": "one-drivers", "path": ""}
 
@@ -20,15 +27,16 @@ def set_context(label: str) -> None:
     _context["label"] = label
 
 
-def log_path() -> str:
+def log_path() -> str | None:
     configured = os.environ.get("ONE_DRIVERS_LOG")
     if configured:
         return configured
-    if os.access(os.path.dirname(DEFAULT_LOG), os.W_OK):
-        return DEFAULT_LOG
-    import tempfile  # only on hosts without /var/log/one
+    if "default" not in _context:  # checked once per process
+        from one_drivers.core.safefs import is_trusted_dir
 
-    return os.path.join(tempfile.gettempdir(), "one-drivers.log")
+        path = ROOT_LOG if os.geteuid() == 0 else DEFAULT_LOG
+        _context["default"] = path if is_trusted_dir(os.path.dirname(path)) else ""
+    return _context["default"] or None
 
 
 def write_log(level: str, message: str) -> None:
@@ -37,8 +45,11 @@ def write_log(level: str, message: str) -> None:
     record = f"{stamp} [{os.getpid()}] {level} {_context['label']}: {message}\n"
     try:
         path = log_path()
-        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        with open(path, "a", encoding="utf-8") as fh:
+        if path is None:
+            return
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     0o640)
+        with os.fdopen(fd, "a", encoding="utf-8") as fh:
             fh.write(record)
         _context["path"] = str(path)
     except OSError:
@@ -63,4 +74,4 @@ def exception(message: str) -> str:
     import traceback  # only bugs pay for it
 
     write_log("ERROR", f"{message}\n{traceback.format_exc()}")
-    return _context["path"] or log_path()
+    return _context["path"] or log_path() or "no log file (no trusted log directory)"

@@ -16,7 +16,7 @@ from types import FrameType
 from typing import IO
 
 from one_drivers.core import log
-from one_drivers.core.config import Settings, config_path, load_file
+from one_drivers.core.config import Settings, config_path, load_file, load_root_file
 from one_drivers.core.contract import DEFAULT_ACTION_TIMEOUT, parse_call, reads_stdin
 from one_drivers.core.errors import EXIT_INTERNAL, BackendTimeout, DriverError, UsageError
 from one_drivers.core.registry import get_driver
@@ -45,7 +45,10 @@ def run(
     stdin: IO[bytes] | None,
     stdout: IO[str],
     remotes: str | os.PathLike[str] | None = None,
+    root_config: str | None = None,
 ) -> int:
+    """``root_config``: the privileged re-run's configuration, a root-owned file at a path root
+    chose (read through :func:`safefs.read_trusted_file`) instead of the remotes tree's."""
     label = f"{family}/{driver_name}/{action}"
     log.set_context(label)
     subject = ""
@@ -64,10 +67,9 @@ def run(
         call = parse_call(family, driver_name, action, argv, io.BytesIO(raw))
         call.extras.update(argv=list(argv), stdin=raw, data=rest, remotes=remotes)
         subject = call.subject
-        settings = Settings(
-            [driver.default_values(), load_file(config_path(family, driver_name, remotes))],
-            subject=subject,
-        )
+        configured = (load_root_file(root_config) if root_config is not None
+                      else load_file(config_path(family, driver_name, remotes)))
+        settings = Settings([driver.default_values(), configured], subject=subject)
         timeout = settings.float(f"{action.upper().replace('.', '_')}_TIMEOUT",
                                  settings.float("ACTION_TIMEOUT", DEFAULT_ACTION_TIMEOUT))
         call.settings = settings

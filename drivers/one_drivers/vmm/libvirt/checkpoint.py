@@ -132,7 +132,9 @@ def _from_rbd(call: Call, ceph: Settings, path: str) -> None:
     with _pool(call, ceph) as pool, ceph_errors("reading the checkpoint", call.subject), \
             open_image(pool.ioctx, _image_name(call), read_only=True) as image:
         size = image.size()
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with contextlib.suppress(FileNotFoundError):  # a crashed run's, never followed
+            os.unlink(tmp)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
         try:
             for offset, data in image_chunks(image, size):
                 os.pwrite(fd, data, offset)

@@ -29,10 +29,13 @@ DRIVER = Driver(
                                 "OVS_BRIDGE_CONF wins)"),
         "SUDO": ("yes", "yes: an action that cannot write the OVSDB socket re-runs itself once "
                         "under `sudo -n` (the Ansible role installs the sudoers rule)"),
+        "SUDO_COMMAND": ("", "the privileged entry `one-drivers install-sudo` wrote (default: "
+                             "<venv>/libexec/one-drivers-vnm-privileged); root reads its own "
+                             "settings from /etc/one-drivers/vnm-ovsdb.conf"),
         "KEEP_EMPTY_BRIDGE": ("no", "yes: keep bridges we created when their last VM port goes"),
         "STATE_DIR": ("", "where each VM's network document is kept for `one-drivers ovs "
                           "reconcile` (default: ONE_DRIVERS_VNM_STATE_DIR or "
-                          "/var/lib/one/one-drivers/vnm)"),
+                          "/var/lib/one/one-drivers/vnm, /var/lib/one-drivers/vnm for root)"),
         "OVSDB_TIMEOUT": ("10", "seconds an OVSDB connection or transaction may take"),
         "OPENFLOW_TIMEOUT": ("10", "seconds an OpenFlow bundle may take"),
         "HOOK_TIMEOUT": ("60", "seconds each <action>.d hook may take"),

@@ -14,6 +14,7 @@ from one_drivers.core import log
 from one_drivers.core.atomic import write_atomic
 from one_drivers.core.config import Settings
 from one_drivers.core.errors import ActionFailed
+from one_drivers.core.safefs import open_trusted_dir
 from one_drivers.ovs import flows
 from one_drivers.ovs.ofctl import OpenFlow, run_dir
 from one_drivers.ovs.spec import PortSpec
@@ -24,13 +25,18 @@ if TYPE_CHECKING:
 DRIVER = "ovsdb"
 DEFAULT_OVSDB = "unix:/var/run/openvswitch/db.sock"
 DEFAULT_STATE_DIR = "/var/lib/one/one-drivers/vnm"
+ROOT_STATE_DIR = "/var/lib/one-drivers/vnm"  # root's: never under oneadmin's home
+
+
+def default_state_dir() -> str:
+    return ROOT_STATE_DIR if os.geteuid() == 0 else DEFAULT_STATE_DIR
 
 
 def resolved(settings: Settings) -> Settings:
     """Settings with the environment defaults the lab (and tests) use filled in."""
     env = {"OVSDB": os.environ.get("ONE_DRIVERS_OVSDB") or DEFAULT_OVSDB,
            "DATAPATH_TYPE": os.environ.get("ONE_DRIVERS_OVS_DATAPATH_TYPE") or "system",
-           "STATE_DIR": os.environ.get("ONE_DRIVERS_VNM_STATE_DIR") or DEFAULT_STATE_DIR}
+           "STATE_DIR": os.environ.get("ONE_DRIVERS_VNM_STATE_DIR") or default_state_dir()}
     return settings.over({k: v for k, v in env.items() if not settings.get(k)})
 
 
@@ -109,7 +115,9 @@ def tap_exists(name: str) -> bool:
 
 
 class StateFile(NamedTuple):
-    """``<STATE_DIR>/vm-<id>.xml``: the VM document of the last successful pre/post/update."""
+    """``<STATE_DIR>/vm-<id>.xml``: the VM document of the last successful pre/post/update.
+    The directory is its writer's own (mode 0700, checked on every access): root replays these
+    documents, so nobody else may plant or swap one."""
 
     directory: str
 
@@ -117,25 +125,35 @@ class StateFile(NamedTuple):
         return os.path.join(self.directory, f"vm-{vm_id}.xml")
 
     def save(self, vm_id: int, xml: bytes) -> None:
-        os.makedirs(self.directory, mode=0o750, exist_ok=True)
-        write_atomic(self.path(vm_id), xml)
+        write_atomic(self.path(vm_id), xml, mode=0o600, private=True, create_dirs=True)
 
     def drop(self, vm_id: int) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.path(vm_id))
+        try:
+            dfd = open_trusted_dir(self.directory, private=True)
+        except FileNotFoundError:
+            return
+        try:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(f"vm-{vm_id}.xml", dir_fd=dfd)
+        finally:
+            os.close(dfd)
 
     def load_all(self) -> dict[int, bytes]:
         out: dict[int, bytes] = {}
         try:
-            names = os.listdir(self.directory)
+            dfd = open_trusted_dir(self.directory, private=True)
         except FileNotFoundError:
             return out
-        for name in names:
-            if name.startswith("vm-") and name.endswith(".xml") and name[3:-4].isdigit():
-                with open(os.path.join(self.directory, name), "rb") as fh:
-                    out[int(name[3:-4])] = fh.read()
+        try:
+            for name in os.listdir(dfd):
+                if name.startswith("vm-") and name.endswith(".xml") and name[3:-4].isdigit():
+                    fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
+                    with os.fdopen(fd, "rb") as fh:
+                        out[int(name[3:-4])] = fh.read()
+        finally:
+            os.close(dfd)
         return out
 
 
 def state_file(settings: Settings) -> StateFile:
-    return StateFile(settings.get("STATE_DIR") or DEFAULT_STATE_DIR)
+    return StateFile(settings.get("STATE_DIR") or default_state_dir())
