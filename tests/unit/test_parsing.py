@@ -14,6 +14,8 @@ from one_drivers.datastore.rbd.sources import (
     check_path_allowed,
     header_virtual_size,
     parse_rbd_url,
+    redact,
+    refuse_references,
     sniff_format,
 )
 from one_drivers.tm.rbd.common import disk_image
@@ -63,17 +65,54 @@ def test_sniff_formats_and_header_sizes():
     assert header_virtual_size("qcow2", b"QFI") is None  # too short: unknown, not a crash
 
 
-def test_rbd_urls():
-    spec, query = parse_rbd_url("rbd://admin@host/one/one-7@snap?CEPH_CONF=/etc/c.conf")
-    assert spec == ImageSpec("one", "one-7", "snap")
-    assert query == {"CEPH_CONF": "/etc/c.conf", "CEPH_USER": "admin"}
+def test_rbd_urls_name_an_image_and_never_credentials():
+    assert parse_rbd_url("rbd://host/one/one-7@snap") == ImageSpec("one", "one-7", "snap")
+    for url in ("rbd://admin@host/one/one-7", "rbd://host/one/one-7?CEPH_USER=admin",
+                "rbd://host/one/one-7?CEPH_KEY=/etc/ceph/ceph.client.admin.keyring",
+                "rbd://host/one/one-7?CEPH_CONF=/etc/other.conf", "rbd://a:b@host/one/x"):
+        with pytest.raises(BadInput, match="carry no user, key or configuration"):
+            parse_rbd_url(url)
+
+
+def test_urls_in_messages_carry_no_password():
+    assert redact("http://user:pw@example.org:8080/a.img") == \
+        "http://user:***@example.org:8080/a.img"
+    assert redact("http://example.org/a.img") == "http://example.org/a.img"
+
+
+def test_headers_that_name_other_files_are_refused():
+    import struct
+
+    qcow2 = bytearray(512)
+    qcow2[0:4] = b"QFI\xfb"
+    struct.pack_into(">I", qcow2, 4, 3)
+    refuse_references("qcow2", bytes(qcow2), "x")  # positive control: self-contained
+    struct.pack_into(">Q", qcow2, 8, 0x200)
+    with pytest.raises(BadInput, match="backing file"):
+        refuse_references("qcow2", bytes(qcow2), "x")
+    struct.pack_into(">Q", qcow2, 8, 0)
+    struct.pack_into(">Q", qcow2, 72, 0x4)
+    with pytest.raises(BadInput, match="external file"):
+        refuse_references("qcow2", bytes(qcow2), "x")
+    with pytest.raises(BadInput, match="descriptor"):
+        refuse_references("vmdk", b"# Disk DescriptorFile\nRW 8 FLAT \"/etc/shadow\" 0\n", "x")
+    vmdk = bytearray(4096)
+    vmdk[0:4] = b"KDMV"
+    struct.pack_into("<QQ", vmdk, 28, 1, 2)
+    desc = b'createType="monolithicSparse"\nRW 8 SPARSE "x.vmdk"\n'
+    vmdk[512:512 + len(desc)] = desc
+    refuse_references("vmdk", bytes(vmdk), "x")
+    delta = b'createType="monolithicSparse"\nparentFileNameHint="/etc/shadow"\n'
+    vmdk[512:512 + len(delta)] = delta
+    with pytest.raises(BadInput, match="delta"):
+        refuse_references("vmdk", bytes(vmdk), "x")
 
 
 def test_restricted_and_safe_dirs(tmp_path):
     safe = tmp_path / "safe"
     safe.mkdir()
     settings = Settings([{"RESTRICTED_DIRS": "/", "SAFE_DIRS": str(safe)}])
-    check_path_allowed(safe / "disk.img", settings)
+    check_path_allowed(safe / "disk.img", settings)  # real paths: resolved by the caller's fd
     with pytest.raises(BadInput, match="restricted directory"):
         check_path_allowed(tmp_path / "disk.img", settings)
     with pytest.raises(BadInput):  # .. cannot climb out of a safe dir

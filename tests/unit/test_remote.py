@@ -4,7 +4,7 @@ import socket
 import pytest
 
 from one_drivers.core import remote
-from one_drivers.core.errors import ActionFailed, BackendTimeout
+from one_drivers.core.errors import ActionFailed, BackendTimeout, BadInput
 
 
 def test_local_names_take_the_fast_path():
@@ -18,9 +18,15 @@ def test_ssh_command_is_batch_mode_and_quotes_every_argument(monkeypatch):
     monkeypatch.setenv("ONE_DRIVERS_SSH_CONFIG", "/etc/x/ssh_config")
     argv = ["mkdir", "-p", "/var/lib/one/datastores/0/42; rm -rf /", "$(reboot)"]
     cmd = remote.command("node1", argv)
-    assert cmd[0] == "ssh" and "BatchMode=yes" in cmd and cmd[-3:-1] == ["node1", "--"]
+    assert cmd[0] == "ssh" and "BatchMode=yes" in cmd and cmd[-3:-1] == ["--", "node1"]
     assert cmd[cmd.index("-F") + 1] == "/etc/x/ssh_config"
     assert shlex.split(cmd[-1]) == argv  # the remote shell rebuilds exactly this argv
+
+
+def test_a_host_name_is_never_an_option():
+    for host in ("-oProxyCommand=touch /tmp/x", "-F/etc/evil", "a b", "x\ny", ""):
+        with pytest.raises(BadInput, match="is not a host name"):
+            remote.ssh_argv(host, ["true"])
 
 
 def test_local_run_streams_stdin_and_reports_failures():

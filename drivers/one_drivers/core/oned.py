@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 import xml.etree.ElementTree as ET
 
 from one_drivers.core.documents import VM, Datastore
@@ -33,6 +34,7 @@ DEFAULT_ENDPOINT = "http://localhost:2633/RPC2"
 AUTHENTICATION, AUTHORIZATION, NO_EXISTS = 0x0100, 0x0200, 0x0400
 
 Param = str | int | bool
+MAX_ANSWER = 64 << 20
 
 
 class Oned:
@@ -87,6 +89,9 @@ class Oned:
         request = (f"POST {path} HTTP/1.0\r\nHost: {host}:{port}\r\n"
                    "Content-Type: text/xml\r\nUser-Agent: one-drivers\r\n"
                    f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+        # one overall deadline, not one per read: a server that trickles a byte at a time must
+        # not keep the action waiting past it
+        ends = time.monotonic() + self.timeout
         try:
             with socket.create_connection((host, port), timeout=self.timeout) as sock:
                 conn: socket.socket = sock
@@ -96,7 +101,18 @@ class Oned:
                     conn = ssl.create_default_context().wrap_socket(sock, server_hostname=host)
                 conn.sendall(request)
                 chunks = []
-                while data := conn.recv(65536):
+                received = 0
+                while True:
+                    left = ends - time.monotonic()
+                    if left <= 0:
+                        raise TimeoutError
+                    conn.settimeout(left)
+                    data = conn.recv(65536)
+                    if not data:
+                        break
+                    received += len(data)
+                    if received > MAX_ANSWER:
+                        raise BadInput(f"oned's answer is larger than {MAX_ANSWER >> 20} MiB")
                     chunks.append(data)
         except TimeoutError:
             raise BackendTimeout(f"oned at {self.endpoint} did not answer within "

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from functools import cache
 from typing import IO
 
-from one_drivers.core.errors import ActionFailed, BackendTimeout, BackendUnavailable
+from one_drivers.core.errors import ActionFailed, BackendTimeout, BackendUnavailable, BadInput
 
 SSH_UNREACHABLE = 255
 
@@ -38,13 +38,22 @@ def is_local(host: str | None) -> bool:
     return host is None or host in local_names()
 
 
+def check_host(host: str) -> str:
+    """A host name from a template (BRIDGE_LIST, a TM argument) is only ever a host name: never
+    an option (``-oProxyCommand=...``), never empty, no whitespace or control characters."""
+    if not host or host.startswith("-") or any(c.isspace() or ord(c) < 32 for c in host):
+        raise BadInput(f"{host!r} is not a host name")
+    return host
+
+
 def ssh_argv(host: str, argv: Sequence[str], *, connect_timeout: int = 10) -> list[str]:
+    check_host(host)
     cmd = ["ssh", "-o", "BatchMode=yes", "-o", f"ConnectTimeout={connect_timeout}",
            "-o", "ServerAliveInterval=10", "-o", "ServerAliveCountMax=3"]
     config = os.environ.get("ONE_DRIVERS_SSH_CONFIG")
     if config:
         cmd += ["-F", config]
-    return [*cmd, host, "--", shlex.join(argv)]
+    return [*cmd, "--", host, shlex.join(argv)]
 
 
 def command(host: str | None, argv: Sequence[str]) -> list[str]:
@@ -84,7 +93,7 @@ def run(
     if check and proc.returncode != 0:
         detail = _last_line(proc.stderr)
         if not is_local(host) and proc.returncode == SSH_UNREACHABLE:
-            raise BackendUnavailable(f"cannot reach {host} over ssh ({detail})",
+            raise BackendUnavailable(f"ssh to {host} failed ({detail or 'exit 255'})",
                                      hint="check the host is up and oneadmin's ssh key")
         raise ActionFailed(f"{argv[0]} {where} failed with exit code {proc.returncode}"
                            + (f": {detail}" if detail else ""))

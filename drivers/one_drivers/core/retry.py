@@ -26,7 +26,13 @@ class Deadline:
     def __init__(self, seconds: float, what: str = "action") -> None:
         self.seconds = seconds
         self.what = what
-        self.expires = time.monotonic() + seconds
+        self.started = time.monotonic()
+        self.expires = self.started + seconds
+
+    def retime(self, seconds: float) -> None:
+        """The limit a more specific layer (a datastore template) sets, counted from the start."""
+        self.seconds = seconds
+        self.expires = self.started + seconds
 
     def remaining(self) -> float:
         return max(0.0, self.expires - time.monotonic())
@@ -45,6 +51,13 @@ class Deadline:
                 hint="raise ACTION_TIMEOUT in the driver configuration if the backend is slow",
             )
         return min(seconds, left)
+
+
+def action_timeout(action: str, settings: Any, default: float) -> float:
+    """``<ACTION>_TIMEOUT``, else ``ACTION_TIMEOUT``, else ``default``, from ``settings``."""
+    value: float = settings.float(f"{action.upper().replace('.', '_')}_TIMEOUT",
+                                  settings.float("ACTION_TIMEOUT", default))
+    return value
 
 
 def retrying(

@@ -18,11 +18,19 @@ from typing import IO
 from one_drivers.core import log
 from one_drivers.core.config import Settings, config_path, load_file, load_root_file
 from one_drivers.core.contract import DEFAULT_ACTION_TIMEOUT, parse_call, reads_stdin
-from one_drivers.core.errors import EXIT_INTERNAL, BackendTimeout, DriverError, UsageError
+from one_drivers.core.errors import (
+    EXIT_INTERNAL,
+    BackendTimeout,
+    BadInput,
+    DriverError,
+    UsageError,
+)
 from one_drivers.core.registry import get_driver
-from one_drivers.core.retry import Deadline
+from one_drivers.core.retry import Deadline, action_timeout
 
 USAGE = "usage: python -m one_drivers FAMILY DRIVER ACTION [ARGS...]"
+# oned's largest documents (a VM with its history, a datastore with its images) are a few MiB
+MAX_STDIN = 32 << 20
 # set by a forwarding front-end: stdin is the document's line followed by a data stream
 FRAMED_STDIN = "ONE_DRIVERS_FRAMED_STDIN"
 
@@ -60,18 +68,21 @@ def run(
         # the document is small: keep its bytes, so a router can forward the call verbatim
         rest: IO[bytes] | None = None
         if stdin is not None and os.environ.get(FRAMED_STDIN) == "1":
-            raw = stdin.readline()  # the document's line; the rest is data (a cp source)
+            raw = stdin.readline(MAX_STDIN + 1)  # the document's line; the rest is a cp source
             rest = stdin
         else:
-            raw = stdin.read() if stdin is not None and reads_stdin(family, action) else b""
+            raw = (stdin.read(MAX_STDIN + 1) if stdin is not None and reads_stdin(family, action)
+                   else b"")
+        if len(raw) > MAX_STDIN:
+            raise BadInput(f"the document on stdin is larger than {MAX_STDIN >> 20} MiB",
+                           hint="OpenNebula's documents are far smaller: check the caller")
         call = parse_call(family, driver_name, action, argv, io.BytesIO(raw))
         call.extras.update(argv=list(argv), stdin=raw, data=rest, remotes=remotes)
         subject = call.subject
         configured = (load_root_file(root_config) if root_config is not None
                       else load_file(config_path(family, driver_name, remotes)))
         settings = Settings([driver.default_values(), configured], subject=subject)
-        timeout = settings.float(f"{action.upper().replace('.', '_')}_TIMEOUT",
-                                 settings.float("ACTION_TIMEOUT", DEFAULT_ACTION_TIMEOUT))
+        timeout = action_timeout(action, settings, DEFAULT_ACTION_TIMEOUT)
         call.settings = settings
         call.deadline = Deadline(timeout, f"{label} for {subject}")
         out = driver.run(action, call)

@@ -20,7 +20,12 @@ from typing import IO
 
 from one_drivers.core import log, remote
 from one_drivers.core.contract import Call
-from one_drivers.core.errors import BackendUnavailable, DriverError, MissingAttribute
+from one_drivers.core.errors import (
+    BackendTimeout,
+    BackendUnavailable,
+    DriverError,
+    MissingAttribute,
+)
 from one_drivers.core.runner import FRAMED_STDIN
 from one_drivers.datastore.rbd.common import ds_settings
 
@@ -48,19 +53,26 @@ def route(call: Call, action: Callable[[Call], str | None]) -> str | None:
     if not hosts:
         raise MissingAttribute("BRIDGE_LIST", subject=call.subject,
                                hint="CEPH_ACCESS=bridge needs bridge hosts in the datastore")
-    local_file = _local_source(call)
-    if call.action == "stat" and (local_file or _is_http(call)):
+    if call.action == "stat" and (_local_path(call) or _is_http(call)):
         return action(call)  # nothing of Ceph: answer here
-    python = settings.get("BRIDGE_PYTHON") or sys.executable
+    # the program started over ssh: only the driver's own configuration may choose it
+    python = call.settings.get("BRIDGE_PYTHON") or sys.executable
+    local_file = _local_source(call)
     first = call.doc.image.id % len(hosts) if call.doc.elem.find("IMAGE") is not None else 0
     tried = []
-    for host in hosts[first:] + hosts[:first]:
-        outcome = _run_on(host, python, call, local_file)
-        if outcome is None:
-            log.info(f"bridge {host} is unreachable, trying the next one")
-            tried.append(host)
-            continue
-        return outcome
+    try:
+        for host in hosts[first:] + hosts[:first]:
+            if local_file is not None:
+                os.lseek(local_file, 0, os.SEEK_SET)
+            outcome = _run_on(host, python, call, local_file)
+            if outcome is None:
+                log.info(f"bridge {host} is unreachable, trying the next one")
+                tried.append(host)
+                continue
+            return outcome
+    finally:
+        if local_file is not None:
+            os.close(local_file)
     raise BackendUnavailable(f"no bridge host is reachable ({', '.join(tried)})",
                              hint="check BRIDGE_LIST and ssh from the front-end to those hosts")
 
@@ -71,23 +83,31 @@ def _is_http(call: Call) -> bool:
     return path is not None and urllib.parse.urlsplit(path).scheme in ("http", "https")
 
 
-def _local_source(call: Call) -> Path | None:
+def _local_path(call: Call) -> Path | None:
     if call.action not in ("cp", "stat"):
         return None
     path: str = call.doc.image.text("PATH")
     scheme = urllib.parse.urlsplit(path).scheme
     if scheme not in ("", "file"):
         return None
-    local = Path(urllib.parse.urlsplit(path).path if scheme else path)
-    from one_drivers.datastore.rbd.sources import check_path_allowed
-
-    check_path_allowed(local, ds_settings(call))  # the file is here: so is the check
-    return local
+    return Path(urllib.parse.urlsplit(path).path if scheme else path)
 
 
-def _run_on(host: str, python: str, call: Call, local_file: Path | None) -> str | None:
-    """Run the call on ``host``; None when ssh cannot reach it."""
-    env = [f"{ON_BRIDGE}=1"] + ([f"{FRAMED_STDIN}=1"] if local_file else [])
+def _local_source(call: Call) -> int | None:
+    """The front-end file a bridge ``cp`` imports, opened once and checked here (the file is
+    here, so is the check); its descriptor is what is sent."""
+    local = _local_path(call)
+    if local is None:
+        return None
+    from one_drivers.datastore.rbd.sources import open_local
+
+    return open_local(local, ds_settings(call))
+
+
+def _run_on(host: str, python: str, call: Call, local_file: int | None) -> str | None:
+    """Run the call on ``host``; None when ssh cannot reach it. The whole exchange, sending
+    the file included, ends at the action's deadline (a stalled bridge is killed then)."""
+    env = [f"{ON_BRIDGE}=1"] + ([f"{FRAMED_STDIN}=1"] if local_file is not None else [])
     argv = ["env", *env, python, "-m", "one_drivers", call.family, call.driver, call.action,
             *call.extras["argv"]]
     proc = remote.popen(host, argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -100,27 +120,37 @@ def _run_on(host: str, python: str, call: Call, local_file: Path | None) -> str 
         t.start()
     if proc.stdin is None:
         raise RuntimeError("ssh started without a stdin pipe")
+    watchdog = threading.Timer(call.deadline.remaining(), proc.kill)
+    watchdog.daemon = True
+    watchdog.start()
     try:
-        proc.stdin.write(call.extras["stdin"].rstrip(b"\n") + (b"\n" if local_file else b""))
+        framed = local_file is not None
+        proc.stdin.write(call.extras["stdin"].rstrip(b"\n") + (b"\n" if framed else b""))
         if local_file is not None:
-            with open(local_file, "rb") as fh:
-                while data := fh.read(CHUNK):
-                    proc.stdin.write(data)
+            while data := os.read(local_file, CHUNK):
+                proc.stdin.write(data)
         proc.stdin.close()
-    except BrokenPipeError:
-        pass  # the remote side ended early: its exit code says why
-    timeout = call.deadline.cap(call.deadline.remaining(), f"the bridge {host} answered")
+    except (BrokenPipeError, ValueError, OSError):
+        pass  # the remote side ended early (or was killed at the deadline): see below
     try:
-        rc = proc.wait(timeout=timeout)
+        rc = proc.wait(timeout=max(call.deadline.remaining(), 0.1))
     except subprocess.TimeoutExpired:
         proc.kill()
-        raise
+        rc = proc.wait()
+    finally:
+        watchdog.cancel()
+    if call.deadline.expired:
+        raise BackendTimeout(f"the bridge {host} did not finish within "
+                             f"{call.deadline.seconds:g} s",
+                             hint="check the bridge host and its Ceph access")
     for t in readers:
         t.join(5)
     if rc == SSH_UNREACHABLE and not err:
         return None
     if rc == SSH_UNREACHABLE and err and err[-1].startswith(("ssh:", "Connection")):
         return None
+    if rc == SSH_UNREACHABLE:  # ssh's own failure after connecting: not an action's exit code
+        raise BackendUnavailable(f"ssh to bridge {host} failed ({err[-1]})")
     if rc != 0:
         raise BridgeFailure(err[-1] if err else f"failed on bridge {host} (exit {rc})", rc)
     return b"".join(out).decode()

@@ -5,11 +5,17 @@ from __future__ import annotations
 from one_drivers.ceph.naming import ImageSpec, image_name
 from one_drivers.core.config import Settings
 from one_drivers.core.contract import Call
+from one_drivers.core.retry import action_timeout
 
 
 def ds_settings(call: Call) -> Settings:
-    """Defaults < driver config file < datastore template."""
-    return call.settings.over(call.doc.datastore.template)
+    """Defaults < driver config file < datastore template; a timeout the template sets
+    (``<ACTION>_TIMEOUT`` or ``ACTION_TIMEOUT``) becomes the action's deadline."""
+    settings = call.settings.over(call.doc.datastore.template)
+    timeout = action_timeout(call.action, settings, call.deadline.seconds)
+    if timeout != call.deadline.seconds:
+        call.deadline.retime(timeout)
+    return settings
 
 
 def target(call: Call, settings: Settings) -> ImageSpec:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +34,12 @@ from one_drivers.core.contract import Call
 from one_drivers.core.errors import ActionFailed, BadInput
 from one_drivers.core.retry import Deadline
 from one_drivers.datastore.rbd.common import answer, ds_settings, target
-from one_drivers.datastore.rbd.sources import Opened, open_source, sniff_format
+from one_drivers.datastore.rbd.sources import (
+    Opened,
+    open_source,
+    refuse_references,
+    sniff_format,
+)
 
 STAGING_RESERVE = 256 * 1024 * 1024  # never fill the staging file system completely
 
@@ -63,54 +67,55 @@ class Checksums:
                                hint="the download is corrupt or the checksum is wrong")
 
 
-def stage_to_file(src: Opened, settings: Settings, image_id: int, deadline: Deadline) -> Path:
-    """Copy a stream to a file under STAGING_DIR, bounded by the space there."""
+def stage_to_file(src: Opened, settings: Settings, image_id: int, deadline: Deadline) -> int:
+    """Copy a stream to an unnamed file under STAGING_DIR (``O_TMPFILE``: nothing to leave
+    behind on a crash, no name anyone could swap), bounded by the space there; its descriptor."""
     staging_dir = Path(settings.get("STAGING_DIR", "/var/tmp") or "/var/tmp")
     staging_dir.mkdir(parents=True, exist_ok=True)
-    for stale in staging_dir.glob(f"one-drivers-{image_id}-*"):  # an interrupted run's
+    for stale in staging_dir.glob(f"one-drivers-{image_id}-*"):  # an older version's debris
         stale.unlink(missing_ok=True)
     budget = shutil.disk_usage(staging_dir).free - STAGING_RESERVE
     if src.size is not None and src.size > budget:
         raise ActionFailed(f"not enough space in {staging_dir} to convert {src.label} "
                            f"({src.size >> 20} MiB needed)", hint="free space or set STAGING_DIR")
-    fd, name = tempfile.mkstemp(prefix=f"one-drivers-{image_id}-", dir=staging_dir)
-    path = Path(name)
+    fd = os.open(staging_dir, os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600)
     progress = Progress(f"downloading {src.label}", src.size)
     done = 0
     try:
-        with os.fdopen(fd, "wb") as out:
-            while data := read_full(src.stream, CHUNK):
-                done += len(data)
-                if done > budget:
-                    raise ActionFailed(f"{src.label} does not fit in {staging_dir}",
-                                       hint="free space or set STAGING_DIR")
-                out.write(data)
-                progress.update(done)
-                deadline.cap(1, "the download finished")
+        while data := read_full(src.stream, CHUNK):
+            done += len(data)
+            if done > budget:
+                raise ActionFailed(f"{src.label} does not fit in {staging_dir}",
+                                   hint="free space or set STAGING_DIR")
+            os.write(fd, data)
+            progress.update(done)
+            deadline.cap(1, "the download finished")
     except BaseException:
-        path.unlink(missing_ok=True)
+        os.close(fd)
         raise
-    return path
+    return fd
 
 
 def import_source(pool: Pool, name: str, meta: dict[str, str], call: Call,
                   settings: Settings) -> None:
     image = call.doc.image
-    path = image.text("PATH")
     sums = Checksums(image.template.get("MD5"), image.template.get("SHA1"))
-    src = open_source(path, settings, call.deadline, call.subject, tap=sums.update,
-                      data=call.extras.get("data"))
+    src = open_source(image.text("PATH"), settings, call.deadline, call.subject,
+                      tap=sums.update, data=call.extras.get("data"))
+    path = src.label  # credentials in a URL never reach a message or the log
     data_pool = pool.access.data_pool
     try:
-        fmt = sniff_format(src.stream.peek(64 * 1024))
+        head = src.stream.peek(64 * 1024)
+        fmt = sniff_format(head)
+        refuse_references(fmt, head, path)
         log.info(f"importing {path} ({fmt}{', ' + src.compression if src.compression else ''})"
                  f" into {pool.name}/{name}")
         rate = parse_rate(settings.get("LIMIT_TRANSFER_BW"))
-        if fmt == "raw" and src.local_path is not None and src.size is not None:
+        if fmt == "raw" and src.local_fd is not None and src.size is not None:
             sums.reset()  # the whole file is read again below, holes skipped
             create(pool.ioctx, name, src.size, data_pool=data_pool, meta=meta)
-            with open(src.local_path, "rb") as fh, open_image(pool.ioctx, name) as rbd_image:
-                copy_file_extents(fh.fileno(), src.size, rbd_image, what=f"importing {path}",
+            with open_image(pool.ioctx, name) as rbd_image:
+                copy_file_extents(src.local_fd, src.size, rbd_image, what=f"importing {path}",
                                   on_chunk=sums.update if sums.expected else None, rate=rate,
                                   check=lambda: call.deadline.cap(1, "the import finished"))
             sums.verify(path)
@@ -123,23 +128,23 @@ def import_source(pool: Pool, name: str, meta: dict[str, str], call: Call,
                           check=lambda: call.deadline.cap(1, "the import finished"))
             sums.verify(path)
             return
-        staged: Path | None = None
+        staged: int | None = None
         try:
-            if src.local_path is not None:
-                file = src.local_path
+            if src.local_fd is not None:
+                fd = src.local_fd
                 if sums.expected:
                     _drain(src.stream)  # the checksum needs every byte once
             else:
-                file = staged = stage_to_file(src, settings, image.id, call.deadline)
+                fd = staged = stage_to_file(src, settings, image.id, call.deadline)
             sums.verify(path)
             timeout = call.deadline.cap(call.deadline.remaining(), "converting")
-            size = qemu_img.virtual_size(file, fmt, timeout)
+            size = qemu_img.virtual_size(fd, fmt, timeout, path)
             create(pool.ioctx, name, size, data_pool=data_pool, meta=meta)
-            qemu_img.convert_into_rbd(file, fmt, pool.access, pool.name, name,
+            qemu_img.convert_into_rbd(fd, fmt, pool.access, pool.name, name,
                                       call.deadline.cap(call.deadline.remaining(), "converting"))
         finally:
             if staged is not None:
-                staged.unlink(missing_ok=True)
+                os.close(staged)
     finally:
         src.close()
 

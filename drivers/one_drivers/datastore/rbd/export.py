@@ -1,4 +1,5 @@
-"""DS ``export`` (for a marketplace): ``<IMPORT_INFO>`` with an ``rbd://`` URL ``cp`` imports.
+"""DS ``export`` (for a marketplace): ``<IMPORT_INFO>`` with an ``rbd://`` URL ``cp`` imports
+(with the importing datastore's own credentials: the URL carries none).
 
 The MD5 comes from the image template when it has one; otherwise it is computed by reading the
 image, holes hashed as zeros without reading them.
@@ -46,11 +47,10 @@ def md5_of(image: object, what: str) -> str:
 def export(call: Call) -> str:
     settings = ds_settings(call)
     spec = source_spec(call, settings)
-    query = {k: v for k in ("CEPH_USER", "CEPH_KEY", "CEPH_CONF") if (v := settings.get(k))}
+    # no user, key or configuration path in the URL: the importing datastore reads it with its
+    # own credentials, from the pools it allows (RBD_SOURCE_POOLS)
     host = settings.get("EXPORT_HOST") or socket.getfqdn()
-    url = f"rbd://{host}/{spec.pool}/{spec.name}"
-    if query:
-        url += "?" + urllib.parse.urlencode(query)
+    url = f"rbd://{host}/{urllib.parse.quote(spec.pool)}/{urllib.parse.quote(spec.name)}"
     with rbd_pool(settings.over({"POOL_NAME": spec.pool}), call.deadline, call.subject) as pool, \
             ceph_errors(f"reading {spec}", call.subject), \
             open_image(pool.ioctx, spec.name, read_only=True) as image:

@@ -2,14 +2,23 @@
 
 Each source is a byte stream with an optional known size. Compressed streams (gzip, bzip2, xz) are
 decompressed on the fly unless NO_DECOMPRESS; the first bytes after that tell the disk format.
+
+A source reads only itself (SECURITY.md). A local file is opened once; RESTRICTED_DIRS is checked
+against what that descriptor really is, and only the descriptor is read, qemu-img included. A
+disk header that names another file (qcow2/qed backing, qcow2 external data, multi-file or delta
+vmdk, differencing vhd) is refused. ``rbd://`` sources are read with the datastore's own
+credentials, from the pools RBD_SOURCE_POOLS allows (default: the datastore's own). http
+downloads end at the action's deadline however slowly the server trickles.
 """
 
 from __future__ import annotations
 
 import bz2
+import contextlib
 import gzip
 import lzma
 import os
+import stat
 import struct
 import urllib.parse
 from collections.abc import Callable
@@ -20,7 +29,13 @@ from typing import IO, Any
 from one_drivers.ceph.naming import ImageSpec
 from one_drivers.ceph.session import CephAccess, CephSession
 from one_drivers.core.config import Settings
-from one_drivers.core.errors import ActionFailed, BackendUnavailable, BadInput, NotFound
+from one_drivers.core.errors import (
+    ActionFailed,
+    BackendTimeout,
+    BackendUnavailable,
+    BadInput,
+    NotFound,
+)
 from one_drivers.core.retry import Deadline
 
 PEEK = 64 * 1024
@@ -74,7 +89,7 @@ class Opened:
     label: str
     closer: list[Any]
     compression: str | None = None
-    local_path: Path | None = None  # when the source is a plain local file
+    local_fd: int | None = None  # when the source is a plain local file: its descriptor
 
     def close(self) -> None:
         for obj in reversed(self.closer):
@@ -84,11 +99,33 @@ class Opened:
                 continue
 
 
-def check_path_allowed(path: Path, settings: Settings) -> None:
-    """RESTRICTED_DIRS / SAFE_DIRS as upstream's check_restricted applies them."""
+def open_local(path: Path, settings: Settings) -> int:
+    """Open a local source once and check what was opened: a regular file, and (by the path
+    the descriptor really has, whatever symlinks were swapped meanwhile) not restricted."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK)
+    except FileNotFoundError:
+        raise NotFound(f"source {path} does not exist") from None
+    except OSError as exc:
+        raise ActionFailed(f"cannot read source {path}: {exc.strerror}") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise BadInput(f"source {path} is not a regular file")
+        os.set_blocking(fd, True)
+        check_path_allowed(Path(os.readlink(f"/proc/self/fd/{fd}")), settings, label=path)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def check_path_allowed(real: Path, settings: Settings, *, label: Path | None = None) -> None:
+    """RESTRICTED_DIRS / SAFE_DIRS as upstream's check_restricted applies them, to the real
+    path of an opened file."""
     restricted = (settings.get("RESTRICTED_DIRS") or "").split()
     safe = (settings.get("SAFE_DIRS") or "").split()
-    real = path.resolve()
+    path = label or real
+    real = real.resolve()
 
     def under(dirs: list[str]) -> bool:
         return any(real == Path(d).resolve() or Path(d).resolve() in real.parents for d in dirs)
@@ -120,14 +157,57 @@ class RbdReader:
         pass
 
 
-def parse_rbd_url(url: str) -> tuple[ImageSpec, dict[str, str]]:
-    """``rbd://[user@]host/pool/image[@snap]?CEPH_USER=..&CEPH_KEY=..&CEPH_CONF=..``."""
+def parse_rbd_url(url: str) -> ImageSpec:
+    """``rbd://host/pool/image[@snap]``. Credentials never come from a URL (an image source
+    is a tenant's text): a user name, a password or a query in it is refused."""
     parts = urllib.parse.urlsplit(url)
-    spec = ImageSpec.parse(urllib.parse.unquote(parts.path.lstrip("/")))
-    query = {k.upper(): v for k, v in urllib.parse.parse_qsl(parts.query)}
-    if parts.username and "CEPH_USER" not in query:
-        query["CEPH_USER"] = parts.username
-    return spec, query
+    if parts.username or parts.password or parts.query:
+        raise BadInput("rbd:// sources carry no user, key or configuration",
+                       hint="the datastore's own Ceph credentials are used")
+    return ImageSpec.parse(urllib.parse.unquote(parts.path.lstrip("/")))
+
+
+def allowed_source_pools(settings: Settings) -> list[str]:
+    pools = (settings.get("RBD_SOURCE_POOLS") or "").split()
+    return pools or [settings.get("POOL_NAME", "one") or "one"]
+
+
+def refuse_references(fmt: str, head: bytes, label: str) -> None:
+    """Refuse, from the first bytes, a disk image whose header names another file."""
+    hint = "register a self-contained image (qemu-img convert it first)"
+    try:
+        if fmt == "qcow2":
+            backing = struct.unpack_from(">Q", head, 8)[0]
+            version = struct.unpack_from(">I", head, 4)[0]
+            incompatible = struct.unpack_from(">Q", head, 72)[0] if version >= 3 else 0
+            if backing:
+                raise BadInput(f"{label} is a qcow2 image with a backing file", hint=hint)
+            if incompatible & 0x4:
+                raise BadInput(f"{label} keeps its data in an external file", hint=hint)
+        elif fmt == "qed" and struct.unpack_from("<Q", head, 16)[0] & 0x1:
+            raise BadInput(f"{label} is a qed image with a backing file", hint=hint)
+        elif fmt == "vmdk":
+            _check_vmdk(head, label, hint)
+        elif fmt == "vpc" and struct.unpack_from(">I", head, 60)[0] == 4:
+            raise BadInput(f"{label} is a differencing vhd image", hint=hint)
+    except struct.error:
+        raise BadInput(f"{label} has a truncated {fmt} header") from None
+
+
+def _check_vmdk(head: bytes, label: str, hint: str) -> None:
+    if not head.startswith(b"KDMV"):  # a text descriptor: the data is in other files
+        raise BadInput(f"{label} is a vmdk descriptor whose data is in other files", hint=hint)
+    offset, size = struct.unpack_from("<QQ", head, 28)
+    text = head[offset * 512:(offset + size) * 512].split(b"\0", 1)[0].decode("latin-1")
+    create_type = ""
+    for line in text.splitlines():
+        key, _, value = line.partition("=")
+        if key.strip() == "createType":
+            create_type = value.strip().strip('"')
+        if key.strip() == "parentFileNameHint":
+            raise BadInput(f"{label} is a vmdk delta of another file", hint=hint)
+    if create_type and create_type not in ("monolithicSparse", "streamOptimized"):
+        raise BadInput(f"{label} is a {create_type} vmdk (more than one file)", hint=hint)
 
 
 class Tap:
@@ -154,31 +234,26 @@ def open_source(path: str, settings: Settings, deadline: Deadline, subject: str,
     along (BRIDGE_LIST mode): the path was checked there."""
     timeout = deadline.cap(settings.float("SOURCE_TIMEOUT", 60), "opening the source")
     closer: list[Any] = []
-    local: Path | None = None
+    local_fd: int | None = None
     scheme = urllib.parse.urlsplit(path).scheme.lower()
     if scheme in ("http", "https"):
-        raw, size = _open_http(path, timeout)
+        raw, size = _open_http(path, timeout, deadline, closer)
     elif scheme == "rbd":
         raw, size = _open_rbd(path, settings, deadline, subject, closer)
     elif scheme in ("", "file") and data is not None:
         raw, size = data, None
     elif scheme in ("", "file"):
-        local = Path(urllib.parse.urlsplit(path).path if scheme else path)
-        check_path_allowed(local, settings)
-        try:
-            raw = open(local, "rb")  # noqa: SIM115 - closed by Opened.close
-        except FileNotFoundError:
-            raise NotFound(f"source {local} does not exist") from None
-        except OSError as exc:
-            raise ActionFailed(f"cannot read source {local}: {exc.strerror}") from None
-        size = os.fstat(raw.fileno()).st_size
+        local_fd = open_local(Path(urllib.parse.urlsplit(path).path if scheme else path),
+                              settings)
+        raw = os.fdopen(local_fd, "rb")
+        size = os.fstat(local_fd).st_size
     else:
         raise BadInput(f"unsupported source {path!r}",
                        hint="use a local path, http(s):// or rbd://")
     closer.append(raw)
     source: Any = Tap(raw, tap) if tap else raw
     stream = Peekable(source)
-    opened = Opened(stream, size, path, closer, local_path=local)
+    opened = Opened(stream, size, redact(path), closer, local_fd=local_fd)
     if not settings.bool("NO_DECOMPRESS", False):
         head = stream.peek(6)
         for magic, kind in COMPRESSIONS.items():
@@ -186,7 +261,7 @@ def open_source(path: str, settings: Settings, deadline: Deadline, subject: str,
                 opened.compression = kind
                 opened.stream = Peekable(_decompressor(kind, stream))
                 opened.size = None
-                opened.local_path = None
+                opened.local_fd = None
                 break
     return opened
 
@@ -200,30 +275,100 @@ def _decompressor(kind: str, stream: Peekable) -> Any:
     return lzma.LZMAFile(raw, mode="rb")
 
 
-def _open_http(url: str, timeout: float) -> tuple[IO[bytes], int | None]:
+def redact(url: str) -> str:
+    """A URL as it may appear in a message or a log: no password."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"{parts.username}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+
+
+class DeadlineReader:
+    """An http response that ends at the action's deadline, however slowly it trickles: a
+    watchdog shuts the socket down then (each read's own timeout cannot, as every byte resets
+    it), and the read that fails becomes a timeout naming the source."""
+
+    def __init__(self, response: Any, deadline: Deadline, label: str) -> None:
+        import threading
+
+        self.response, self.deadline, self.label = response, deadline, label
+        self.fired = threading.Event()
+        self.watchdog = threading.Timer(deadline.remaining(), self._expire)
+        self.watchdog.daemon = True
+        self.watchdog.start()
+
+    def _expire(self) -> None:
+        import socket
+
+        self.fired.set()
+        sock = getattr(getattr(getattr(self.response, "fp", None), "raw", None), "_sock", None)
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def read(self, n: int = -1) -> bytes:
+        try:
+            data: bytes = self.response.read(n)
+        except (OSError, ValueError) as exc:
+            if self.fired.is_set():
+                raise BackendTimeout(f"downloading {self.label} did not finish within "
+                                     f"{self.deadline.seconds:g} s") from None
+            raise BackendUnavailable(f"downloading {self.label} failed ({exc})") from None
+        if self.fired.is_set() or self.deadline.expired:
+            raise BackendTimeout(f"downloading {self.label} did not finish within "
+                                 f"{self.deadline.seconds:g} s")
+        return data
+
+    def close(self) -> None:
+        self.watchdog.cancel()
+        self.response.close()
+
+
+def _open_http(url: str, timeout: float, deadline: Deadline,
+               closer: list[Any]) -> tuple[IO[bytes], int | None]:
     import urllib.error  # ~17 ms of imports: only for http sources
     import urllib.request
 
-    request = urllib.request.Request(url, headers={"User-Agent": "one-drivers"})  # noqa: S310
+    label = redact(url)
+    headers = {"User-Agent": "one-drivers"}
+    parts = urllib.parse.urlsplit(url)
+    if parts.username is not None:  # user:password@ becomes basic authentication, as curl does
+        import base64
+
+        unquote = urllib.parse.unquote
+        pair = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
+        headers["Authorization"] = "Basic " + base64.b64encode(pair.encode()).decode()
+        netloc = parts.hostname or ""
+        netloc = f"[{netloc}]" if ":" in netloc else netloc
+        url = urllib.parse.urlunsplit(parts._replace(
+            netloc=netloc + (f":{parts.port}" if parts.port else "")))
+    request = urllib.request.Request(url, headers=headers)  # noqa: S310
     try:
         response = urllib.request.urlopen(request, timeout=timeout)  # noqa: S310
     except urllib.error.HTTPError as exc:
         if exc.code == 404:
-            raise NotFound(f"source {url} does not exist (HTTP 404)") from None
-        raise ActionFailed(f"source {url} answered HTTP {exc.code} {exc.reason}") from None
+            raise NotFound(f"source {label} does not exist (HTTP 404)") from None
+        raise ActionFailed(f"source {label} answered HTTP {exc.code} {exc.reason}") from None
     except (urllib.error.URLError, TimeoutError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
-        raise BackendUnavailable(f"cannot download {url} ({reason})",
+        raise BackendUnavailable(f"cannot download {label} ({reason})",
                                  hint="check the URL and that the server is reachable") from None
     length = response.headers.get("Content-Length")
-    return response, int(length) if length and length.isdigit() else None
+    reader = DeadlineReader(response, deadline, label)
+    return reader, int(length) if length and length.isdigit() else None  # type: ignore[return-value]
 
 
 def _open_rbd(url: str, settings: Settings, deadline: Deadline, subject: str,
               closer: list[Any]) -> tuple[IO[bytes], int]:
-    spec, query = parse_rbd_url(url)
-    access = CephAccess.from_settings(settings.over({k: v for k, v in query.items()
-                                                     if k.startswith("CEPH_")}))
+    spec = parse_rbd_url(url)
+    allowed = allowed_source_pools(settings)
+    if spec.pool not in allowed:
+        raise BadInput(f"rbd:// source {spec} is in pool {spec.pool}, which this datastore may "
+                       f"not read from (RBD_SOURCE_POOLS: {' '.join(allowed)})",
+                       hint="an administrator can add the pool to RBD_SOURCE_POOLS")
+    access = CephAccess.from_settings(settings)
     session = CephSession(access, deadline, subject=subject).__enter__()
     closer.append(session)
     ioctx = session.cluster.open_ioctx(spec.pool)

@@ -11,22 +11,28 @@ from one_drivers.ceph.stream import CHUNK, read_full
 from one_drivers.core.contract import Call
 from one_drivers.core.errors import ActionFailed
 from one_drivers.datastore.rbd.common import ds_settings
-from one_drivers.datastore.rbd.sources import header_virtual_size, open_source, sniff_format
+from one_drivers.datastore.rbd.sources import (
+    header_virtual_size,
+    open_source,
+    refuse_references,
+    sniff_format,
+)
 
 MIB = 1024 * 1024
 
 
 def size_bytes(call: Call) -> int:
     settings = ds_settings(call)
-    path = call.doc.image.text("PATH")
-    src = open_source(path, settings, call.deadline, call.subject)
+    src = open_source(call.doc.image.text("PATH"), settings, call.deadline, call.subject)
+    path = src.label
     try:
         head = src.stream.peek(64 * 1024)
         fmt = sniff_format(head)
+        refuse_references(fmt, head, path)
         if fmt != "raw":
-            if src.local_path is not None:
-                return qemu_img.virtual_size(src.local_path, fmt,
-                                             call.deadline.cap(60, "qemu-img info"))
+            if src.local_fd is not None:
+                return qemu_img.virtual_size(src.local_fd, fmt,
+                                             call.deadline.cap(60, "qemu-img info"), path)
             size = header_virtual_size(fmt, head)
             if size is None:
                 raise ActionFailed(f"cannot tell the virtual size of {fmt} image {path} "

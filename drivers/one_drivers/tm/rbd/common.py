@@ -18,6 +18,7 @@ from one_drivers.core.contract import Call, HostPath
 from one_drivers.core.documents import VM, Datastore, Disk
 from one_drivers.core.errors import ActionFailed, BackendUnavailable, BadInput
 from one_drivers.core.oned import Oned
+from one_drivers.core.retry import action_timeout
 
 
 class DiskContext(NamedTuple):
@@ -95,6 +96,10 @@ def load(call: Call, where: HostPath, *, datastore_id: int | str | None = "dsid"
     if disk is None:
         raise BadInput(f"VM {vmid} has no DISK with DISK_ID={index}",
                        hint="the VM template and the transfer line disagree")
-    settings = call.settings.over(datastore.template).over(disk)
+    ds_layer = call.settings.over(datastore.template)
+    timeout = action_timeout(call.action, ds_layer, call.deadline.seconds)
+    if timeout != call.deadline.seconds:  # the datastore's own limit for this action
+        call.deadline.retime(timeout)
+    settings = ds_layer.over(disk)
     spec, kind, source = disk_image(vmid, disk, settings)
     return DiskContext(vm, datastore, disk, settings, spec, kind, source)

@@ -25,8 +25,10 @@ from one_drivers.tm.rbd.common import DiskContext, load, send_to_host
 MIB = 1024 * 1024
 
 
-def _python(ctx: DiskContext) -> str:
-    return ctx.settings.get("HOST_PYTHON") or sys.executable
+def _python(call: Call) -> str:
+    """The program started on the host: only the driver's configuration file chooses it (the
+    datastore and disk layers are not asked)."""
+    return call.settings.get("HOST_PYTHON") or sys.executable
 
 
 def export_to_host(call: Call, ctx: DiskContext, pool: Pool, spec: ImageSpec,
@@ -35,7 +37,7 @@ def export_to_host(call: Call, ctx: DiskContext, pool: Pool, spec: ImageSpec,
     with pool.other(spec.pool) as ioctx, open_image(ioctx, spec.name, snapshot=spec.snap,
                                                     read_only=True) as image:
         size = max(image.size(), grow_to)
-        send_to_host(where, _python(ctx),
+        send_to_host(where, _python(call),
                      lambda out: write_stream(out, size, image_chunks(image, image.size())),
                      timeout, monitor="ssh")
 
@@ -45,7 +47,7 @@ def import_from_host(call: Call, ctx: DiskContext, where: HostPath, image: Any) 
     from one_drivers.ceph.stream import SparseWriter
 
     timeout = call.deadline.cap(call.deadline.remaining(), f"reading {where}")
-    argv = [_python(ctx), "-m", "one_drivers.core.sparsefile", "send", where.path]
+    argv = [_python(call), "-m", "one_drivers.core.sparsefile", "send", where.path]
     proc = remote.popen(where.host, argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         size, records = read_stream(proc.stdout)  # type: ignore[arg-type]
