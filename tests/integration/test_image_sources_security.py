@@ -276,3 +276,73 @@ def test_oned_that_trickles_ends_at_the_lookup_deadline():
         oned.vm(1)
     assert sent.is_set(), "positive control: the server was trickling"
     listener.close()
+
+
+_HOLDER = """
+import sys, rados, rbd
+c = rados.Rados(conffile=sys.argv[1], rados_id="admin"); c.connect(timeout=10)
+io = c.open_ioctx(sys.argv[2]); img = rbd.Image(io, sys.argv[3])  # read-write: a watch
+print(c.get_addrs() if hasattr(c, "get_addrs") else "", flush=True)
+sys.stdin.readline(); img.close(); io.close(); c.shutdown()
+"""
+
+
+def test_rm_refuses_an_image_a_client_still_has_open_unless_it_is_fenced(
+        lab_env, remotes, ceph_admin, image_ids):  # noqa: F811
+    import json
+    import sys
+
+    import rbd
+
+    cluster, ioctx = ceph_admin
+    iid = image_ids()
+    name = f"one-{iid}"
+    rbd.RBD().create(ioctx, name, MIB)
+    doc = ds_doc(lab_env, iid, image={"SOURCE": f"one/{name}"}, ds={"WATCHER_WAIT": "2"})
+    holder = subprocess.Popen([sys.executable, "-c", _HOLDER, lab_env["CEPH_CONF"], "one", name],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        holder.stdout.readline()  # the image is open
+        with rbd.Image(ioctx, name, read_only=True) as image:
+            addr = next(iter(image.watchers_list()))["addr"]
+        proc = run_remote(remotes, "datastore/rbd/rm", [str(iid)], doc)
+        assert proc.returncode == 1, proc.stderr
+        assert f"in use by Ceph client {addr}" in last_line(proc.stderr)
+        assert name in rbd_names(ioctx), "kept, not trashed"
+        assert name not in {e["name"] for e in rbd.RBD().trash_list(ioctx)}
+        # fenced: provably gone, so removed
+        ret, _, err = cluster.mon_command(json.dumps({"prefix": "osd blocklist", "blocklistop":
+                                                      "add", "addr": addr}), b"", timeout=10)
+        assert ret == 0, err
+        try:
+            proc = run_remote(remotes, "datastore/rbd/rm", [str(iid)], doc)
+            assert proc.returncode == 0, proc.stderr
+            assert name not in rbd_names(ioctx)
+        finally:
+            cluster.mon_command(json.dumps({"prefix": "osd blocklist", "blocklistop": "rm",
+                                            "addr": addr}), b"", timeout=10)
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_rm_removes_only_this_images_own_rbd_image(lab_env, remotes, ceph_admin, image_ids):  # noqa: F811
+    import rbd
+
+    _, ioctx = ceph_admin
+    iid = image_ids()
+    name = f"operator-db-{uuid.uuid4().hex[:6]}"
+    rbd.RBD().create(ioctx, name, MIB)
+    try:
+        doc = ds_doc(lab_env, iid, image={"SOURCE": f"one/{name}"})
+        proc = run_remote(remotes, "datastore/rbd/rm", [str(iid)], doc)
+        assert proc.returncode == 1 and "not removed" in last_line(proc.stderr), proc.stderr
+        assert name in rbd_names(ioctx)
+    finally:
+        rbd.RBD().remove(ioctx, name)
+    own = f"one-{iid}"  # positive control: upstream's name for this image is removed
+    rbd.RBD().create(ioctx, own, MIB)
+    proc = run_remote(remotes, "datastore/rbd/rm", [str(iid)],
+                      ds_doc(lab_env, iid, image={"SOURCE": f"one/{own}"}))
+    assert proc.returncode == 0, proc.stderr
+    assert own not in rbd_names(ioctx)

@@ -122,3 +122,21 @@ def test_the_driver_log_never_falls_back_to_a_shared_directory(monkeypatch) -> N
     assert path is None or not path.startswith(("/tmp", "/var/tmp"))
     if os.geteuid() == 0:
         assert path in (log.ROOT_LOG, None)
+
+
+def test_the_monitor_keeps_its_state_only_in_a_private_directory(base: Path) -> None:
+    from one_drivers.im.libvirt.control import private_state_dir
+
+    fresh = base / "im"
+    private_state_dir(str(fresh))
+    assert stat.S_IMODE(fresh.stat().st_mode) == 0o700
+    shared = base / "shared"
+    shared.mkdir(mode=0o1777)
+    shared.chmod(0o1777)
+    with pytest.raises(Untrusted):  # /var/tmp/one-drivers/im as it was: anyone's
+        private_state_dir(str(shared))
+    planted = shared / "im"
+    planted.mkdir(mode=0o700)
+    os.chown(planted, NOBODY, NOBODY)  # pre-created by another local user
+    with pytest.raises(Untrusted, match="owned by uid 65534"):
+        private_state_dir(str(planted))

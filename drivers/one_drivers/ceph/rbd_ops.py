@@ -17,6 +17,8 @@ from one_drivers.ceph import ownership
 from one_drivers.ceph.naming import ImageSpec
 from one_drivers.ceph.session import translate
 from one_drivers.core import faults, log
+from one_drivers.core.errors import ActionFailed
+from one_drivers.core.retry import Deadline
 
 
 @contextmanager
@@ -253,9 +255,64 @@ def remove_image(cluster: Any, ioctx: Any, name: str, *,
         return "removed"
     except rbd.ImageNotFound:
         return "absent"
-    except (rbd.ImageHasSnapshots, rbd.ImageBusy):
+    except rbd.ImageHasSnapshots:
         rbd.RBD().trash_move(ioctx, name, 0)
         return "hidden"
+    except rbd.ImageBusy:  # a client opened it meanwhile: never hide a disk someone writes
+        raise ActionFailed(f"{name} is in use by another Ceph client",
+                           hint="is a VM still running on it? stop it and retry") from None
+
+
+def watchers(ioctx: Any, name: str) -> list[str]:
+    """Addresses of the clients that have ``name`` open (read-only opens do not watch, so our
+    own look is not among them)."""
+    with open_image(ioctx, name, read_only=True) as image:
+        return [str(w["addr"]) for w in image.watchers_list()]
+
+
+def blocklisted(cluster: Any) -> set[str]:
+    """Client addresses the cluster has fenced (``ceph osd blocklist``): provably gone."""
+    import json
+
+    try:
+        ret, out, _ = cluster.mon_command(json.dumps({"prefix": "osd blocklist ls",
+                                                      "format": "json"}), b"", timeout=10)
+    except Exception:
+        return set()
+    if ret != 0:
+        return set()
+    try:
+        return {str(e.get("addr", "")) for e in json.loads(out or b"[]")}
+    except ValueError:
+        return set()
+
+
+def refuse_if_watched(cluster: Any, ioctx: Any, name: str, deadline: Deadline,
+                      wait: float) -> None:
+    """Upstream refuses to remove an image that a client still has open, and so do we: a VM on
+    a partitioned host keeps writing into whatever disk it holds. A watcher that is fenced
+    (blocklisted) or whose watch times out within ``wait`` seconds (bounded by the deadline) is
+    provably gone; anything else is refused, naming the client."""
+    import time
+
+    import rbd
+
+    until = time.monotonic() + min(wait, deadline.remaining())
+    while True:
+        try:
+            live = watchers(ioctx, name)
+        except rbd.ImageNotFound:
+            return
+        if live:
+            fenced = blocklisted(cluster)
+            live = [a for a in live if a not in fenced]
+        if not live:
+            return
+        if time.monotonic() >= until:
+            raise ActionFailed(f"{name} is in use by Ceph client {', '.join(live)}",
+                               hint="is a VM still running on it? stop it, or fence a dead "
+                                    "client with `ceph osd blocklist add <addr>`, and retry")
+        time.sleep(1)
 
 
 def trash_entry(ioctx: Any, name: str) -> dict[str, Any] | None:

@@ -9,19 +9,22 @@ goes. CEPH_TRASH=yes moves the image to the trash for TRASH_DEFERMENT seconds in
 
 from __future__ import annotations
 
+from one_drivers.ceph import ownership
 from one_drivers.ceph.build import drop_staging
 from one_drivers.ceph.cloning import release_parent
-from one_drivers.ceph.naming import ImageSpec, carrier_pattern, staging_name
+from one_drivers.ceph.naming import ImageSpec, carrier_pattern, image_name, staging_name
 from one_drivers.ceph.pool import Pool, rbd_pool
 from one_drivers.ceph.rbd_ops import (
     ceph_errors,
     exists,
     open_image,
     parent,
+    refuse_if_watched,
     remove_image,
 )
 from one_drivers.core import log
 from one_drivers.core.contract import Call
+from one_drivers.core.errors import ActionFailed
 from one_drivers.datastore.rbd.common import ds_settings, source_spec
 
 
@@ -39,8 +42,25 @@ def ancestry(pool: Pool, spec: ImageSpec) -> tuple[ImageSpec | None, list[ImageS
     return first, carriers
 
 
+def check_ours(pool: Pool, spec: ImageSpec, call: Call, own_pool: str) -> None:
+    """Remove only this image: upstream's name for it (``one-<ID>``) or our stamp naming it,
+    in the datastore's own pool. A SOURCE pointing anywhere else is refused, not obeyed."""
+    image_id = call.doc.image.id
+    if spec.pool == own_pool and spec.name == image_name(image_id):
+        return
+    if spec.pool == own_pool:
+        with open_image(pool.ioctx, spec.name, read_only=True) as image:
+            meta = ownership.read(image)
+        if meta.get("kind") == "image" and meta.get("image") == str(image_id):
+            return
+    raise ActionFailed(f"{spec} is not image {image_id}'s (neither named one-{image_id} in "
+                       f"pool {own_pool} nor stamped by one-drivers for it): not removed",
+                       hint="remove it by hand if it really belongs to this image")
+
+
 def rm(call: Call) -> None:
     settings = ds_settings(call)
+    own_pool = settings.get("POOL_NAME", "one") or "one"
     spec = source_spec(call, settings)
     settings = settings.over({"POOL_NAME": spec.pool})
     with rbd_pool(settings, call.deadline, call.subject) as pool, \
@@ -49,6 +69,9 @@ def rm(call: Call) -> None:
         if not exists(pool.ioctx, spec.name):
             log.info(f"{spec} is already gone")
             return
+        check_ours(pool, spec, call, own_pool)
+        refuse_if_watched(pool.cluster, pool.ioctx, spec.name, call.deadline,
+                          settings.float("WATCHER_WAIT", 10))
         par, carriers = ancestry(pool, spec)
         if settings.bool("CEPH_TRASH", False):
             import rbd

@@ -16,7 +16,7 @@ DRIVER = Driver(
         "LIBVIRT_URI": ("", "libvirt on this host (default: LIBVIRT_DEFAULT_URI or "
                             "qemu:///system)"),
         "STATE_DIR": ("", "the client's state, pid and log (default: ONE_DRIVERS_IM_STATE_DIR "
-                          "or /var/tmp/one-drivers/im)"),
+                          "or ~/.one-drivers/im; owned by the driver user, 0700, checked)"),
         "PCI_FILTER": ("", "PCI classes reported in SYSTEM_HOST, comma-separated prefixes like "
                            "0300,0302 (* for all; empty: none)"),
         "LIBVIRT_TIMEOUT": ("30", "seconds connecting to libvirt may take"),

@@ -47,7 +47,8 @@ class Store:
         self.path = path
         self.data: dict[str, Any] = {}
         try:
-            with open(path, encoding="utf-8") as fh:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            with os.fdopen(fd, encoding="utf-8") as fh:
                 loaded = json.load(fh)
             self.data = loaded if isinstance(loaded, dict) else {}
         except FileNotFoundError:
@@ -59,7 +60,7 @@ class Store:
                 self.data[key] = {}
 
     def save(self) -> None:
-        write_atomic(self.path, json.dumps(self.data))
+        write_atomic(self.path, json.dumps(self.data), mode=0o600, private=True)
 
 
 class Client:
@@ -150,7 +151,11 @@ def reconnect(uri: str) -> Any:
 
 
 def run(settings_path: str) -> None:
-    with open(settings_path, encoding="utf-8") as fh:
+    from one_drivers.im.libvirt.control import private_state_dir
+
+    private_state_dir(os.path.dirname(os.path.abspath(settings_path)))  # nobody else's file
+    fd = os.open(settings_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    with os.fdopen(fd, encoding="utf-8") as fh:
         raw = json.load(fh)
     opts = Options(**raw)
     import libvirt

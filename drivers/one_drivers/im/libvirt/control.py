@@ -5,6 +5,7 @@ then leaves the client running in the background; a re-run replaces it."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -13,6 +14,7 @@ import sys
 import time
 
 from one_drivers.core import log
+from one_drivers.core.atomic import write_atomic
 from one_drivers.core.contract import Call
 from one_drivers.core.documents import MonitorConfiguration
 from one_drivers.core.errors import ActionFailed, BadInput
@@ -25,7 +27,18 @@ from one_drivers.im.libvirt.client import (
     Options,
 )
 
-DEFAULT_STATE_DIR = "/var/tmp/one-drivers/im"
+# the driver user's own directory: never a shared one, where another local user could plant the
+# settings file the client trusts (SECURITY.md)
+DEFAULT_STATE_DIR = "~/.one-drivers/im"
+NOFOLLOW = os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def private_state_dir(path: str) -> str:
+    """Made 0700 if missing; refused unless this user owns it, mode 0700, on a trusted path."""
+    from one_drivers.core.safefs import open_trusted_dir
+
+    os.close(open_trusted_dir(path, create_mode=0o700, private=True))
+    return path
 
 
 def options(call: Call) -> Options:
@@ -51,9 +64,9 @@ def options(call: Call) -> Options:
     if pubkey and not pubkey.startswith("-----") and os.path.isfile(pubkey):
         with open(pubkey, encoding="utf-8") as fh:
             pubkey = fh.read()
-    state_dir = settings.get("STATE_DIR") or os.environ.get("ONE_DRIVERS_IM_STATE_DIR") \
-        or DEFAULT_STATE_DIR
-    os.makedirs(state_dir, exist_ok=True)
+    state_dir = private_state_dir(os.path.expanduser(
+        settings.get("STATE_DIR") or os.environ.get("ONE_DRIVERS_IM_STATE_DIR")
+        or DEFAULT_STATE_DIR))
     uri = settings.get("LIBVIRT_URI") or os.environ.get("LIBVIRT_DEFAULT_URI") \
         or "qemu:///system"
     return Options(conf.host_id, address, int(port), pubkey, periods,
@@ -68,7 +81,7 @@ def _pidfile(opts: Options) -> str:
 
 def _stop(opts: Options) -> bool:
     try:
-        with open(_pidfile(opts), encoding="utf-8") as fh:
+        with os.fdopen(os.open(_pidfile(opts), os.O_RDONLY | NOFOLLOW), encoding="utf-8") as fh:
             pid = int(fh.read().split()[0])
         with open(f"/proc/{pid}/cmdline", "rb") as fh:
             ours = b"one_drivers.im.libvirt.client" in fh.read()
@@ -80,7 +93,8 @@ def _stop(opts: Options) -> bool:
             if not os.path.exists(f"/proc/{pid}"):
                 break
             time.sleep(0.1)
-    os.unlink(_pidfile(opts))
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(_pidfile(opts))
     return ours
 
 
@@ -103,9 +117,10 @@ def run_monitord_client(call: Call) -> str:
                                          "MONITOR_VM"})
     conn.close()
     settings_path = opts.state_file.replace(".json", ".settings.json")
-    with open(settings_path, "w", encoding="utf-8") as fh:
-        json.dump(opts._asdict(), fh)
-    with open(opts.state_file.replace(".json", ".log"), "ab") as logf:
+    write_atomic(settings_path, json.dumps(opts._asdict()), mode=0o600, private=True)
+    log_fd = os.open(opts.state_file.replace(".json", ".log"),
+                     os.O_WRONLY | os.O_APPEND | os.O_CREAT | NOFOLLOW, 0o600)
+    with os.fdopen(log_fd, "ab") as logf:
         proc = subprocess.Popen([sys.executable, "-m", "one_drivers.im.libvirt.client",
                                  settings_path], stdin=subprocess.DEVNULL, stdout=logf,
                                 stderr=logf, start_new_session=True)
@@ -113,8 +128,7 @@ def run_monitord_client(call: Call) -> str:
     if proc.poll() is not None:
         raise ActionFailed(f"the monitoring client exited at once (status {proc.returncode})",
                            hint=f"see {opts.state_file.replace('.json', '.log')}")
-    with open(_pidfile(opts), "w", encoding="utf-8") as fh:
-        fh.write(f"{proc.pid}\n")
+    write_atomic(_pidfile(opts), f"{proc.pid}\n", mode=0o600, private=True)
     log.info(f"monitoring client {proc.pid} sends to {opts.address}:{opts.port}")
     from one_drivers.im.libvirt.wire import pack
 

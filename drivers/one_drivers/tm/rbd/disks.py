@@ -20,6 +20,7 @@ from one_drivers.ceph.rbd_ops import (
     exists,
     open_image,
     parent,
+    refuse_if_watched,
     remove_image,
 )
 from one_drivers.core import faults, log
@@ -135,6 +136,8 @@ def delete(call: Call) -> None:
     import rbd
 
     with _pool(call, ctx) as pool, ceph_errors(f"removing {ctx.spec}", call.subject):
+        refuse_if_watched(pool.cluster, pool.ioctx, ctx.spec.name, call.deadline,
+                          ctx.settings.float("WATCHER_WAIT", 10))
         deferred = (ctx.settings.get("DELETE_MODE", "now") or "now").lower() == "deferred"
         if ctx.settings.bool("CEPH_TRASH", False) or deferred:
             # deferred: out of sight now, snapshots and data reclaimed by trash-purge
