@@ -140,3 +140,7 @@ def test_the_monitor_keeps_its_state_only_in_a_private_directory(base: Path) -> 
     os.chown(planted, NOBODY, NOBODY)  # pre-created by another local user
     with pytest.raises(Untrusted, match="owned by uid 65534"):
         private_state_dir(str(planted))
+
+
+def test_a_missing_configuration_or_its_directory_is_no_configuration(base: Path) -> None:
+    assert read_trusted_file(str(base / "nodir" / "x.conf")) is None

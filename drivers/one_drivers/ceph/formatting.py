@@ -13,6 +13,7 @@ from typing import Any
 
 from one_drivers.ceph.rbd_ops import open_image
 from one_drivers.ceph.stream import copy_file_extents
+from one_drivers.core import faults
 from one_drivers.core.errors import ActionFailed, BackendTimeout, BadInput
 from one_drivers.core.retry import Deadline
 
@@ -30,17 +31,20 @@ def check_supported(fs: str, supported: str | None) -> None:
 
 def format_into(ioctx: Any, name: str, size: int, fs: str, staging_dir: Path,
                 deadline: Deadline) -> None:
-    import tempfile  # only actions that format pay for it
-
     staging_dir.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="one-drivers-mkfs-", dir=staging_dir)
+    for stale in staging_dir.glob("one-drivers-mkfs-*"):  # named files of older versions
+        stale.unlink(missing_ok=True)
+    # an unnamed file: a crash (even SIGKILL) leaves nothing behind, and no name can be swapped;
+    # the tool reaches it through this process's descriptor, passed to it
+    fd = os.open(staging_dir, os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600)
+    tmp = f"/proc/self/fd/{fd}"
     tool = MAKERS[fs][0]
     try:
         os.ftruncate(fd, size)
         timeout = deadline.cap(300, tool)
         try:
             proc = subprocess.run([*MAKERS[fs], tmp], capture_output=True, timeout=timeout,
-                                  check=False)
+                                  check=False, pass_fds=(fd,))
         except subprocess.TimeoutExpired:
             raise BackendTimeout(f"{tool} did not finish within {timeout:g} s") from None
         except FileNotFoundError:
@@ -48,8 +52,8 @@ def format_into(ioctx: Any, name: str, size: int, fs: str, staging_dir: Path,
         if proc.returncode != 0:
             err = proc.stderr.decode(errors="replace").strip().splitlines()
             raise ActionFailed(f"{tool} failed: {err[-1] if err else proc.returncode}")
+        faults.point("mkfs:formatted")
         with open_image(ioctx, name) as image:
             copy_file_extents(fd, size, image, what=f"writing the {fs} file system")
     finally:
         os.close(fd)
-        Path(tmp).unlink(missing_ok=True)

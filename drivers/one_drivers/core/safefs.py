@@ -110,6 +110,14 @@ def open_trusted_dir(path: str, *, uid: int | None = None, create_mode: int | No
 
 
 @contextlib.contextmanager
+def _closing(fd: int) -> Iterator[int]:
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
 def trusted_dir(path: str, **kwargs: object) -> Iterator[int]:
     fd = open_trusted_dir(path, **kwargs)  # type: ignore[arg-type]
     try:
@@ -131,7 +139,11 @@ def read_trusted_file(path: str, *, uid: int = 0, limit: int = 1 << 20) -> bytes
     trusted, the file is not a symlink, owned by root or ``uid`` and not writable by others.
     None when it does not exist."""
     directory, name = os.path.split(path)
-    with trusted_dir(directory, uid=uid) as dfd:
+    try:
+        dfd = open_trusted_dir(directory, uid=uid)
+    except FileNotFoundError:
+        return None
+    with _closing(dfd):
         try:
             fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
         except FileNotFoundError:

@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from typing import Any, NamedTuple
 
 from one_drivers.core.errors import ActionFailed, BackendTimeout, BackendUnavailable, BadInput
+from one_drivers.core.retry import call_with_timeout
 from one_drivers.ovs.pbr_shortcut import without_pbr_version_lookup
 from one_drivers.ovs.spec import PortSpec
 
@@ -65,11 +66,20 @@ class Ovsdb:
             logger.propagate = False
             if not logger.handlers:
                 logger.addHandler(_ToDriverLog())
-        try:
+        def connect() -> Any:
             idl = connection.OvsdbIdl.from_server(endpoint, "Open_vSwitch",
                                                   helper_tables=TABLES)
             conn = connection.Connection(idl=idl, timeout=max(1, int(timeout)))
-            self.api = impl_idl.OvsdbIdl(conn)
+            return impl_idl.OvsdbIdl(conn)
+
+        try:
+            # fetching the schema waits for the server without a limit of its own: a hung
+            # (SIGSTOPped) ovsdb-server must cost OVSDB_TIMEOUT, not forever. The thread left
+            # behind on a timeout ends with this short-lived process.
+            self.api = call_with_timeout(connect, timeout=timeout,
+                                         what=f"OVSDB at {endpoint}")
+        except BackendTimeout:
+            raise
         except Exception as exc:  # ovsdbapp raises bare Exception on connect timeouts
             raise BackendUnavailable(f"cannot reach OVSDB at {endpoint} ({_reason(exc)})",
                                      hint="is ovsdb-server running, and may this user "

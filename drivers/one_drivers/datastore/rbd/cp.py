@@ -160,6 +160,6 @@ def cp(call: Call) -> str:
     with rbd_pool(settings, call.deadline, call.subject) as pool:
         build_image(pool, dst, meta=stamp("image", datastore=call.doc.datastore.id,
                                             image=call.doc.image.id), identity=("image",),
-                    subject=call.subject,
+                    subject=call.subject, seconds=call.deadline.remaining(),
                     make=lambda name, meta: import_source(pool, name, meta, call, settings))
     return answer(dst)

@@ -42,5 +42,5 @@ def mkfs(call: Call) -> str:
 
         build_image(pool, dst, meta=stamp("image", datastore=call.doc.datastore.id,
                                             image=image.id), identity=("image",),
-                    make=make, subject=call.subject)
+                    make=make, subject=call.subject, seconds=call.deadline.remaining())
     return answer(dst)

@@ -99,7 +99,8 @@ def _volatile(call: Call, fs_of: Callable[[DiskContext], str | None]) -> None:
 
         build_image(pool, ctx.spec, meta=stamp("volatile", vm=vmid, disk=disk_id,
                                                datastore=call.args["dsid"]),
-                    identity=("vm", "disk"), make=make, subject=call.subject)
+                    identity=("vm", "disk"), make=make, subject=call.subject,
+                    seconds=call.deadline.remaining())
     log.info(f"{ctx.spec}: {call.args['size_mb']} MB volatile disk"
              + (f" ({fs})" if fs else ""))
 
@@ -219,5 +220,6 @@ def cpds(call: Call) -> None:
 
         build_image(pool, new, meta=stamp("image", image=image_id, vm=call.args["vmid"],
                                           disk=ctx.disk.disk_id),
-                    identity=("image",), make=make, subject=call.subject)
+                    identity=("image",), make=make, subject=call.subject,
+                    seconds=call.deadline.remaining())
     log.info(f"saved {ctx.spec}{'@' + snap if snap else ''} as {new}")

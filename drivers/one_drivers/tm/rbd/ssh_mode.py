@@ -114,7 +114,8 @@ def cpds_ssh(call: Call) -> None:
 
         build_image(pool, new, meta=stamp("image", image=new.name.removeprefix("one-"),
                                           vm=call.args["vmid"], disk=ctx.disk.disk_id),
-                    identity=("image",), make=make, subject=call.subject)
+                    identity=("image",), make=make, subject=call.subject,
+                    seconds=call.deadline.remaining())
     log.info(f"saved {call.args['src']} as {new}")
 
 

@@ -118,7 +118,7 @@ def _to_rbd(call: Call, ceph: Settings, path: str) -> None:
         _drop_rbd(call, ceph)
         build_image(pool, ImageSpec(pool.name, _image_name(call)),
                     meta=stamp("checkpoint", vm=vm_id), identity=("vm",), make=make,
-                    subject=call.subject)
+                    subject=call.subject, seconds=call.deadline.remaining())
     log.info(f"checkpoint of VM {vm_id} ({size >> 20} MiB) saved in {pool.name}/"
              f"{_image_name(call)}")
 
