@@ -263,7 +263,7 @@ def test_encrypted_messages_and_a_corrupt_state_store(lab_env, remotes, guests, 
     monitord = Monitord(private_key=key)
     host_id = 90 + base % 50
     state_dir = tmp_path / "im"
-    state_dir.mkdir()
+    state_dir.mkdir(mode=0o700)
     (state_dir / f"host-{host_id}.json").write_text("{not json")  # a crash mid-write, say
     res = run_client(remotes, "run_monitord_client", config(monitord.port, host_id, pem),
                      host_id, state_dir)

@@ -157,3 +157,13 @@ def test_a_wild_vm_can_be_imported():
     assert text.splitlines() == ['NAME="web1"', 'CPU="2"', 'VCPU="2"', 'MEMORY="512"',
                                  'HYPERVISOR="kvm"', 'IMPORT_VM_ID="u-wild"',
                                  'OS=[ ARCH="x86_64" ]']
+
+
+def test_a_wild_domain_name_cannot_inject_keys():
+    evil = 'wild", ID="7", STATE="a\n] VM=[ ID="8'
+    wild = probes.Domain(-1, "u9", evil, "RUNNING", {})
+    text, _ = probes.state_vm([wild], {}, sync=True)
+    line = text.splitlines()[-1]
+    assert line.count('"') == 8, "four values, each opened and closed once"
+    assert 'ID="7"' not in text and "\n]" not in text
+    assert probes.quoted(evil).startswith('"wild_, ID=_7_')

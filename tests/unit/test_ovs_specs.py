@@ -159,3 +159,21 @@ def test_pipeline_cookies_and_conntrack():
     assert lines[0] == f"delete cookie=0x{cookie:016x}/0xffffffffffffffff"
     assert lines[1].startswith("delete cookie=0x0ed0000000000000/0xffff000000000000,in_port=7")
     assert lines[2].startswith(f"add cookie=0x{cookie:016x},table=0")
+
+
+def test_tenant_numbers_are_ascii_digits_or_a_clear_refusal():
+    assert rule(PROTOCOL="TCP", RULE_TYPE="INBOUND", RANGE="22").ports == ((22, 22),)
+    for attrs in ({"PROTOCOL": "TCP", "RULE_TYPE": "INBOUND", "RANGE": "\u00b2"},
+                  {"PROTOCOL": "UDP", "RULE_TYPE": "INBOUND", "RANGE": "1:\u0663"},
+                  {"PROTOCOL": "ICMP", "RULE_TYPE": "INBOUND", "ICMP_TYPE": "\u00b9"},
+                  {"PROTOCOL": "ALL", "RULE_TYPE": "INBOUND", "IP": "10.0.0.1",
+                   "SIZE": "\u00b2"}):
+        with pytest.raises(BadInput):
+            rule(**attrs)
+
+
+def test_interface_names_are_never_options():
+    assert specs(nic(0, BRIDGE="br-0"))[0].bridge == "br-0"
+    for attr in ("BRIDGE", "TARGET", "PHYDEV"):
+        with pytest.raises(BadInput, match="is not a valid interface name"):
+            specs(nic(0, **{attr: "-oProxy"}))

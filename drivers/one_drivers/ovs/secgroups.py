@@ -34,19 +34,24 @@ class Rule(NamedTuple):
         return self.protocol == "ALL" and self.nets is None
 
 
+def _ascii_digits(text: str) -> bool:
+    """Only 0-9: ``str.isdigit`` also accepts ``"²"``, which ``int()`` then refuses."""
+    return text.isascii() and text.isdigit()
+
+
 def rules_for(vectors: Iterable[Template], sg_ids: str, *, where: str) -> tuple[Rule, ...]:
     """The rules of the groups a NIC lists in SECURITY_GROUPS (``"0,100"``)."""
     wanted = set()
     for part in sg_ids.split(","):
         part = part.strip()
         if part:
-            if not part.isdigit():
+            if not _ascii_digits(part):
                 raise BadInput(f"{where}: SECURITY_GROUPS={sg_ids!r} is not a list of ids")
             wanted.add(int(part))
     rules = []
     for vector in vectors:
         group = vector.opt("SECURITY_GROUP_ID")
-        if group is not None and group.isdigit() and int(group) in wanted:
+        if group is not None and _ascii_digits(group) and int(group) in wanted:
             rules.append(parse_rule(vector, int(group), where=f"{where} security group {group}"))
     return tuple(rules)
 
@@ -66,7 +71,7 @@ def parse_rule(vector: Template, group: int, *, where: str) -> Rule:
     icmp_type = None
     if protocol in ("ICMP", "ICMPV6") and vector.opt(icmp_name):
         raw = vector.opt(icmp_name) or ""
-        if not raw.isdigit() or int(raw) > 255:
+        if not _ascii_digits(raw) or int(raw) > 255:
             raise BadInput(f"{where}: {icmp_name}={raw!r} is not an ICMP type (0-255)")
         icmp_type = int(raw)
     return Rule(group, kind == "INBOUND", protocol, ports, icmp_type, parse_nets(vector, where))
@@ -79,7 +84,7 @@ def parse_ports(text: str, *, where: str) -> tuple[tuple[int, int], ...]:
         if not part:
             continue
         lo_s, sep, hi_s = part.partition(":")
-        if not lo_s.isdigit() or (sep and not hi_s.isdigit()):
+        if not _ascii_digits(lo_s) or (sep and not _ascii_digits(hi_s)):
             raise BadInput(f"{where}: RANGE part {part!r} is not a port or lo:hi range")
         lo, hi = int(lo_s), int(hi_s) if sep else int(lo_s)
         if not (0 <= lo <= hi <= 65535):
@@ -93,7 +98,7 @@ def parse_nets(vector: Template, where: str) -> tuple[Net, ...] | None:
     A NETWORK_ID rule comes with its network's ranges already expanded by OpenNebula; one
     without any (an empty network) matches nothing rather than everything."""
     size_raw = vector.opt("SIZE")
-    if size_raw is not None and (not size_raw.isdigit() or int(size_raw) < 1):
+    if size_raw is not None and (not _ascii_digits(size_raw) or int(size_raw) < 1):
         raise BadInput(f"{where}: SIZE={size_raw!r} is not a positive number")
     size = int(size_raw) if size_raw else 1
     nets: list[Net] = []

@@ -20,7 +20,8 @@ from one_drivers.core.xmlview import Template
 from one_drivers.ovs.secgroups import Rule, rules_for
 
 _MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
-_NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,15}$")  # a Linux interface name
+# a Linux interface name, never an option to a tool (no leading "-")
+_NAME = re.compile(r"^[A-Za-z0-9_.:][A-Za-z0-9_.:-]{0,14}$")
 QINQ_TYPES = ("802.1q", "802.1ad")
 
 

@@ -66,9 +66,19 @@ def domains(conn: Any) -> list[Domain]:
     return out
 
 
+# a domain's name is anyone's text (wild VMs): nothing in it may close the value or the vector
+_UNSAFE = re.compile(r'["\\\[\]\x00-\x1f\x7f]')
+
+
+def quoted(value: object) -> str:
+    """A value for a monitoring message, in double quotes, with every character that could end
+    it or start a new key (quotes, backslashes, brackets, newlines) replaced by ``_``."""
+    return '"' + _UNSAFE.sub("_", str(value)) + '"'
+
+
 def _vm_line(dom: Domain, **extra: str) -> str:
-    fields = [f'ID="{dom.vm_id}"', f'DEPLOY_ID="{dom.uuid}"']
-    fields += [f'{k}="{v}"' for k, v in extra.items()]
+    fields = [f"ID={quoted(dom.vm_id)}", f"DEPLOY_ID={quoted(dom.uuid)}"]
+    fields += [f"{k}={quoted(v)}" for k, v in extra.items()]
     return f"VM = [ {', '.join(fields)} ]"
 
 
@@ -220,8 +230,9 @@ def system_host(conn: Any, doms: list[Domain], pci_filter: str = "",
         lines += local_datastores(ds_location)
     for dom in doms:
         if dom.vm_id == -1:
-            lines.append(f'VM=[ ID="-1", DEPLOY_ID="{dom.uuid}", VM_NAME="{dom.name}", '
-                         f'STATE="{dom.state}", IMPORT_TEMPLATE="{import_template(dom, arch)}" ]')
+            lines.append(f'VM=[ ID="-1", DEPLOY_ID={quoted(dom.uuid)}, '
+                         f'VM_NAME={quoted(dom.name)}, STATE={quoted(dom.state)}, '
+                         f'IMPORT_TEMPLATE="{import_template(dom, arch)}" ]')
     return "\n".join(lines)
 
 
