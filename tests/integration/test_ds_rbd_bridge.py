@@ -82,3 +82,32 @@ def test_no_reachable_bridge_and_no_bridge_list(lab_env, remotes, bridge_env):
     doc = ds_doc(lab_env, ds={"CEPH_ACCESS": "bridge"})
     proc = run_remote(remotes, "datastore/rbd/monitor", ["100"], doc, env=bridge_env)
     assert proc.returncode == 3 and "missing required attribute BRIDGE_LIST" in proc.stderr
+
+
+def test_only_the_driver_configuration_chooses_the_bridge_program_and_a_stall_exits_4(
+        lab_env, bridge_env, tmp_path):
+    """The program ssh starts comes from the driver's configuration file, never from the
+    datastore template; a bridge that stalls ends at the action's deadline with exit 4."""
+    import sys
+
+    from one_drivers.core.remotes import install
+
+    hang = tmp_path / "hang.sh"
+    marker = tmp_path / "ran"
+    hang.write_text(f"#!/bin/sh\ntouch {marker}\nexec sleep 600\n")
+    hang.chmod(0o755)
+    remotes = tmp_path / "remotes"
+    install(remotes, python=sys.executable)
+    bridge = {"CEPH_ACCESS": "bridge", "BRIDGE_LIST": "one-lab-host", "BRIDGE_PYTHON": str(hang)}
+    mon = run_remote(remotes, "datastore/rbd/monitor", ["100"], ds_doc(lab_env, ds=bridge),
+                     env=bridge_env, timeout=120)
+    assert mon.returncode == 0 and mon.stdout.startswith("USED_MB="), mon.stderr
+    assert not marker.exists(), "the template's BRIDGE_PYTHON was not run"
+    conf = remotes / "etc" / "datastore" / "rbd" / "rbd.conf"
+    conf.write_text(conf.read_text() + f"\nBRIDGE_PYTHON={hang}\nMONITOR_TIMEOUT=4\n")
+    stalled = run_remote(remotes, "datastore/rbd/monitor", ["100"],
+                         ds_doc(lab_env, ds={**bridge, "BRIDGE_PYTHON": ""}), env=bridge_env,
+                         timeout=120)
+    assert marker.exists(), "positive control: the configuration's program did run"
+    assert stalled.returncode == 4, stalled.stderr
+    assert "did not finish within 4 s" in last_line(stalled.stderr)

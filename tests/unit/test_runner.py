@@ -100,3 +100,26 @@ def test_unknown_driver_and_family(fake, capsys):
     assert "unknown driver family 'storage'" in capsys.readouterr().err
     assert main(["datastore"]) == 2
     assert "usage: python -m one_drivers" in capsys.readouterr().err
+
+
+def test_a_huge_stdin_is_refused_without_reading_it_all():
+    import contextlib
+    import os
+    import subprocess
+    import sys
+
+    from one_drivers.core.runner import MAX_STDIN
+
+    big = b"A" * (MAX_STDIN + (8 << 20))
+    proc = subprocess.Popen([sys.executable, "-m", "one_drivers", "datastore", "rbd", "stat",
+                             "1"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    with contextlib.suppress(BrokenPipeError):
+        proc.stdin.write(big)
+    with contextlib.suppress(BrokenPipeError):
+        proc.stdin.close()
+    err = proc.stderr.read().decode()
+    _, status, usage = os.wait4(proc.pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 3, err
+    assert "larger than 32 MiB" in err
+    assert usage.ru_maxrss < 200 * 1024, f"{usage.ru_maxrss} KiB: the document was capped"
