@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 
+from one_drivers.ceph import ownership
 from one_drivers.ceph.build import build_image
 from one_drivers.ceph.cloning import clone_image, release_parent, sweep_clone_snapshots
 from one_drivers.ceph.naming import ImageSpec
@@ -137,6 +138,8 @@ def delete(call: Call) -> None:
     import rbd
 
     with _pool(call, ctx) as pool, ceph_errors(f"removing {ctx.spec}", call.subject):
+        if exists(pool.ioctx, ctx.spec.name):
+            check_disk_is_ours(pool, ctx, call.args["vmid"])
         refuse_if_watched(pool.cluster, pool.ioctx, ctx.spec.name, call.deadline,
                           ctx.settings.float("WATCHER_WAIT", 10))
         deferred = (ctx.settings.get("DELETE_MODE", "now") or "now").lower() == "deferred"
@@ -161,6 +164,24 @@ def delete(call: Call) -> None:
         if parents and parents[0] is not None:
             release_parent(pool.cluster, parents[0])
     log.info(f"removed {ctx.spec}")
+
+
+def check_disk_is_ours(pool: Pool, ctx: DiskContext, vmid: int) -> None:
+    """Delete only this VM's disk: what we stamped for this VM and disk, or (made by
+    upstream's driver) upstream's name for it. Anything else under that name is refused."""
+    import re
+
+    disk_id = ctx.disk.disk_id
+    with open_image(pool.ioctx, ctx.spec.name, read_only=True) as image:
+        meta = ownership.read(image)
+    if meta:
+        if meta.get("vm") == str(vmid) and meta.get("disk") == str(disk_id):
+            return
+    elif re.fullmatch(rf"one-(sys|\d+)-{vmid}-{disk_id}", ctx.spec.name):
+        return
+    raise ActionFailed(f"{ctx.spec} is not VM {vmid} disk {disk_id}'s (not stamped for it, "
+                       "not upstream's name for it): not removed",
+                       hint="remove it by hand if it really belongs to this VM")
 
 
 def _already_gone(ctx: DiskContext, pool: Pool) -> None:
