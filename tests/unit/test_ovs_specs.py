@@ -149,16 +149,64 @@ def test_pipeline_cookies_and_conntrack():
     assert any("ct_state=+trk+new" in x and "tcp,tp_dst=22" in x and "ct(commit,zone=33)" in x
                for x in f)
     assert any("ip,nw_src=10.0.0.2" in x for x in f)
-    assert all("in_port=7" in x or f"dl_dst={guarded.mac}" in x for x in f)
+    assert all("in_port=7" in x or f"dl_dst={guarded.mac}" in x or "reg6=7" in x for x in f), \
+        "every flow names this NIC's port"
     cookie = flows.nic_cookie(42, 1)
     assert flows.cookie_owner(cookie) == (42, 1)
     assert flows.cookie_owner(flows.SKELETON_COOKIE) is None
     assert cookie & flows.VM_MASK == flows.vm_cookie(42)
     text = flows.bundle([(cookie, flows.NIC_MASK)], [(cookie, f[0])], stale_ports=[7])
     lines = text.splitlines()
-    assert lines[0] == f"delete cookie=0x{cookie:016x}/0xffffffffffffffff"
-    assert lines[1].startswith("delete cookie=0x0ed0000000000000/0xffff000000000000,in_port=7")
-    assert lines[2].startswith(f"add cookie=0x{cookie:016x},table=0")
+    assert lines[0] == f"flow delete cookie=0x{cookie:016x}/0xffffffffffffffff"
+    assert lines[1].startswith("flow delete cookie=0x0ed0000000000000/0xffff000000000000,"
+                               "in_port=7")
+    assert lines[2].endswith("reg6=7")
+    assert lines[3].startswith(f"flow add cookie=0x{cookie:016x},table=0")
+    grouped = flows.bundle([], [], groups=[flows.flood_group([9, 7])]).splitlines()
+    assert grouped[0] == ("group add_or_mod group_id=3793,type=all,"
+                          "bucket=actions=load:7->NXM_NX_REG6[],resubmit(,36),"
+                          "bucket=actions=load:9->NXM_NX_REG6[],resubmit(,36)")
+
+
+def test_the_nd_exceptions_are_one_way_and_dhcp_is_narrow():
+    guarded, = specs(nic(0, SECURITY_GROUPS="7", GATEWAY="10.0.0.254"),
+                     rules=[{"SECURITY_GROUP_ID": 7, "PROTOCOL": "TCP", "RULE_TYPE": "INBOUND",
+                             "RANGE": "22"}])
+    f = flows.nic_flows(guarded, ofport=5, zone=3)
+    out_nd = {x.split("icmp_type=")[1].split(",")[0] for x in f
+              if "table=30," in x and "icmp_type=" in x}
+    in_nd = {x.split("icmp_type=")[1].split(",")[0] for x in f
+             if "table=40," in x and "icmp_type=" in x}
+    assert out_nd == {"133", "135", "136"}, "a VM never advertises itself as a router"
+    assert in_nd == {"134", "135", "136"}, "redirects are not let in"
+    dhcp_in = [x for x in f if "table=40," in x and "tp_src=67" in x]
+    assert dhcp_in == ["table=40,priority=110,reg6=5,udp,nw_src=10.0.0.254,tp_src=67,tp_dst=68,"
+                       "actions=output:5"]
+    dhcp_out = [x for x in f if "table=30," in x and "tp_dst=67" in x]
+    assert {x.split("nw_dst=")[1].split(",")[0] for x in dhcp_out} == {"255.255.255.255",
+                                                                       "10.0.0.254"}
+    assert any("ct_state=+trk,reg6=5,tcp,tp_dst=22" in x and "priority=90" in x for x in f), \
+        "a rule matches whatever the connection state"
+    assert not any("+inv" in x and "drop" in x for x in f)
+
+
+def test_the_gate_follows_the_nics_vlan():
+    access, untagged, trunk, qinq = specs(
+        nic(0, SECURITY_GROUPS="7", VLAN_ID=42), nic(1, SECURITY_GROUPS="7"),
+        nic(2, SECURITY_GROUPS="7", VLAN_TAGGED_ID="100-103"),
+        nic(3, SECURITY_GROUPS="7", VLAN_ID=5, CVLANS="10"),
+        rules=[{"SECURITY_GROUP_ID": 7, "PROTOCOL": "TCP", "RULE_TYPE": "INBOUND"}])
+    gate = [x for x in flows.gate(access, 4)]
+    assert any("reg5=0x1002a" in x and "vlan_tci=0x0000/0x1000" in x for x in gate)
+    assert any("vlan_tci=0x102a/0x1fff" in x and "strip_vlan" in x for x in gate)
+    assert not any("reg5=0," in x for x in gate), "unknown untagged frames are VLAN 0's only"
+    assert any("reg5=0," in x for x in flows.gate(untagged, 5))
+    trunk_gate = flows.gate(trunk, 6)
+    assert any("vlan_tci=0x1064/0x1ffc" in x for x in trunk_gate), "100-103 as one match"
+    assert any("push_vlan" in x and "reg5=0x10064/0x10ffc" in x for x in trunk_gate)
+    assert any("reg5=0x10005" in x and "vlan_tci" not in x for x in flows.gate(qinq, 7))
+    assert all(x.endswith("actions=drop") for x in flows.gate(access, 4)
+               if "priority=200" in x or "priority=1," in x)
 
 
 def test_tenant_numbers_are_ascii_digits_or_a_clear_refusal():

@@ -47,7 +47,8 @@ def drop_staging(pool: Pool, name: str) -> None:
         raise ActionFailed(f"RBD image {pool.name}/{name} is in the way and is not ours",
                            hint="remove it by hand")
     log.info(f"removing {pool.name}/{name} left by an interrupted run")
-    remove_image(pool.cluster, pool.ioctx, name)
+    # our build claim proves its builder gone: a watch it left is stale, not a user's
+    remove_image(pool.cluster, pool.ioctx, name, abandoned=True)
 
 
 def _token(seconds: float) -> bytes:
@@ -167,6 +168,6 @@ def _build(pool: Pool, dst: ImageSpec, meta: dict[str, str], identity: tuple[str
             rbd.RBD().rename(pool.ioctx, staging, dst.name)
     except BaseException:
         with contextlib.suppress(Exception):
-            remove_image(pool.cluster, pool.ioctx, staging)
+            remove_image(pool.cluster, pool.ioctx, staging, abandoned=True)
         raise
     return True

@@ -227,7 +227,8 @@ def release_snap_ids(cluster: Any, ioctx: Any, image: Any) -> int:
 
 
 def remove_image(cluster: Any, ioctx: Any, name: str, *,
-                 opened: Callable[[Any], object] | None = None) -> str:
+                 opened: Callable[[Any], object] | None = None,
+                 abandoned: bool = False) -> str:
     """Remove ``name`` and its snapshots; returns ``removed``, ``hidden`` or ``absent``.
 
     ``opened`` is shown the open image before anything changes (to read what the caller needs
@@ -236,6 +237,10 @@ def remove_image(cluster: Any, ioctx: Any, name: str, *,
     An image whose snapshots still have clones (another image cloned from it) cannot disappear
     yet without breaking them: it is moved to the RBD trash, out of sight, and collected when its
     last clone is removed (:func:`collect_parent`) or by ``one-drivers rbd trash-purge``.
+
+    An image a client has open is refused, never hidden, unless ``abandoned``: a staging image
+    whose builder is provably gone (its watch lingers until the OSD times it out) is hidden in
+    the trash, for trash-purge.
     """
     import rbd
 
@@ -259,6 +264,9 @@ def remove_image(cluster: Any, ioctx: Any, name: str, *,
         rbd.RBD().trash_move(ioctx, name, 0)
         return "hidden"
     except rbd.ImageBusy:  # a client opened it meanwhile: never hide a disk someone writes
+        if abandoned:
+            rbd.RBD().trash_move(ioctx, name, 0)
+            return "hidden"
         raise ActionFailed(f"{name} is in use by another Ceph client",
                            hint="is a VM still running on it? stop it and retry") from None
 

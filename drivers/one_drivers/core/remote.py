@@ -93,7 +93,7 @@ def run(
     if check and proc.returncode != 0:
         detail = _last_line(proc.stderr)
         if not is_local(host) and proc.returncode == SSH_UNREACHABLE:
-            raise BackendUnavailable(f"ssh to {host} failed ({detail or 'exit 255'})",
+            raise BackendUnavailable(f"cannot reach {host} over ssh ({detail or 'exit 255'})",
                                      hint="check the host is up and oneadmin's ssh key")
         raise ActionFailed(f"{argv[0]} {where} failed with exit code {proc.returncode}"
                            + (f": {detail}" if detail else ""))

@@ -108,6 +108,24 @@ class Ovsdb:
     def bridges(self) -> set[str]:
         return {b.name for b in self.rows("Bridge")}
 
+    def foreign_access_ports(self, bridge: str) -> list[tuple[int, int]]:
+        """(OpenFlow port, VLAN) of the access ports on ``bridge`` that are not ours (an
+        operator's router or service port): their frames' VLAN is known to the gates."""
+        out = []
+        for b in self.rows("Bridge"):
+            if b.name != bridge:
+                continue
+            for port in b.ports:
+                tag = _one(port.tag)
+                if port.external_ids.get(OWNER) == OWNER_VALUE or tag is None or \
+                        _one(port.vlan_mode) not in (None, "access"):
+                    continue
+                for iface in port.interfaces:
+                    ofport = _one(iface.ofport)
+                    if ofport and ofport > 0:
+                        out.append((int(ofport), int(tag)))
+        return out
+
     # -- writes -------------------------------------------------------------------------------
     def _commit(self, command: Any, what: str) -> None:
         try:

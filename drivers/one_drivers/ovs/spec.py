@@ -55,6 +55,8 @@ class PortSpec(NamedTuple):
     rules: tuple[Rule, ...] | None  # None: no security groups on this NIC (all traffic allowed)
     bridge_conf: tuple[tuple[str, str], ...]  # OVS_BRIDGE_CONF: Bridge column=value pairs
     datapath_type: str
+    # where DHCP offers may come from past the security groups: GATEWAY and DHCP_SERVER
+    dhcp_servers: tuple[str, ...] = ()
 
     @property
     def vlan_mode(self) -> str:
@@ -210,6 +212,7 @@ def port_spec(vm: VM, nic: Nic, settings: Settings, aliases: Iterable[Template] 
         filter_ip=nic.bool("FILTER_IP_SPOOFING", False),
         rules=rules, bridge_conf=bridge_conf,
         datapath_type=cfg.get("DATAPATH_TYPE") or "system",
+        dhcp_servers=tuple(dict.fromkeys(_addresses(nic, ("GATEWAY", "DHCP_SERVER"), 4, where))),
     )
 
 

@@ -150,7 +150,7 @@ def _run_on(host: str, python: str, call: Call, local_file: int | None) -> str |
     if rc == SSH_UNREACHABLE and err and err[-1].startswith(("ssh:", "Connection")):
         return None
     if rc == SSH_UNREACHABLE:  # ssh's own failure after connecting: not an action's exit code
-        raise BackendUnavailable(f"ssh to bridge {host} failed ({err[-1]})")
+        raise BackendUnavailable(f"cannot reach bridge {host} over ssh ({err[-1]})")
     if rc != 0:
         raise BridgeFailure(err[-1] if err else f"failed on bridge {host} (exit {rc})", rc)
     return b"".join(out).decode()

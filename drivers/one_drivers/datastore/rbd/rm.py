@@ -10,7 +10,7 @@ goes. CEPH_TRASH=yes moves the image to the trash for TRASH_DEFERMENT seconds in
 from __future__ import annotations
 
 from one_drivers.ceph import ownership
-from one_drivers.ceph.build import drop_staging
+from one_drivers.ceph.build import building, drop_staging
 from one_drivers.ceph.cloning import release_parent
 from one_drivers.ceph.naming import ImageSpec, carrier_pattern, image_name, staging_name
 from one_drivers.ceph.pool import Pool, rbd_pool
@@ -65,7 +65,8 @@ def rm(call: Call) -> None:
     settings = settings.over({"POOL_NAME": spec.pool})
     with rbd_pool(settings, call.deadline, call.subject) as pool, \
             ceph_errors(f"removing {spec}", call.subject):
-        drop_staging(pool, staging_name(spec.name))
+        with building(pool, spec, call.subject, call.deadline.remaining()):
+            drop_staging(pool, staging_name(spec.name))  # an interrupted import's, not a live one
         if not exists(pool.ioctx, spec.name):
             log.info(f"{spec} is already gone")
             return

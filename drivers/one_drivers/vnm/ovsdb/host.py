@@ -7,7 +7,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, NamedTuple
 
 from one_drivers.core import log
@@ -59,7 +59,8 @@ class Host:
         return self._db
 
     def apply(self, specs: list[PortSpec], *, require_tap: bool,
-              exclusive_phydev: bool = False) -> dict[str, PortState]:
+              exclusive_phydev: bool = False, exact_group: bool = False
+              ) -> dict[str, PortState]:
         """Ports first (their OpenFlow numbers are requested, so flows can be written before the
         tap exists), then each bridge's flows in one bundle: a NIC is never on a bridge without
         its VLAN settings and filters, not even between libvirt plugging the tap and ``post``."""
@@ -71,25 +72,72 @@ class Host:
             if missing:
                 raise ActionFailed(f"no tap device {', '.join(missing)} on this host",
                                    hint="is the VM running here? `post` runs after deploy")
-        self.write_flows(specs, states)
+        self.write_flows(specs, states, exact_group=exact_group)
         return states
 
-    def write_flows(self, specs: Iterable[PortSpec], states: dict[str, PortState]) -> None:
+    def write_flows(self, specs: Iterable[PortSpec], states: dict[str, PortState], *,
+                    exact_group: bool = False) -> None:
+        """Each bridge's NIC flows, its skeleton and its flood group in one bundle, under the
+        bridge's lock (the group is shared: read, changed and written by one action at a
+        time); then NORMAL's flooding off for protected ports, on for the others.
+        ``exact_group``: the specs are every protected NIC of the bridge (reconcile)."""
         per_bridge: dict[str, list[PortSpec]] = defaultdict(list)
         for spec in specs:
             per_bridge[spec.bridge].append(spec)
         for bridge, group in per_bridge.items():
             deletes: list[tuple[int, int]] = []
             ports: list[int] = []
-            adds = [(flows.SKELETON_COOKIE, f) for f in flows.skeleton()]
+            protected: set[int] = set()
+            adds = [(flows.SKELETON_COOKIE, f)
+                    for f in flows.skeleton(self.db.foreign_access_ports(bridge))]
             for spec in group:
                 state = states[spec.target]
                 cookie = flows.nic_cookie(spec.vm_id, spec.nic_id)
                 deletes.append((cookie, flows.NIC_MASK))
                 ports.append(state.openflow_port)
+                if flows.filtered(spec):
+                    protected.add(state.openflow_port)
                 adds += [(cookie, f) for f in flows.nic_flows(spec, state.openflow_port,
                                                               state.zone)]
-            self.openflow.apply(bridge, flows.bundle(deletes, adds, ports))
+            with self.bridge_lock(bridge):
+                current = set() if exact_group else \
+                    self.openflow.group_ports(bridge, flows.FLOOD_GROUP) or set()
+                members = (current - set(ports)) | protected
+                self.openflow.apply(bridge, flows.bundle(deletes, adds, ports,
+                                                         [flows.flood_group(members)]))
+            live = {states[s.target].openflow_port for s in group if states[s.target].ofport > 0}
+            self.openflow.set_flooding(bridge, sorted(live & protected), flood=False)
+            self.openflow.set_flooding(bridge, sorted((live - protected) & current), flood=True)
+
+    @contextlib.contextmanager
+    def bridge_lock(self, bridge: str) -> Iterator[None]:
+        """One action at a time changes a bridge's shared flood group (an flock in the state
+        directory, which is private to its writer)."""
+        import fcntl
+        import time
+
+        dfd = open_trusted_dir(state_file(self.settings).directory, private=True,
+                               create_mode=0o700)
+        try:
+            fd = os.open(f".bridge-{bridge}.lock",
+                         os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
+                         dir_fd=dfd)
+        finally:
+            os.close(dfd)
+        try:
+            until = time.monotonic() + self.settings.float("OPENFLOW_TIMEOUT", 10)
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > until:
+                        raise ActionFailed(f"bridge {bridge} is being changed by another "
+                                           "action for too long", hint="retry") from None
+                    time.sleep(0.01)
+            yield
+        finally:
+            os.close(fd)
 
     def remove(self, owners: Iterable[tuple[int, int, str]], *, bridges: Iterable[str] = ()
                ) -> list[str]:
@@ -97,12 +145,19 @@ class Host:
         is later reused never meets old rules), then ports, QoS rows and emptied bridges."""
         owners, bridges = list(owners), set(bridges)
         targets = {name for _, _, name in owners}
-        where = {s.target: s.bridge for s in self.db.owned_ports()}
+        owned = {s.target: s for s in self.db.owned_ports()}
+        where = {t: s.bridge for t, s in owned.items()}
         existing = self.db.bridges()
         for bridge in sorted({where.get(t, "") for t in targets} | bridges):
             if bridge in existing:
-                self.openflow.apply(bridge, flows.bundle(
-                    [(flows.nic_cookie(vm, nic), flows.NIC_MASK) for vm, nic, _ in owners], []))
+                gone = {owned[t].openflow_port for t in targets
+                        if t in owned and owned[t].bridge == bridge}
+                with self.bridge_lock(bridge):
+                    current = self.openflow.group_ports(bridge, flows.FLOOD_GROUP)
+                    groups = [] if current is None else [flows.flood_group(current - gone)]
+                    self.openflow.apply(bridge, flows.bundle(
+                        [(flows.nic_cookie(vm, nic), flows.NIC_MASK) for vm, nic, _ in owners],
+                        [], groups=groups))
         removed = self.db.remove(targets, bridges=bridges, keep_empty_bridges=self.settings.bool(
             "KEEP_EMPTY_BRIDGE", False))
         for bridge in removed:

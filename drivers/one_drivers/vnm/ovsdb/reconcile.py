@@ -57,7 +57,7 @@ def reconcile(settings: Settings, *, dry_run: bool = False) -> Report:
         return Report(len({s.vm_id for s in live}), len(live), len(stale),
                       sum(len(c) for c in stale_flows.values()), [], skipped)
     if live:  # first: its transaction returns once ovs-vswitchd has caught up after a restart
-        host.apply(live, require_tap=False)
+        host.apply(live, require_tap=False, exact_group=True)
     stale_flows = _stale_flows(host, keep)
     for bridge, cookies in stale_flows.items():
         host.openflow.apply(bridge, flows.bundle([(c, flows.NIC_MASK) for c in cookies], []))
