@@ -107,7 +107,7 @@ def bench_post(remotes: Path, runs: int) -> float:
 def bench_reconcile(env: dict[str, str], work: Path, vms: int = 100) -> float:
     """Reconcile of a host with ``vms`` VMs x 2 NICs: from nothing, then after a restart."""
     state = work / "vnm-state"
-    state.mkdir()
+    state.mkdir(mode=0o700)  # the driver keeps its state only in a private directory
     os.environ["ONE_DRIVERS_VNM_STATE_DIR"] = str(state)
     targets = []
     for vm in range(VM + 1, VM + 1 + vms):

@@ -237,10 +237,10 @@ def _conntrack_stage(table: int, ct_table: int, who: str, zone: int, accept: str
               f"{t},priority=1,{who},actions={accept}",
               f"{c},priority=200,ct_state=+trk+est-inv,{who},actions={accept}",
               f"{c},priority=200,ct_state=+trk+rel-inv,{who},actions={accept}"]
-    for m in allowed:
-        flows += [f"{c},priority=100,ct_state=+trk+new,{who},{m},"
-                  f"actions=ct(commit,zone={zone}),{accept}",
-                  f"{c},priority=90,ct_state=+trk,{who},{m},actions={accept}"]
+    # one flow per match, whatever the state: a new connection is committed (its replies then
+    # pass above); a packet conntrack cannot place (invalid) is let through uncommitted
+    flows += [f"{c},priority=100,ct_state=+trk,{who},{m},"
+              f"actions=ct(commit,zone={zone}),{accept}" for m in allowed]
     flows.append(f"{c},priority=1,{who},actions=drop")
     return flows
 

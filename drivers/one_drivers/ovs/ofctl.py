@@ -67,25 +67,16 @@ class OpenFlow:
         all or nothing."""
         self._run(bridge, ["-O", "OpenFlow14", "bundle", self.target(bridge), "-"], bundle_text)
 
-    def group_ports(self, bridge: str, group_id: int) -> set[int] | None:
-        """The ports the buckets of ``group_id`` load into reg6; None when there is no group."""
-        import re
-
-        out = self._run(bridge, ["-O", "OpenFlow14", "dump-groups", self.target(bridge),
-                                 str(group_id)])
-        line = next((ln for ln in out.splitlines() if f"group_id={group_id}," in ln), None)
-        if line is None:
-            return None
-        found = re.findall(r"(?:set_field|load):(0x[0-9a-f]+|\d+)->(?:reg6|NXM_NX_REG6\[\])",
-                           line)
-        return {int(v, 0) for v in found}
-
     def set_flooding(self, bridge: str, ofports: Iterable[int], flood: bool) -> None:
         """NORMAL's flooding to these ports on or off (OpenFlow port config, not in OVSDB:
-        re-applied by every action and by reconcile after ovs-vswitchd restarts)."""
-        for port in ofports:
-            self._run(bridge, ["mod-port", self.target(bridge), str(port),
-                               "flood" if flood else "no-flood"])
+        re-applied by every action and by reconcile after ovs-vswitchd restarts), on one
+        in-process OpenFlow connection (:mod:`portmod`)."""
+        from one_drivers.ovs.portmod import set_flooding
+
+        ports = list(ofports)
+        if ports:
+            set_flooding(self.target(bridge)[5:], bridge, ports, flood=flood,
+                         timeout=self.timeout)
 
     def cookies(self, bridge: str, cookie: int, mask: int) -> set[int]:
         """The cookies of the flows on ``bridge`` matching cookie/mask."""

@@ -99,27 +99,27 @@ class Host:
                     protected.add(state.openflow_port)
                 adds += [(cookie, f) for f in flows.nic_flows(spec, state.openflow_port,
                                                               state.zone)]
-            with self.bridge_lock(bridge):
-                current = set() if exact_group else \
-                    self.openflow.group_ports(bridge, flows.FLOOD_GROUP) or set()
-                members = (current - set(ports)) | protected
+            with self.bridge_lock(bridge) as members:
+                current = set() if exact_group else members.read()
+                wanted = (current - set(ports)) | protected
                 self.openflow.apply(bridge, flows.bundle(deletes, adds, ports,
-                                                         [flows.flood_group(members)]))
+                                                         [flows.flood_group(wanted)]))
+                members.write(wanted)
             live = {states[s.target].openflow_port for s in group if states[s.target].ofport > 0}
             self.openflow.set_flooding(bridge, sorted(live & protected), flood=False)
             self.openflow.set_flooding(bridge, sorted((live - protected) & current), flood=True)
 
     @contextlib.contextmanager
-    def bridge_lock(self, bridge: str) -> Iterator[None]:
-        """One action at a time changes a bridge's shared flood group (an flock in the state
-        directory, which is private to its writer)."""
+    def bridge_lock(self, bridge: str) -> Iterator[GroupMembers]:
+        """One action at a time changes a bridge's shared flood group: an flock on a file in
+        the state directory (private to its writer) that also lists the group's ports."""
         import fcntl
         import time
 
         dfd = open_trusted_dir(state_file(self.settings).directory, private=True,
                                create_mode=0o700)
         try:
-            fd = os.open(f".bridge-{bridge}.lock",
+            fd = os.open(f".bridge-{bridge}.group",
                          os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
                          dir_fd=dfd)
         finally:
@@ -135,7 +135,7 @@ class Host:
                         raise ActionFailed(f"bridge {bridge} is being changed by another "
                                            "action for too long", hint="retry") from None
                     time.sleep(0.01)
-            yield
+            yield GroupMembers(fd)
         finally:
             os.close(fd)
 
@@ -152,17 +152,34 @@ class Host:
             if bridge in existing:
                 gone = {owned[t].openflow_port for t in targets
                         if t in owned and owned[t].bridge == bridge}
-                with self.bridge_lock(bridge):
-                    current = self.openflow.group_ports(bridge, flows.FLOOD_GROUP)
-                    groups = [] if current is None else [flows.flood_group(current - gone)]
+                with self.bridge_lock(bridge) as members:
+                    wanted = members.read() - gone
                     self.openflow.apply(bridge, flows.bundle(
                         [(flows.nic_cookie(vm, nic), flows.NIC_MASK) for vm, nic, _ in owners],
-                        [], groups=groups))
+                        [], groups=[flows.flood_group(wanted)]))
+                    members.write(wanted)
         removed = self.db.remove(targets, bridges=bridges, keep_empty_bridges=self.settings.bool(
             "KEEP_EMPTY_BRIDGE", False))
         for bridge in removed:
             log.info(f"removed bridge {bridge}: no VM uses it any more")
         return removed
+
+
+class GroupMembers(NamedTuple):
+    """The ports of a bridge's flood group, as the last action under its lock left them."""
+
+    fd: int
+
+    def read(self) -> set[int]:
+        os.lseek(self.fd, 0, os.SEEK_SET)
+        text = os.read(self.fd, 1 << 20).decode(errors="replace")
+        return {int(p) for p in text.split() if p.isascii() and p.isdigit()}
+
+    def write(self, ports: set[int]) -> None:
+        data = " ".join(str(p) for p in sorted(ports)).encode() + b"\n"
+        os.lseek(self.fd, 0, os.SEEK_SET)
+        os.write(self.fd, data)
+        os.ftruncate(self.fd, len(data))
 
 
 def tap_exists(name: str) -> bool:
