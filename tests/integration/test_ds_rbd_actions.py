@@ -257,10 +257,10 @@ def test_cp_killed_halfway_leaves_no_image_and_a_rerun_succeeds(lab_env, remotes
     proc.stdin.write(base64.b64encode(doc.encode()))
     proc.stdin.close()
     deadline = time.monotonic() + 30
-    while f"one-{iid}.one-drivers-tmp" not in rbd_names(ioctx):
-        assert time.monotonic() < deadline
-        time.sleep(0.1)
-    time.sleep(1)
+    staging = f"one-{iid}.one-drivers-tmp"
+    while staging not in rbd_names(ioctx) or allocated(ioctx, staging) == 0:
+        assert time.monotonic() < deadline, "the copy never started"  # the event: data landed
+        time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert f"one-{iid}" not in rbd_names(ioctx)  # nothing under the final name

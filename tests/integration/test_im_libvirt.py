@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import json
 import os
 import socket
 import subprocess
@@ -226,19 +227,26 @@ def test_host_and_vm_state_reach_monitord(lab_env, remotes, guests, tmp_path):
         # monitord's TCP side goes away; a change meanwhile is delivered when it is back
         monitord.tcp_down()
         a.resume()
-        time.sleep(3)
+        store = state_dir / f"host-{host_id}.json"
+        end = time.monotonic() + 30  # the event: the change is held, undelivered, in the store
+        while not any(a.UUIDString() in ln and "RUNNING" in ln for ln in json.loads(
+                store.read_text()).get("pending", {}).get("text", "").splitlines()):
+            assert time.monotonic() < end, "the client never held the change for later"
+            time.sleep(0.1)
         monitord.tcp_up()
         back = monitord.wait("STATE_VM", lambda t: a.UUIDString() in t and "RUNNING" in t,
                              timeout=30)
         assert 'STATE="RUNNING"' in vm_entries(back)[a.UUIDString()]
     finally:
+        pid = int((state_dir / f"host-{host_id}.pid").read_text().split()[0])
         stop = run_client(remotes, "stop_monitord_client", config(monitord.port, host_id),
                           host_id, state_dir)
     assert stop.returncode == 0, stop.stderr
     assert not (state_dir / f"host-{host_id}.pid").exists()
-    monitord.clear()
-    time.sleep(2.5)
-    assert not monitord.messages, "the client is gone"
+    end = time.monotonic() + 30
+    while Path(f"/proc/{pid}").exists():  # the event: the client process is gone
+        assert time.monotonic() < end, "the client process outlived its stop"
+        time.sleep(0.05)
     assert a.state()[0] == libvirt.VIR_DOMAIN_RUNNING
 
 

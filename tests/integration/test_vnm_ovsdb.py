@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -280,7 +279,8 @@ def test_twenty_vms_start_and_stop_at_once_on_one_bridge(net):
     with ThreadPoolExecutor(20) as pool:
         results = list(pool.map(lambda vm: net.run("post", docs[vm], "id", "node1"), vms))
     assert all(r.returncode == 0 for r in results), [r.stderr for r in results]
-    ofports = vsctl("--columns=ofport", "list", "Interface").split()
+    # OpenFlow port numbers are per bridge: only this test's ports count
+    ofports = [vsctl("get", "Interface", f"one-{vm}-0", "ofport").strip() for vm in vms]
     zones = [port_row(f"one-{vm}-0")["external_ids"] for vm in vms]  # type: ignore[index]
     assert len({dict(z[1])["one-drivers-zone"] for z in zones}) == 20, "zones are unique"
     assert len([p for p in ofports if p.isdigit()]) == len(set(p for p in ofports if p.isdigit()))
@@ -445,18 +445,27 @@ def test_trunk_and_qinq_frames_carry_the_right_tags_on_the_wire(net):
                 PHYDEV=uplink.target)])
     trunk, qinq = net.start(doc, [(f"one-{vm}-{i}", net.mac(vm, i), []) for i in range(2)])
     capture = subprocess.Popen(["ip", "netns", "exec", uplink.netns, "tcpdump", "-l", "-n", "-e",
-                                "-i", "eth0", "ether", "proto", "0x88b5", "or", "vlan"],
-                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+                                "--immediate-mode", "-i", "eth0", "ether", "proto", "0x88b5",
+                                "or", "vlan"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    seen: list[str] = []
     try:
-        time.sleep(1.0)
-        trunk.exec("python3", "-c", _SEND, trunk.mac, "31", "33", check=True)
+        assert capture.stderr is not None and capture.stdout is not None
+        while "listening on" not in (line := capture.stderr.readline()):  # capturing now
+            assert line, "tcpdump ended before it captured anything"
+        # VLAN 33 first, then 30 on the same path: when 30 is seen, 33 would have been
+        trunk.exec("python3", "-c", _SEND, trunk.mac, "31", "33", "30", check=True)
         qinq.exec("python3", "-c", _SEND, qinq.mac, "100", check=True)
-        time.sleep(1.0)
+        for line in capture.stdout:
+            seen.append(line)
+            if any(qinq.mac in ln for ln in seen) and any(
+                    trunk.mac in ln and "vlan 30" in ln for ln in seen):
+                break
     finally:
-        capture.terminate()
-        seen = capture.communicate(timeout=10)[0]
-    from_trunk = [ln for ln in seen.splitlines() if trunk.mac in ln]
-    from_qinq = [ln for ln in seen.splitlines() if qinq.mac in ln]
+        capture.kill()
+        capture.wait()
+    from_trunk = [ln for ln in seen if trunk.mac in ln]
+    from_qinq = [ln for ln in seen if qinq.mac in ln]
     assert any("vlan 31" in ln for ln in from_trunk), seen
     assert not any("vlan 33" in ln for ln in from_trunk), "VLAN 33 is not in the trunk"
     assert any("0x88a8" in ln and "vlan 40" in ln and "vlan 100" in ln for ln in from_qinq), seen

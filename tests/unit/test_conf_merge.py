@@ -86,3 +86,21 @@ def test_vmm_execrc_gets_the_live_disk_snapshot_pair():
     assert 'OTHER="x"' in out and "# comment" in out
     assert merge(out, registration(), "vmm_execrc") == out
     assert 'LIVE_DISK_SNAPSHOTS="libvirt-rbd"' in merge("", registration(), "vmm_execrc")
+
+
+def test_the_registration_names_the_vmm_execrc_opennebula_reads(tmp_path, capsys):
+    """one_vmm_exec reads /etc/one/vmm_exec/vmm_execrc ($ONE_LOCATION/etc/vmm_exec/ when
+    self-contained), never <remotes>/etc/vmm/vmm_execrc: the hint and a merge use that path."""
+    from one_drivers.cli import main
+    from one_drivers.core.oned_conf import VMM_EXECRC
+
+    assert VMM_EXECRC == "/etc/one/vmm_exec/vmm_execrc"
+    assert main(["oned-conf"]) == 0
+    text = capsys.readouterr().out
+    assert "/etc/one/vmm_exec/vmm_execrc" in text and "$ONE_LOCATION/etc/vmm_exec/vmm_execrc" \
+        in text and "remotes/etc/vmm/vmm_execrc" not in text
+    rc = tmp_path / "etc" / "vmm_exec" / "vmm_execrc"  # a self-contained install's layout
+    rc.parent.mkdir(parents=True)
+    rc.write_text('LIVE_DISK_SNAPSHOTS="kvm-qcow2"\n')
+    assert main(["oned-conf", "--merge", str(rc)]) == 0
+    assert 'LIVE_DISK_SNAPSHOTS="kvm-qcow2 libvirt-rbd"' in rc.read_text()

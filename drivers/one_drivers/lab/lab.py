@@ -37,7 +37,7 @@ def lab_dir() -> Path:
 class Lab:
     def __init__(self, root: Path | None = None, port_offset: int | None = None) -> None:
         self.root = (root or lab_dir()).resolve()
-        if port_offset is None:  # several labs side by side need distinct TCP ports
+        if port_offset is None:  # away from services that already use the default ports
             port_offset = int(os.environ.get("ONE_DRIVERS_LAB_PORT_OFFSET", "0"))
         self.ceph = CephLab(self.root, port_offset)
         self.ovs = OvsLab(self.root)
@@ -85,9 +85,37 @@ class Lab:
         out["healthy"] = all(out.values())
         return out
 
+    def other_lab(self) -> str | None:
+        """Another lab's switch running in this network namespace, if any. Both would run a
+        userspace datapath in the root namespace, whose tap devices share one name space: a
+        second lab's switch takes the first one's bridges and taps away. One lab per machine."""
+        here = os.readlink("/proc/self/ns/net")
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+                if not argv.split("\0", 1)[0].endswith("ovs-vswitchd"):
+                    continue
+                if os.readlink(f"/proc/{pid}/ns/net") != here:
+                    continue
+            except OSError:
+                continue
+            for arg in argv.split("\0"):
+                where = arg.removeprefix("--pidfile=")
+                if where.endswith("/ovs/run/ovs-vswitchd.pid"):
+                    root = Path(where).parents[2]
+                    if root != self.root and (root / ".lock").exists():
+                        return f"{root} (ovs-vswitchd {pid})"
+        return None
+
     def up(self) -> dict[str, float]:
         """Bring up what is not healthy; returns seconds spent per component."""
         timings: dict[str, float] = {}
+        other = self.other_lab()
+        if other:
+            raise LabError(f"another lab is running on this machine: {other}; only one lab can "
+                           "run at a time (their switches would share the root namespace's "
+                           "devices): stop it with ONE_DRIVERS_LAB_DIR=<its directory> "
+                           "one-drivers lab down")
         with self._locked():
             created = self._created()
 

@@ -67,7 +67,7 @@ def unplug(target: str, netns: str | None = None, host_netns: str | None = None)
 _SERVE = ("import socket,sys;s=socket.socket();"
           "s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1);"
           "s.bind(('0.0.0.0',int(sys.argv[1])));s.listen();s.settimeout(4);"
-          "c,_=s.accept();c.sendall(b'ok')")
+          "print('listening',flush=True);c,_=s.accept();c.sendall(b'ok')")
 _CONNECT = ("import socket,sys;"
             "s=socket.create_connection((sys.argv[1],int(sys.argv[2])),timeout=1.5);"
             "print(s.recv(2).decode())")
@@ -76,12 +76,11 @@ _CONNECT = ("import socket,sys;"
 def tcp_connects(client: FakeNic, server: FakeNic, address: str, port: int) -> bool:
     """Does a TCP connection from ``client`` to ``server``'s ``address:port`` get through (and
     its answer back)?"""
-    import time
-
     srv = subprocess.Popen(["ip", "netns", "exec", server.netns, "python3", "-c", _SERVE,
-                            str(port)])
+                            str(port)], stdout=subprocess.PIPE, text=True)
     try:
-        time.sleep(0.3)
+        if srv.stdout is None or srv.stdout.readline().strip() != "listening":  # ready: no sleep
+            return False
         res = client.exec("python3", "-c", _CONNECT, address, str(port), timeout=10)
         return res.stdout.strip() == "ok"
     finally:
