@@ -83,7 +83,11 @@ class Monitord:
         threading.Thread(target=accept, daemon=True).start()
 
     def tcp_down(self) -> None:
+        """Stop listening for real: close() alone leaves a socket whose accept() is blocked in
+        another thread listening (and accepting) on Linux; shutdown() wakes that accept up."""
         assert self.tcp is not None
+        with contextlib.suppress(OSError):
+            self.tcp.shutdown(socket.SHUT_RDWR)
         self.tcp.close()
 
     def wait(self, kind: str, match, timeout: float = 20) -> str:
