@@ -7,6 +7,12 @@ import os
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import settings
+
+# a failure prints the blob that replays it (@reproduce_failure); the state machines print
+# their seed before they start (tests.helpers.replayable)
+settings.register_profile("one-drivers", print_blob=True)
+settings.load_profile("one-drivers")
 
 
 @pytest.fixture(scope="session")

@@ -9,8 +9,18 @@ from typing import Any
 
 from one_drivers.lab.documents import ds_doc, elements, lab_ds_template
 
-__all__ = ["allocated", "ds_doc", "elements", "lab_ds_template", "last_line", "rbd_names",
-           "read_image", "run_remote", "trash_names"]
+__all__ = [
+    "allocated",
+    "ds_doc",
+    "elements",
+    "lab_ds_template",
+    "last_line",
+    "rbd_names",
+    "read_image",
+    "replayable",
+    "run_remote",
+    "trash_names",
+]
 
 
 def run_remote(remotes: Path, action: str, argv: list[str], stdin: str | bytes, *,
@@ -63,3 +73,26 @@ def allocated(ioctx: Any, name: str) -> int:
     with rbd.Image(ioctx, name, read_only=True) as image:
         image.diff_iterate(0, image.size(), None, count, include_parent=False)
     return total
+
+
+def replayable(machine: type, label: str) -> int:
+    """Give a Hypothesis state machine a seed that can be replayed, and say it first: on the
+    test's stderr and in the lab directory's ``hypothesis-seeds.log`` (which survives even a
+    crash of the process). ``ONE_DRIVERS_HYPOTHESIS_SEED`` replays one."""
+    import os
+    import random
+    import sys
+    import time
+
+    from hypothesis import seed
+
+    value = int(os.environ.get("ONE_DRIVERS_HYPOTHESIS_SEED") or random.randrange(1 << 32))
+    line = (f"{label}: hypothesis seed {value} (replay with "
+            f"ONE_DRIVERS_HYPOTHESIS_SEED={value})")
+    sys.stderr.write(line + "\n")
+    lab = os.environ.get("ONE_DRIVERS_LAB_DIR")
+    if lab and os.path.isdir(lab):
+        with open(os.path.join(lab, "hypothesis-seeds.log"), "a", encoding="utf-8") as fh:
+            fh.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {line}\n")
+    seed(value)(machine)
+    return value

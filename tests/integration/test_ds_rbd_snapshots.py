@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from one_drivers.core.runner import run
-from tests.helpers import ds_doc, rbd_names, read_image, run_remote, trash_names
+from tests.helpers import ds_doc, rbd_names, read_image, replayable, run_remote, trash_names
 
 pytestmark = pytest.mark.lab
 
@@ -224,6 +224,7 @@ class SnapshotMachine(RuleBasedStateMachine):
 def test_random_snapshot_sequences(lab_env, ceph_admin):
     SnapshotMachine.env = lab_env
     SnapshotMachine.ioctx = ceph_admin[1]
+    replayable(SnapshotMachine, "DS snapshot sequences")
     machine = SnapshotMachine.TestCase
     machine.settings = settings(max_examples=12, stateful_step_count=14, deadline=None,
                                 suppress_health_check=list(HealthCheck), database=None)

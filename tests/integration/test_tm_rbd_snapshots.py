@@ -15,7 +15,7 @@ from hypothesis.stateful import initialize, rule
 from one_drivers.core.runner import run
 from one_drivers.lab.documents import datastore_doc, disk_attrs, vm_doc
 from one_drivers.lab.lab import Lab
-from tests.helpers import rbd_names, trash_names
+from tests.helpers import rbd_names, replayable, trash_names
 from tests.integration.test_ds_rbd_snapshots import SIZE, SnapshotMachine
 
 pytestmark = pytest.mark.lab
@@ -78,6 +78,7 @@ def test_random_disk_snapshot_sequences(lab_env, ceph_admin):
     Lab().oned.record("datastore", IMAGE_DS, datastore_doc(lab_env, IMAGE_DS))
     TmSnapshotMachine.env = lab_env
     TmSnapshotMachine.ioctx = ceph_admin[1]
+    replayable(TmSnapshotMachine, "TM snapshot sequences")
     case = TmSnapshotMachine.TestCase
     case.settings = settings(max_examples=10, stateful_step_count=14, deadline=None,
                              suppress_health_check=list(HealthCheck), database=None)
