@@ -325,7 +325,8 @@ def test_mkfs_formats_reserves_and_validates(lab_env, remotes, ceph_admin, image
     iid = image_ids()
     doc = ds_doc(lab_env, iid, image={"SIZE": 64, "FS": "ext4"})
     proc = run_remote(remotes, "datastore/rbd/mkfs", [str(iid)], doc)
-    assert (proc.returncode, proc.stdout) == (0, f"one/one-{iid} raw\n"), proc.stderr
+    # oned's ImageManager::_mkfs stores the whole answer as SOURCE: the source alone
+    assert (proc.returncode, proc.stdout) == (0, f"one/one-{iid}\n"), proc.stderr
     content = read_image(ioctx, f"one-{iid}")
     assert len(content) == 64 * MIB and content[1080:1082] == b"\x53\xef"  # ext4 magic
     assert allocated(ioctx, f"one-{iid}") < 16 * MIB
@@ -336,7 +337,7 @@ def test_mkfs_formats_reserves_and_validates(lab_env, remotes, ceph_admin, image
     save_as = image_ids()
     proc = run_remote(remotes, "datastore/rbd/mkfs", [str(save_as)],
                       ds_doc(lab_env, save_as, image={"SIZE": 10, "FORMAT": "save_as"}))
-    assert proc.stdout == f"one/one-{save_as} raw\n"
+    assert proc.stdout == f"one/one-{save_as}\n"
     assert f"one-{save_as}" not in rbd_names(ioctx)  # only the name is reserved
     proc = run_remote(remotes, "datastore/rbd/mkfs", ["9"],
                       ds_doc(lab_env, 9, image={"SIZE": 10, "FS": "ntfs"}))
@@ -615,7 +616,7 @@ def test_reruns_converge(lab_env, remotes, ceph_admin, image_ids):
                                       "SOURCE": f"one/one-{iid}", "TARGET_SNAPSHOT": 0})
     for _ in range(2):
         proc = run_remote(remotes, "datastore/rbd/mkfs", [str(iid)], doc)
-        assert (proc.returncode, proc.stdout) == (0, f"one/one-{iid} raw\n"), proc.stderr
+        assert (proc.returncode, proc.stdout) == (0, f"one/one-{iid}\n"), proc.stderr
     before = read_image(ioctx, f"one-{iid}")
     with rbd.Image(ioctx, f"one-{iid}") as image:
         image.create_snap("0")
@@ -627,6 +628,20 @@ def test_reruns_converge(lab_env, remotes, ceph_admin, image_ids):
         assert run_remote(remotes, "datastore/rbd/snap_delete", [str(iid)], doc).returncode == 0
     for _ in range(2):
         assert run_remote(remotes, "datastore/rbd/rm", [str(iid)], doc).returncode == 0
+    assert f"one-{iid}" not in rbd_names(ioctx) | trash_names(ioctx)
+
+
+def test_an_image_whose_source_an_earlier_mkfs_answer_broke_can_be_removed(
+        lab_env, remotes, ceph_admin, image_ids):
+    """Earlier versions' mkfs answered `one/one-N raw`, all of which oned stored as SOURCE."""
+    _, ioctx = ceph_admin
+    iid = image_ids()
+    made = run_remote(remotes, "datastore/rbd/mkfs", [str(iid)],
+                      ds_doc(lab_env, iid, image={"SIZE": 4}))
+    assert made.returncode == 0 and f"one-{iid}" in rbd_names(ioctx)
+    broken = ds_doc(lab_env, iid, image={"SOURCE": f"one/one-{iid} raw"})
+    proc = run_remote(remotes, "datastore/rbd/rm", [str(iid)], broken)
+    assert proc.returncode == 0, proc.stderr
     assert f"one-{iid}" not in rbd_names(ioctx) | trash_names(ioctx)
 
 

@@ -302,9 +302,15 @@ def test_opennebulas_generic_run_monitord_client_hook(lab_env, remotes, tmp_path
     monitord = Monitord()
     env = {**os.environ, "ONE_DRIVERS_IM_STATE_DIR": str(tmp_path)}
     conf = config(monitord.port, 77)
+    # as run_monitord_client runs it: stderr merged into stdout (2>&1), all of it parsed by oned
     started = subprocess.run([str(hook), "libvirt", "77", "node1"], input=conf, text=True,
-                             capture_output=True, timeout=60, check=False, env=env)
-    assert started.returncode == 0 and started.stdout.startswith("<MONITOR_MESSAGES>")
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=60,
+                             check=False, env=env)
+    assert started.returncode == 0, started.stdout
+    import xml.etree.ElementTree as ET
+
+    assert ET.fromstring(started.stdout).tag == "MONITOR_MESSAGES", \
+        f"nothing but the message on the merged streams: {started.stdout[:200]!r}"
     assert (tmp_path / "host-77.pid").exists()
     monitord.wait("BEACON_HOST", lambda t: True)
     stopped = subprocess.run([str(hook), "stop", "libvirt", "77", "node1"], input=conf,

@@ -141,7 +141,7 @@ def test_a_vm_life_through_transfer_files(world, remotes, ceph_admin, tmp_path, 
     saved = next(_ids)
     reserve = run_remote(remotes, "datastore/rbd/mkfs", [str(saved)],
                          ds_doc(lab_env, saved, image={"SIZE": 24, "FORMAT": "save_as"}))
-    assert reserve.stdout == f"one/one-{saved} raw\n"
+    assert reserve.stdout == f"one/one-{saved}\n"
     cpds = run_transfer(remotes, tmp_path, [
         f"CPDS rbd {host}:{vm_dir}/disk.0 one/one-{saved} -1 {vmid} {IMAGE_DS}",
     ])

@@ -20,11 +20,15 @@ import time
 DEFAULT_LOG = "/var/log/one/one-drivers.log"
 ROOT_LOG = "/var/log/one-drivers.log"
 
-_context = {"label": "one-drivers", "path": ""}
+_context = {"label": "one-drivers", "path": "", "progress": "stderr"}
 
 
-def set_context(label: str) -> None:
+def set_context(label: str, *, progress_on_stderr: bool = True) -> None:
+    """``progress_on_stderr=False``: INFO/WARN lines go to the log file only. OpenNebula's
+    ``im/run_monitord_client`` runs the IM scripts with ``2>&1``, so anything on stderr would
+    become part of the monitoring message oned parses (the host went to ERROR)."""
     _context["label"] = label
+    _context["progress"] = "stderr" if progress_on_stderr else "log"
 
 
 def log_path() -> str | None:
@@ -58,14 +62,16 @@ def write_log(level: str, message: str) -> None:
 
 def info(message: str) -> None:
     """Progress OpenNebula shows in the VM/image log (``INFO:`` lines)."""
-    sys.stderr.write(f"INFO: {message}\n")
-    sys.stderr.flush()
+    if _context["progress"] == "stderr":
+        sys.stderr.write(f"INFO: {message}\n")
+        sys.stderr.flush()
     write_log("INFO", message)
 
 
 def warn(message: str) -> None:
-    sys.stderr.write(f"WARN: {message}\n")
-    sys.stderr.flush()
+    if _context["progress"] == "stderr":
+        sys.stderr.write(f"WARN: {message}\n")
+        sys.stderr.flush()
     write_log("WARN", message)
 
 

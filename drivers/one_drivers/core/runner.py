@@ -58,7 +58,8 @@ def run(
     """``root_config``: the privileged re-run's configuration, a root-owned file at a path root
     chose (read through :func:`safefs.read_trusted_file`) instead of the remotes tree's."""
     label = f"{family}/{driver_name}/{action}"
-    log.set_context(label)
+    # IM: only the message may reach OpenNebula's runner, which merges stderr into it
+    log.set_context(label, progress_on_stderr=family != "im")
     subject = ""
     try:
         signal.signal(signal.SIGTERM, _on_sigterm)

@@ -24,13 +24,24 @@ def target(call: Call, settings: Settings) -> ImageSpec:
 
 
 def source_spec(call: Call, settings: Settings) -> ImageSpec:
-    """The existing image's SOURCE (``pool/one-<ID>``), or the name it would have."""
+    """The existing image's SOURCE (``pool/one-<ID>``), or the name it would have. A SOURCE
+    of ``pool/one-<ID> raw`` is what oned stored from mkfs answers of earlier versions (oned keeps
+    mkfs' whole answer): its image is still found, so it can be removed."""
     source = call.doc.image.source
     if source:
+        words = source.split()
+        if len(words) == 2 and words[1] in ("raw", "qcow2"):
+            source = words[0]
         return ImageSpec.parse(source, settings.get("POOL_NAME"))
     return target(call, settings)
 
 
 def answer(spec: ImageSpec) -> str:
-    """``<SOURCE> <FORMAT>``: what cp, mkfs and clone print for oned."""
+    """``<SOURCE> <FORMAT>``: what cp and clone print (oned splits their answer in two)."""
     return f"{spec.pool}/{spec.name} raw"
+
+
+def source_answer(spec: ImageSpec) -> str:
+    """``<SOURCE>`` alone: mkfs' answer (oned's ImageManager::_mkfs stores all of it as
+    SOURCE)."""
+    return f"{spec.pool}/{spec.name}"

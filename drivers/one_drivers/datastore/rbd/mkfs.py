@@ -15,7 +15,7 @@ from one_drivers.ceph.rbd_ops import create
 from one_drivers.core import log
 from one_drivers.core.contract import Call
 from one_drivers.core.errors import BadInput
-from one_drivers.datastore.rbd.common import answer, ds_settings, target
+from one_drivers.datastore.rbd.common import ds_settings, source_answer, target
 
 
 def mkfs(call: Call) -> str:
@@ -23,7 +23,7 @@ def mkfs(call: Call) -> str:
     image = call.doc.image
     dst = target(call, settings)
     if image.format.lower() == "save_as":
-        return answer(dst)  # the name only; cpds fills it
+        return source_answer(dst)  # the name only; cpds fills it
     size = image.size_mb * 1024 * 1024
     if size <= 0:
         raise BadInput(f"SIZE is {image.size_mb} MB", hint="a datablock needs a positive SIZE")
@@ -43,4 +43,4 @@ def mkfs(call: Call) -> str:
         build_image(pool, dst, meta=stamp("image", datastore=call.doc.datastore.id,
                                             image=image.id), identity=("image",),
                     make=make, subject=call.subject, seconds=call.deadline.remaining())
-    return answer(dst)
+    return source_answer(dst)
