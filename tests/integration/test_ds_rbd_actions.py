@@ -99,9 +99,10 @@ def sample(tmp_path) -> tuple[Path, bytes]:
 
 
 def cp(env, remotes, image_id, path, *, template=None, ds=None):
+    """cp as oned runs it; a cp that hangs fails the test at the subprocess timeout."""
     doc = ds_doc(env, image_id, image={"PATH": path, "SIZE": 32},
                  image_template=template, ds={"SAFE_DIRS": "/tmp /var/tmp", **(ds or {})})
-    return run_remote(remotes, "datastore/rbd/cp", [str(image_id)], doc)
+    return run_remote(remotes, "datastore/rbd/cp", [str(image_id)], doc, timeout=120)
 
 
 # -- cp ----------------------------------------------------------------
@@ -505,14 +506,11 @@ def test_a_frozen_osd_ends_the_action_within_its_deadline(lab_env, remotes, ceph
     osd = read_pid(Lab().ceph.pids["osd.0"])
     iid = image_ids()
     os.kill(osd, signal.SIGSTOP)
-    try:
-        t = time.monotonic()
+    try:  # a hang would end at cp's subprocess timeout and fail; the deadline ends it at once
         proc = cp(lab_env, remotes, iid, str(path), ds={"CEPH_CALL_TIMEOUT": "3"})
-        took = time.monotonic() - t
     finally:
         os.kill(osd, signal.SIGCONT)
     assert proc.returncode == 4, proc.stderr
-    assert took < 30
     assert "did not answer" in last_line(proc.stderr)
     assert f"one-{iid}" not in rbd_names(ioctx)
 
@@ -542,10 +540,8 @@ def test_pool_quota_reached(lab_env, remotes, ceph_admin, image_ids, sample):
             assert time.monotonic() < deadline, "the quota never took effect"
             time.sleep(0.5)
         iid = image_ids()
-        t = time.monotonic()
         proc = cp(lab_env, remotes, iid, str(path),
                   ds={"EC_POOL_NAME": pool, "CEPH_CALL_TIMEOUT": "5"})
-        assert time.monotonic() - t < 60
         assert proc.returncode in (1, 4), proc.stderr
         line = last_line(proc.stderr)
         assert line.startswith(f"image {iid}: ") and "Traceback" not in proc.stderr

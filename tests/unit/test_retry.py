@@ -61,12 +61,10 @@ def test_retrying_stops_at_the_deadline():
         calls.append(1)
         raise Transient("busy")
 
-    t = time.monotonic()
     with pytest.raises(Transient):
         retrying(Deadline(0.3), retry_on=(Transient,), what="x", max_attempts=1000,
                  max_wait=0.05)(always)
-    assert time.monotonic() - t < 2
-    assert 1 < len(calls) < 1000
+    assert 1 < len(calls) < 1000, "the deadline, not the attempt count, stopped it"
 
 
 def test_call_with_timeout():
