@@ -53,3 +53,38 @@ def test_snapshot_ids_released_in_the_data_pool_and_shared_ones_kept(lab_env, ce
         for leftover in (child, name):
             if leftover in rbd_names(ioctx):
                 remove_image(cluster, ioctx, leftover)
+
+
+def test_a_removal_killed_after_releasing_ids_leaves_nothing_anyone_can_open(
+        lab_env, remotes, ceph_admin, tmp_path):
+    """Releasing snapshot ids ends their data at once: from that moment nobody may find the
+    image by its name (it is in the trash first), and a re-run finishes the removal."""
+    import base64
+    import os
+    import subprocess
+
+    import rbd
+
+    from one_drivers.core.faults import CRASH_AT, KILLED
+    from tests.helpers import ds_doc
+
+    _, ioctx = ceph_admin
+    iid = random.randint(10_000_000, 90_000_000)
+    name = f"one-{iid}"
+    rbd.RBD().create(ioctx, name, 4 * MIB)
+    with rbd.Image(ioctx, name) as image:
+        image.write(b"A" * 4096, 0)
+        image.create_snap("0")
+        image.create_snap("1")
+    doc = base64.b64encode(ds_doc(lab_env, iid, image={"SOURCE": f"one/{name}"}).encode())
+    rm = [str(remotes / "datastore" / "rbd" / "rm"), str(iid)]
+    killed = subprocess.run(rm, input=doc, capture_output=True, timeout=120, check=False,
+                            env={**os.environ, CRASH_AT: "remove:snap-ids-released"})
+    assert killed.returncode == KILLED, killed.stderr
+    assert name not in rbd_names(ioctx), "no visible image with snapshots half gone"
+    with pytest.raises(rbd.ImageNotFound):
+        rbd.Image(ioctx, name, snapshot="0", read_only=True)
+    assert name in trash_names(ioctx), "it waits in the trash (positive control)"
+    again = subprocess.run(rm, input=doc, capture_output=True, timeout=120, check=False)
+    assert again.returncode == 0, again.stderr
+    assert name not in rbd_names(ioctx) | trash_names(ioctx)

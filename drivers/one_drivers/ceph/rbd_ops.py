@@ -238,6 +238,11 @@ def remove_image(cluster: Any, ioctx: Any, name: str, *,
     yet without breaking them: it is moved to the RBD trash, out of sight, and collected when its
     last clone is removed (:func:`collect_parent`) or by ``one-drivers rbd trash-purge``.
 
+    An image with snapshots goes to the trash *first*: their RADOS ids are then released
+    together (:func:`release_snap_ids`), which ends their data at once, and nobody must find
+    the image by its name from that moment. A crash there leaves it in the trash (expired, so a
+    re-run, or trash-purge, finishes it), never a visible image whose snapshots are half gone.
+
     An image a client has open is refused, never hidden, unless ``abandoned``: a staging image
     whose builder is provably gone (its watch lingers until the OSD times it out) is hidden in
     the trash, for trash-purge.
@@ -248,13 +253,23 @@ def remove_image(cluster: Any, ioctx: Any, name: str, *,
         with open_image(ioctx, name) as image:
             if opened is not None:
                 opened(image)
-            release_snap_ids(cluster, ioctx, image)
-            faults.point("remove:snap-ids-released")
-            for snap in snap_names(image):
-                remove_snap(cluster, image, snap)
-                faults.point("remove:snapshot-removed")
+            image_id = image.id()
+            has_snaps = bool(snap_names(image))
     except rbd.ImageNotFound:
-        return "absent"
+        entry = trash_entry(ioctx, name)
+        if entry is None or not _expired(entry):
+            return "absent"
+        return _remove_trashed(cluster, ioctx, entry["id"], opened)  # a crashed run's: finish
+    if not abandoned and watchers(ioctx, name):  # the trash would not refuse it: we do
+        raise ActionFailed(f"{name} is in use by another Ceph client",
+                           hint="is a VM still running on it? stop it and retry")
+    if has_snaps:
+        try:
+            rbd.RBD().trash_move(ioctx, name, 0)
+        except rbd.ImageNotFound:
+            return "absent"
+        faults.point("remove:trashed")
+        return _remove_trashed(cluster, ioctx, image_id)
     try:
         rbd.RBD().remove(ioctx, name)
         return "removed"
@@ -269,6 +284,42 @@ def remove_image(cluster: Any, ioctx: Any, name: str, *,
             return "hidden"
         raise ActionFailed(f"{name} is in use by another Ceph client",
                            hint="is a VM still running on it? stop it and retry") from None
+
+
+def _expired(entry: dict[str, Any]) -> bool:
+    """Moved with no deferment (by a removal): not an operator's CEPH_TRASH keep-for-later."""
+    import datetime
+
+    end = entry.get("deferment_end_time")
+    now = datetime.datetime.now(datetime.UTC).replace(tzinfo=None)
+    return not isinstance(end, datetime.datetime) or end <= now
+
+
+def _remove_trashed(cluster: Any, ioctx: Any, image_id: str,
+                    opened: Callable[[Any], object] | None = None) -> str:
+    """Remove a trashed image's snapshots (ids released together) and the image; ``hidden``
+    when a snapshot still has clones (it waits in the trash for them). ``opened``: as for
+    :func:`remove_image`, when a re-run finds the image only in the trash."""
+    import rbd
+
+    image = rbd.Image(ioctx, image_id=image_id)
+    try:
+        if opened is not None:
+            opened(image)
+        release_snap_ids(cluster, ioctx, image)
+        faults.point("remove:snap-ids-released")
+        for snap in snap_names(image):
+            remove_snap(cluster, image, snap)
+            faults.point("remove:snapshot-removed")
+    finally:
+        image.close()
+    try:
+        rbd.RBD().trash_remove(ioctx, image_id, True)
+        return "removed"
+    except rbd.ImageNotFound:
+        return "absent"
+    except (rbd.ImageHasSnapshots, rbd.ImageBusy):
+        return "hidden"
 
 
 def watchers(ioctx: Any, name: str) -> list[str]:

@@ -67,8 +67,15 @@ def rm(call: Call) -> None:
             ceph_errors(f"removing {spec}", call.subject):
         with building(pool, spec, call.subject, call.deadline.remaining()):
             drop_staging(pool, staging_name(spec.name))  # an interrupted import's, not a live one
-        if not exists(pool.ioctx, spec.name):
-            log.info(f"{spec} is already gone")
+        if not exists(pool.ioctx, spec.name):  # gone, or left in the trash by a killed run
+            parents: list[ImageSpec | None] = []
+            if remove_image(pool.cluster, pool.ioctx, spec.name,
+                            opened=lambda image: parents.append(parent(image))) == "removed":
+                log.info(f"finished removing {spec}, left in the trash by an interrupted run")
+                if parents and parents[0] is not None:
+                    release_parent(pool.cluster, parents[0])
+            else:
+                log.info(f"{spec} is already gone")
             return
         check_ours(pool, spec, call, own_pool)
         refuse_if_watched(pool.cluster, pool.ioctx, spec.name, call.deadline,
