@@ -3,8 +3,6 @@ random snapshot sequences against a model of OpenNebula's snapshot rules (ALLOW_
 
 from __future__ import annotations
 
-import base64
-import io
 import itertools
 import os
 import random
@@ -14,7 +12,6 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from one_drivers.core.runner import run
 from tests.helpers import ds_doc, rbd_names, read_image, replayable, run_remote, trash_names
 
 pytestmark = pytest.mark.lab
@@ -24,16 +21,11 @@ SIZE = 4 * MIB
 _ids = itertools.count(random.randint(100_000, 900_000) * 10 + 5)
 
 
-def snap_action(env, action: str, image_id: int, snap: int, remotes=None):
+def snap_action(env, action: str, image_id: int, snap: int, remotes):
+    """A DS snapshot action as oned runs it, in its own process."""
     doc = ds_doc(env, image_id, image={"SOURCE": f"one/one-{image_id}", "PERSISTENT": 1,
                                        "TARGET_SNAPSHOT": snap})
-    if remotes is not None:
-        return run_remote(remotes, f"datastore/rbd/{action}", [str(image_id)], doc)
-    out = io.StringIO()
-    rc = run("datastore", "rbd", action, [str(image_id)],
-             stdin=io.BytesIO(base64.b64encode(doc.encode())), stdout=out)
-    assert rc == 0, f"{action} {snap} failed with exit {rc}"
-    return None
+    return run_remote(remotes, f"datastore/rbd/{action}", [str(image_id)], doc)
 
 
 def user_snaps(ioctx, name):
@@ -126,6 +118,8 @@ class SnapshotMachine(RuleBasedStateMachine):
 
     env: dict[str, str]
     ioctx: object
+    remotes: object  # the installed remotes: actions run as OpenNebula runs them, in their own
+    # process (never in the test's, whose Ceph handle reads the model's contents)
     has_flatten = True  # DS images have snap_flatten; TM disks do not
 
     @initialize()
@@ -147,7 +141,8 @@ class SnapshotMachine(RuleBasedStateMachine):
         self.content[offset * 4096:(offset + 1) * 4096] = data
 
     def act(self, action: str, snap: int) -> None:
-        snap_action(self.env, action, self.image_id, snap)
+        proc = snap_action(self.env, action, self.image_id, snap, self.remotes)
+        assert proc.returncode == 0, f"{action} {snap}: {proc.stderr}"
 
     def take_snapshot(self, snap: int) -> None:  # what TM snap_create does on a persistent disk
         import rbd
@@ -212,18 +207,18 @@ class SnapshotMachine(RuleBasedStateMachine):
 
     def remove(self):
         doc = ds_doc(self.env, self.image_id, image={"SOURCE": f"one/{self.name}"})
-        out = io.StringIO()
-        assert run("datastore", "rbd", "rm", [str(self.image_id)],
-                   stdin=io.BytesIO(base64.b64encode(doc.encode())), stdout=out) == 0
+        proc = run_remote(self.remotes, "datastore/rbd/rm", [str(self.image_id)], doc)
+        assert proc.returncode == 0, proc.stderr
         leftovers = {n for n in rbd_names(self.ioctx) | trash_names(self.ioctx)
                      if n == self.name or n.startswith(self.name + "-")
                      or n.startswith(self.name + ".")}
         assert leftovers == set()
 
 
-def test_random_snapshot_sequences(lab_env, ceph_admin):
+def test_random_snapshot_sequences(lab_env, ceph_admin, remotes):
     SnapshotMachine.env = lab_env
     SnapshotMachine.ioctx = ceph_admin[1]
+    SnapshotMachine.remotes = remotes
     replayable(SnapshotMachine, "DS snapshot sequences")
     machine = SnapshotMachine.TestCase
     machine.settings = settings(max_examples=12, stateful_step_count=14, deadline=None,

@@ -3,16 +3,16 @@ through the TM actions, against the model of OpenNebula's ALLOW_ORPHANS=mixed ru
 
 from __future__ import annotations
 
-import io
 import itertools
 import random
+import subprocess
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import initialize, rule
 
-from one_drivers.core.runner import run
 from one_drivers.lab.documents import datastore_doc, disk_attrs, vm_doc
 from one_drivers.lab.lab import Lab
 from tests.helpers import rbd_names, replayable, trash_names
@@ -24,10 +24,15 @@ IMAGE_DS, SYS_DS = 100, 101
 _ids = itertools.count(random.randint(10_000, 90_000) * 10 + 3)
 
 
+REMOTES: list[Path] = []  # set by the test: the installed remotes
+
+
 def tm(action: str, *args: object) -> None:
-    rc = run("tm", "rbd", action, [str(a) for a in args], stdin=io.BytesIO(b""),
-             stdout=io.StringIO())
-    assert rc == 0, f"tm {action} {args} failed with exit {rc}"
+    """A TM action as oned runs it, in its own process (not the test's)."""
+    proc = subprocess.run([str(REMOTES[0] / "tm" / "rbd" / action), *map(str, args)],
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=300,
+                          check=False)
+    assert proc.returncode == 0, f"tm {action} {args} failed: {proc.stderr}"
 
 
 class TmSnapshotMachine(SnapshotMachine):
@@ -74,7 +79,8 @@ class TmSnapshotMachine(SnapshotMachine):
         assert leftovers == set()
 
 
-def test_random_disk_snapshot_sequences(lab_env, ceph_admin):
+def test_random_disk_snapshot_sequences(lab_env, ceph_admin, remotes):
+    REMOTES[:] = [remotes]
     Lab().oned.record("datastore", IMAGE_DS, datastore_doc(lab_env, IMAGE_DS))
     TmSnapshotMachine.env = lab_env
     TmSnapshotMachine.ioctx = ceph_admin[1]
