@@ -516,3 +516,33 @@ def test_saveas_from_a_snapshot_and_the_checkpoint_goes_with_the_vm(world, remot
     assert not Path(vm_dir).exists()
     run_remote(remotes, "datastore/rbd/rm", [str(saved)],
                ds_doc(lab_env, saved, image={"SOURCE": f"one/one-{saved}"}))
+
+
+def test_delete_removes_only_this_vms_disk(world, remotes, ceph_admin, lab_env, tmp_path):
+    """A disk whose SOURCE names an image one-drivers did not make: the clone name it implies
+    is neither stamped for this VM and disk nor upstream's name for one: delete refuses."""
+    import rbd
+
+    _, ioctx = ceph_admin
+    vmid = next(_ids)
+    foreign = f"operator-db-{vmid}"
+    world["oned"].record("vm", vmid, vm_doc(vmid, [disk_attrs(
+        lab_env, 0, SOURCE=f"one/{foreign}", CLONE="YES", TYPE="RBD",
+        DATASTORE_ID=IMAGE_DS)], host="localhost"))
+    victim = f"{foreign}-{vmid}-0"  # what the disk's clone would be called
+    rbd.RBD().create(ioctx, victim, MIB)
+    where = f"localhost:{world['root']}/{SYS_DS}/{vmid}/disk.0"
+    try:
+        gone = run_transfer(remotes, tmp_path, [f"DELETE rbd {where} {vmid} {IMAGE_DS}"])
+        assert gone.returncode != 0
+        assert "not removed" in gone.stdout + gone.stderr
+        assert victim in rbd_names(ioctx), "an image we did not make is never removed"
+    finally:
+        rbd.RBD().remove(ioctx, victim)
+    # positive control: this VM's own clone (stamped) of a real image is removed
+    record_vm(world, vmid, "localhost")
+    steps = run_transfer(remotes, tmp_path, [
+        f"CLONE rbd fe:one/one-{world['image']} {where} {vmid} {IMAGE_DS}",
+        f"DELETE rbd {where} {vmid} {IMAGE_DS}"])
+    assert steps.returncode == 0, steps.stdout + steps.stderr
+    assert f"one-{world['image']}-{vmid}-0" not in rbd_names(ioctx)
