@@ -22,7 +22,7 @@ import pytest
 
 from one_drivers.lab import netns
 from one_drivers.lab.documents import vm_doc
-from one_drivers.vnm.ovsdb.privilege import install_sudo
+from one_drivers.vnm.ovsdb.privilege import default_entry, install_sudo
 
 USER = "one-drivers-t"  # the driver user of these tests (oneadmin's role)
 
@@ -45,7 +45,8 @@ class Site:
         self.root_dir = root_dir  # root-owned, 0755: entry, configuration, state, markers
         self.user = user
         self.home = Path(user.pw_dir)
-        self.entry = root_dir / "libexec" / "one-drivers-vnm-privileged"
+        # where the role puts it (the caller finds it there by itself, as the shims run it)
+        self.entry = Path(default_entry())
         self.root_conf = root_dir / "etc" / "vnm-ovsdb.conf"
         self.state_dir = root_dir / "state"
         self.sudoers = Path(f"/etc/sudoers.d/one-drivers-test-{root_dir.name[-8:]}")
@@ -66,7 +67,7 @@ class Site:
         subprocess.run([sys.executable, "-m", "one_drivers.cli", "install-remotes",
                         str(self.remotes)], check=True, capture_output=True, timeout=120)
         conf = self.remotes / "etc" / "vnm" / "ovsdb" / "ovsdb.conf"
-        conf.write_text(conf.read_text() + f"\nOVSDB={self.ovsdb}\nSUDO_COMMAND={self.entry}\n")
+        conf.write_text(conf.read_text() + f"\nOVSDB={self.ovsdb}\n")
         subprocess.run(["chown", "-R", f"{USER}:", str(self.remotes)], check=True, timeout=30)
 
     def as_user(self, argv: list[str], *, stdin: bytes = b"", cwd: Path | None = None,

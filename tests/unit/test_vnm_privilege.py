@@ -3,6 +3,7 @@ tests/integration/test_vnm_privilege.py and Molecule)."""
 
 from __future__ import annotations
 
+import os
 import sys
 
 from one_drivers.vnm.ovsdb.privilege import (
@@ -26,8 +27,23 @@ def test_only_a_non_root_user_facing_a_root_socket_escalates(tmp_path):
 
 def test_the_privileged_command_is_the_fixed_entry_with_the_action_only():
     argv = sudo_argv(default_entry(), "post", ["uuid-1", "node1"])
-    assert argv == ["sudo", "-n", f"{sys.prefix}/libexec/one-drivers-vnm-privileged",
+    venv = os.path.dirname(os.path.dirname(sys.executable))
+    assert argv == ["sudo", "-n", f"{venv}/libexec/one-drivers-vnm-privileged",
                     "post", "uuid-1", "node1"]
+
+
+def test_the_entry_is_found_as_the_shims_run_python_without_site():
+    """The shims run ``python -IS``: without ``site``, ``sys.prefix`` is not the venv, and an
+    entry path built on it named a file sudo does not allow (seen in Molecule's node)."""
+    import subprocess
+
+    drivers = os.path.dirname(os.path.dirname(os.path.abspath(default_entry.__code__.co_filename)))
+    drivers = os.path.dirname(os.path.dirname(drivers))
+    code = (f"import sys; sys.path.insert(0, {drivers!r}); "
+            "from one_drivers.vnm.ovsdb.privilege import default_entry; print(default_entry())")
+    out = subprocess.run([sys.executable, "-I", "-S", "-c", code], capture_output=True,
+                         text=True, check=True, timeout=30).stdout.strip()
+    assert out == default_entry()
 
 
 def test_the_entry_runs_isolated_with_roots_configuration():

@@ -47,9 +47,15 @@ ENTRY_NAME = "one-drivers-vnm-privileged"
 SUDOERS = "/etc/sudoers.d/one-drivers"
 
 
+def venv_root() -> str:
+    """The installation's root (the venv), from the interpreter's own path: ``sys.prefix``
+    is the venv only when ``site`` ran, and the shims run with ``-IS``."""
+    return os.path.dirname(os.path.dirname(sys.executable))
+
+
 def default_entry() -> str:
     """Where ``install-sudo`` puts the entry script: ``<venv>/libexec/``."""
-    return os.path.join(sys.prefix, "libexec", ENTRY_NAME)
+    return os.path.join(venv_root(), "libexec", ENTRY_NAME)
 
 
 def sudo_argv(entry: str, action: str, argv: list[str]) -> list[str]:
@@ -125,7 +131,7 @@ def install_sudo(user: str, *, entry: str | None = None, config: str | None = No
     if not re.fullmatch(r"[a-z_][a-z0-9_-]{0,31}", user):
         raise DriverError(f"{user!r} is not a user name")
     entry = entry or default_entry()
-    python = python or os.path.join(sys.prefix, "bin", "python3")
+    python = python or os.path.join(venv_root(), "bin", "python3")
     for what, path in (("entry", entry), ("interpreter", python),
                        ("configuration", config or ROOT_CONF)):
         if not re.fullmatch(r"/[A-Za-z0-9_./+-]+", path) or "/../" in path:
