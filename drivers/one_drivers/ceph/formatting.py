@@ -6,6 +6,7 @@ space) and its data extents are copied into RBD; the file is removed on every pa
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 from pathlib import Path
@@ -33,7 +34,8 @@ def format_into(ioctx: Any, name: str, size: int, fs: str, staging_dir: Path,
                 deadline: Deadline) -> None:
     staging_dir.mkdir(parents=True, exist_ok=True)
     for stale in staging_dir.glob("one-drivers-mkfs-*"):  # named files of older versions
-        stale.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # another user's name in a shared directory
+            stale.unlink(missing_ok=True)
     # an unnamed file: a crash (even SIGKILL) leaves nothing behind, and no name can be swapped;
     # the tool reaches it through this process's descriptor, passed to it
     fd = os.open(staging_dir, os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600)

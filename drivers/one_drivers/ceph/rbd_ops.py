@@ -255,12 +255,13 @@ def remove_image(cluster: Any, ioctx: Any, name: str, *,
                 opened(image)
             image_id = image.id()
             has_snaps = bool(snap_names(image))
+            others = [] if abandoned else _other_watchers(cluster, image)
     except rbd.ImageNotFound:
         entry = trash_entry(ioctx, name)
         if entry is None or not _expired(entry):
             return "absent"
         return _remove_trashed(cluster, ioctx, entry["id"], opened)  # a crashed run's: finish
-    if not abandoned and watchers(ioctx, name):  # the trash would not refuse it: we do
+    if others:  # the trash would not refuse it: we do
         raise ActionFailed(f"{name} is in use by another Ceph client",
                            hint="is a VM still running on it? stop it and retry")
     if has_snaps:
@@ -284,6 +285,12 @@ def remove_image(cluster: Any, ioctx: Any, name: str, *,
             return "hidden"
         raise ActionFailed(f"{name} is in use by another Ceph client",
                            hint="is a VM still running on it? stop it and retry") from None
+
+
+def _other_watchers(cluster: Any, image: Any) -> list[str]:
+    """Clients other than this one that have ``image`` open (our own open watches it too)."""
+    me = cluster.get_instance_id() if cluster is not None else None
+    return [str(w["addr"]) for w in image.watchers_list() if w["id"] != me]
 
 
 def _expired(entry: dict[str, Any]) -> bool:

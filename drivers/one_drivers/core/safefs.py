@@ -117,13 +117,8 @@ def _closing(fd: int) -> Iterator[int]:
         os.close(fd)
 
 
-@contextlib.contextmanager
-def trusted_dir(path: str, **kwargs: object) -> Iterator[int]:
-    fd = open_trusted_dir(path, **kwargs)  # type: ignore[arg-type]
-    try:
-        yield fd
-    finally:
-        os.close(fd)
+def trusted_dir(path: str, **kwargs: object) -> contextlib.AbstractContextManager[int]:
+    return _closing(open_trusted_dir(path, **kwargs))  # type: ignore[arg-type]
 
 
 def is_trusted_dir(path: str, uid: int | None = None) -> bool:

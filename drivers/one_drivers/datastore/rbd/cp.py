@@ -9,6 +9,7 @@ against the bytes as fetched, before anything is registered.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
@@ -73,7 +74,8 @@ def stage_to_file(src: Opened, settings: Settings, image_id: int, deadline: Dead
     staging_dir = Path(settings.get("STAGING_DIR", "/var/tmp") or "/var/tmp")
     staging_dir.mkdir(parents=True, exist_ok=True)
     for stale in staging_dir.glob(f"one-drivers-{image_id}-*"):  # an older version's debris
-        stale.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # another user's name in a shared directory
+            stale.unlink(missing_ok=True)
     budget = shutil.disk_usage(staging_dir).free - STAGING_RESERVE
     if src.size is not None and src.size > budget:
         raise ActionFailed(f"not enough space in {staging_dir} to convert {src.label} "
