@@ -221,3 +221,26 @@ def test_root_ignores_the_user_configuration_and_never_writes_where_the_user_can
     site.root_conf.chmod(0o644)
     assert site.action("clean", vm, "node1").returncode == 0
     netns.unplug(f"one-{vm}-0")
+
+
+def test_a_front_end_without_the_rule_creates_and_deletes_vnets(site: Site) -> None:
+    """oned runs vnet_create/vnet_delete on the front-end as oneadmin, where no sudo rule is
+    installed and OVSDB (if any) is root's: they must not take the sudo route (a real oned put
+    the network in ERROR with `sudo: a password is required`)."""
+    site.sudoers.unlink()
+    # positive control: an action that does need root is refused here, so this is a site where
+    # the sudo route fails
+    vm = 9300 + int(uuid.uuid4().hex[:2], 16)
+    pre = site.action("pre", vm)
+    assert pre.returncode != 0 and "sudoers rule" in pre.stderr, pre.stderr
+    vnet = base64.b64encode(b"<VNET><ID>7</ID><VN_MAD>ovsdb</VN_MAD><VLAN_ID>42</VLAN_ID>"
+                            b"<TEMPLATE><MTU>1450</MTU></TEMPLATE></VNET>")
+    for action in ("vnet_create", "vnet_delete"):
+        shim = str(site.remotes / "vnm" / "ovsdb" / action)
+        res = site.as_user([shim, "7"], stdin=vnet)
+        assert res.returncode == 0, f"{action}: {res.stderr}"
+        assert "sudo" not in res.stderr
+    bad = base64.b64encode(b"<VNET><ID>7</ID><VN_MAD>ovsdb</VN_MAD><VLAN_ID>5000</VLAN_ID>"
+                           b"<TEMPLATE/></VNET>")
+    res = site.as_user([str(site.remotes / "vnm" / "ovsdb" / "vnet_create"), "7"], stdin=bad)
+    assert res.returncode != 0 and "VLAN_ID='5000'" in res.stderr, res.stderr
