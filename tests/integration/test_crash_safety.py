@@ -219,7 +219,8 @@ def test_vm_directory_moves_converge_from_every_crash(lab_env, remotes, tmp_path
         assert (here / "disk.3").read_bytes() == b"context iso" * 1000
         assert (here / "deployment.0").read_text() == "<domain/>"
         assert not on_host.exists()
-        debris = [p.name for p in here.parent.iterdir() if p.name.startswith(".one-drivers")]
+        debris = [p.name for p in here.parent.iterdir()
+                  if p.name.startswith(f".one-drivers-tmp-{vmid}-")]
         assert debris == [], (point, debris)
         assert not (here / ".one-drivers-copy").exists()
     subprocess.run(["rm", "-rf", str(here), str(on_host)], check=True)

@@ -546,3 +546,83 @@ def test_delete_removes_only_this_vms_disk(world, remotes, ceph_admin, lab_env, 
         f"DELETE rbd {where} {vmid} {IMAGE_DS}"])
     assert steps.returncode == 0, steps.stdout + steps.stderr
     assert f"one-{world['image']}-{vmid}-0" not in rbd_names(ioctx)
+
+
+def _dead_host_config(lab_env, tmp_path: Path) -> dict[str, str]:
+    """An ssh configuration in which ``dead-host`` is a powered-off machine: nothing answers on
+    its port (a port the test just held and released)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cfg = tmp_path / "ssh_config_dead"
+    cfg.write_text(f"Include {lab_env['ONE_DRIVERS_SSH_CONFIG']}\n"
+                   f"Host dead-host\n  HostName 127.0.0.1\n  Port {port}\n  BatchMode yes\n"
+                   "  ConnectTimeout 5\n")
+    return {**os.environ, "ONE_DRIVERS_SSH_CONFIG": str(cfg)}
+
+
+@pytest.mark.parametrize("lcm_state", [16, 60, 61])
+def test_recovery_from_a_failed_host_moves_nothing_from_it(lab_env, remotes, tmp_path,
+                                                           lcm_state):
+    """onevm recover / the HA hook (OpenNebula/one#5653): oned moves the VM directory from a
+    host that is down. The source side is skipped in UNKNOWN and PROLOG_MIGRATE_UNKNOWN(_FAILURE);
+    the destination gets its directory. Positive control: the same move in a normal state does
+    go to the dead host, and fails naming it."""
+    vmid = next(_ids)
+    vm_dir = f"/var/lib/one/datastores/{SYS_DS}/{vmid}"
+    env = _dead_host_config(lab_env, tmp_path)
+
+    def mv():
+        return subprocess.run([str(remotes / "tm" / "rbd" / "mv"), f"dead-host:{vm_dir}",
+                               f"localhost:{vm_dir}", str(vmid), str(SYS_DS)],
+                              capture_output=True, text=True, timeout=120, check=False, env=env)
+
+    oned = Lab().oned
+    oned.record("vm", vmid, vm_doc(vmid, [], host="dead-host", sys_ds=SYS_DS, lcm_state=3))
+    normal = mv()
+    assert normal.returncode != 0, normal.stderr
+    assert "cannot reach dead-host over ssh" in normal.stderr.splitlines()[-1], normal.stderr
+    assert not Path(vm_dir).exists()
+    oned.record("vm", vmid, vm_doc(vmid, [], host="dead-host", sys_ds=SYS_DS,
+                                   lcm_state=lcm_state))
+    try:
+        recovered = mv()
+        assert recovered.returncode == 0, recovered.stderr
+        assert "nothing moved from it" in recovered.stderr
+        assert Path(vm_dir).is_dir()
+        assert mv().returncode == 0  # a re-run converges
+    finally:
+        subprocess.run(["rm", "-rf", vm_dir], check=True)
+
+
+def test_a_failed_move_leaves_no_staging_directory(lab_env, remotes, tmp_path):
+    """The copy is staged next to the destination; when the move fails after staging (here the
+    destination is a mount point that cannot be replaced) the staging directory goes too, and
+    the source is untouched."""
+    host = lab_env["ONE_LAB_SSH_HOST"]
+    vmid = next(_ids)
+    vm_dir = f"/var/lib/one/datastores/{SYS_DS}/{vmid}"
+    here = Path(vm_dir)
+    on_host = Path(lab_env["ONE_LAB_HOST_DATASTORES"]) / str(SYS_DS) / str(vmid)
+    on_host.mkdir(parents=True)
+    (on_host / "disk.1").write_bytes(b"iso" * 1000)
+    here.mkdir(parents=True)
+    subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(here)], check=True, timeout=20)
+    trace = tmp_path / "points"
+    env = {**os.environ, "ONE_DRIVERS_FAULT_TRACE": str(trace)}
+    try:
+        res = subprocess.run([str(remotes / "tm" / "rbd" / "mv"), f"{host}:{vm_dir}",
+                              f"localhost:{vm_dir}", str(vmid), str(SYS_DS)],
+                             capture_output=True, text=True, timeout=120, check=False, env=env)
+        assert res.returncode != 0, res.stderr
+        # positive control: the copy was staged before the failure
+        assert "copy-dir:copied" in trace.read_text().split()
+        debris = [p.name for p in here.parent.iterdir()
+                  if p.name.startswith(f".one-drivers-tmp-{vmid}-")]
+        assert debris == []
+        assert (on_host / "disk.1").read_bytes() == b"iso" * 1000
+    finally:
+        subprocess.run(["umount", str(here)], check=False, timeout=20)
+        subprocess.run(["rm", "-rf", str(here), str(on_host)], check=True)

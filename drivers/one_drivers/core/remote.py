@@ -100,6 +100,17 @@ def run(
     return proc
 
 
+def holds(host: str | None, argv: Sequence[str], *, timeout: float) -> bool:
+    """Whether a test such as ``test -d PATH`` holds on ``host``; a host that cannot be reached
+    raises (ssh's 255 is not "no")."""
+    proc = run(host, argv, timeout=timeout, check=False)
+    if not is_local(host) and proc.returncode == SSH_UNREACHABLE:
+        detail = _last_line(proc.stderr)
+        raise BackendUnavailable(f"cannot reach {host} over ssh ({detail or 'exit 255'})",
+                                 hint="check the host is up and oneadmin's ssh key")
+    return proc.returncode == 0
+
+
 def popen(host: str | None, argv: Sequence[str], **kwargs: object) -> subprocess.Popen[bytes]:
     """Start ``argv`` on ``host`` with pipes for streaming (caller owns the process)."""
     return subprocess.Popen(command(host, argv), **kwargs)  # type: ignore[call-overload, no-any-return]

@@ -19,7 +19,7 @@ from one_drivers.ceph.pool import rbd_pool
 from one_drivers.ceph.rbd_ops import ceph_errors, exists, remove_image
 from one_drivers.core import faults, log, remote
 from one_drivers.core.contract import Call, HostPath
-from one_drivers.core.errors import ActionFailed, BadInput
+from one_drivers.core.errors import ActionFailed, BadInput, DriverError
 
 CHECKPOINT = "one-sys-{vmid}-checkpoint"
 
@@ -121,27 +121,26 @@ def copy_dir(src: HostPath, src_dir: str, dst: HostPath, dst_dir: str,
                     f".one-drivers-tmp-{name}-*", "-exec", "rm", "-rf", "--", "{}", "+"],
          timeout, check=False)
     _run(dst.host, ["mkdir", "-p", "--", staging], timeout)
-    reader = remote.popen(src.host, ["tar", "--sparse", "-C", parent, "-cf", "-", name],
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        remote.run(dst.host, ["tar", "-C", staging, "-xf", "-"], stdin=reader.stdout,
-                   timeout=timeout)
-    except BaseException:
-        remote.run(dst.host, ["rm", "-rf", "--", staging], timeout=timeout, check=False)
-        raise
+        reader = remote.popen(src.host, ["tar", "--sparse", "-C", parent, "-cf", "-", name],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            remote.run(dst.host, ["tar", "-C", staging, "-xf", "-"], stdin=reader.stdout,
+                       timeout=timeout)
+        finally:
+            if reader.stdout is not None:
+                reader.stdout.close()
+            rc = reader.wait(timeout=timeout)
+        if rc != 0:
+            raise ActionFailed(f"reading {src.host}:{src_dir} failed (tar exit {rc})")
+        faults.point("copy-dir:copied")
+        remote.run(dst.host, ["dd", f"of={staging}/{name}/{MARKER}", "status=none"],
+                   input=nonce.encode(), timeout=timeout)
+        _run(dst.host, ["rm", "-rf", "--", dst_dir], timeout)
+        _run(dst.host, ["mv", "--", f"{staging}/{name}", dst_dir], timeout)
     finally:
-        if reader.stdout is not None:
-            reader.stdout.close()
-        rc = reader.wait(timeout=timeout)
-    if rc != 0:
+        # whatever failed (or nothing did: then it is empty), the staging directory goes
         remote.run(dst.host, ["rm", "-rf", "--", staging], timeout=timeout, check=False)
-        raise ActionFailed(f"reading {src.host}:{src_dir} failed (tar exit {rc})")
-    faults.point("copy-dir:copied")
-    remote.run(dst.host, ["dd", f"of={staging}/{name}/{MARKER}", "status=none"],
-               input=nonce.encode(), timeout=timeout)
-    _run(dst.host, ["rm", "-rf", "--", dst_dir], timeout)
-    _run(dst.host, ["mv", "--", f"{staging}/{name}", dst_dir], timeout)
-    _run(dst.host, ["rmdir", "--", staging], timeout, check=False)
     return nonce
 
 
@@ -149,6 +148,21 @@ def same_directory(host: str, path: str, nonce: str, timeout: float) -> bool:
     """Whether ``host:path`` holds the copy marked with ``nonce`` (then it is the copy)."""
     proc = remote.run(host, ["cat", "--", f"{path}/{MARKER}"], timeout=timeout, check=False)
     return proc.returncode == 0 and proc.stdout.decode().strip() == nonce
+
+
+# LCM states in which the source host is lost: UNKNOWN, PROLOG_MIGRATE_UNKNOWN(_FAILURE)
+SOURCE_LOST_STATES = frozenset({16, 60, 61})
+
+
+def _source_is_lost(call: Call, vmid: int) -> bool:
+    from one_drivers.tm.rbd.common import oned_for
+
+    try:
+        state = oned_for(call).vm(vmid).lcm_state
+    except DriverError as exc:  # as upstream, which moves when it cannot tell: the source says
+        log.info(f"cannot read VM {vmid}'s state from oned ({exc}): moving as usual")
+        return False
+    return state in SOURCE_LOST_STATES
 
 
 def mv(call: Call) -> None:
@@ -160,13 +174,20 @@ def mv(call: Call) -> None:
         return
     vmid = call.args["vmid"]
     src_dir, dst_dir = vm_dir_of(src, vmid), vm_dir_of(dst, vmid)
+    timeout = call.deadline.cap(call.settings.float("SSH_TIMEOUT", 600), "moving the VM dir")
+    if _source_is_lost(call, vmid):
+        # recovering from a failed host (onevm recover, the HA hook): its disks are in Ceph,
+        # and the source may be powered off; the destination gets an empty directory that
+        # deploy fills (as upstream, which moves nothing in these states)
+        _run(dst.host, ["mkdir", "-p", "--", dst_dir], timeout)
+        log.info(f"the VM's host {src.host} failed: nothing moved from it")
+        return
     if src_dir == dst_dir and (src.host == dst.host or
                                (remote.is_local(src.host) and remote.is_local(dst.host))):
         log.info("source and destination are the same: nothing to move")
         return
-    timeout = call.deadline.cap(call.settings.float("SSH_TIMEOUT", 600), "moving the VM dir")
-    if _run(src.host, ["test", "-d", src_dir], timeout, check=False) != 0:
-        if _run(dst.host, ["test", "-d", dst_dir], timeout, check=False) == 0:
+    if not remote.holds(src.host, ["test", "-d", src_dir], timeout=timeout):
+        if remote.holds(dst.host, ["test", "-d", dst_dir], timeout=timeout):
             log.info(f"{dst} is already there and {src} is gone: moved by an earlier run")
             return
         raise ActionFailed(f"the VM directory {src} does not exist")
