@@ -565,3 +565,39 @@ def test_a_guest_that_does_not_release_a_nic_gets_a_clear_error(vm):
         assert "eth0" in vm.console.run("ls /sys/class/net").split(), "still there"
     finally:
         subprocess.run(["ovs-vsctl", "--if-exists", "del-br", bridge], check=False)
+
+
+def test_deploy_names_a_missing_emulator_and_what_to_do(vm):
+    """oned writes <emulator>/usr/bin/qemu-kvm-one</emulator> unless EMULATOR is set; a plain
+    Debian host has no such file (a real oned's deploy failed with libvirt's 'Cannot check QEMU
+    binary'). Deploy says what is missing and how to fix it, and creates nothing; with the
+    path the IM reports for the host (its EMULATOR) the same file deploys."""
+    import xml.etree.ElementTree as ET
+
+    import libvirt
+
+    from one_drivers.im.libvirt.probes import emulator
+
+    def with_emulator(path: str) -> str:
+        return vm.domain().replace("<devices>", f"<devices><emulator>{path}</emulator>", 1)
+
+    res = vm.run("deploy", str(vm.dir / "deployment.0"), HOST,
+                 stdin=with_emulator("/usr/bin/qemu-kvm-one"))
+    assert res.returncode != 0
+    line = last_line(res.stderr)
+    assert "emulator /usr/bin/qemu-kvm-one" in line and "libvirt_host role" in line, line
+    assert len(res.stderr.strip().splitlines()) == 1
+    assert vm.state() is None and not vm.deploy_id
+    conn = libvirt.open(vm.env["LIBVIRT_DEFAULT_URI"])
+    try:
+        caps = ET.fromstring(conn.getCapabilities())  # noqa: S314 - libvirt's own output
+    finally:
+        conn.close()
+    arch = caps.findtext("host/cpu/arch") or ""
+    reported = emulator(caps, arch)
+    assert len(reported) == 1 and reported[0].startswith("EMULATOR=")
+    host_emulator = reported[0].split("=", 1)[1].strip('"')
+    assert emulator(caps, arch, default=host_emulator) == [], "nothing when the default exists"
+    vm.deploy_id = vm.ok("deploy", str(vm.dir / "deployment.0"), HOST,
+                         stdin=with_emulator(host_emulator))
+    assert vm.state() == libvirt.VIR_DOMAIN_RUNNING

@@ -62,6 +62,9 @@ def _block(section: str, attrs: dict[str, str]) -> str:
 
 # where one_vmm_exec reads LIVE_DISK_SNAPSHOTS in a packaged OpenNebula (not the remotes tree)
 VMM_EXECRC = "/etc/one/vmm_exec/vmm_execrc"
+# the emulator oned writes into deployment files unless the host or VM sets EMULATOR
+# (LibVirtDriverKVM); OpenNebula's node package provides it
+ONE_EMULATOR = "/usr/bin/qemu-kvm-one"
 
 
 def render(drivers: list[Driver] | None = None) -> str:

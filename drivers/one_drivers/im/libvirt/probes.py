@@ -14,6 +14,7 @@ import xml.etree.ElementTree as ET
 from typing import Any, NamedTuple
 
 from one_drivers import __version__
+from one_drivers.core.oned_conf import ONE_EMULATOR
 
 VM_NAME = re.compile(r"^one-(\d+)$")
 
@@ -223,6 +224,7 @@ def system_host(conn: Any, doms: list[Domain], pci_filter: str = "",
     lines.append(f'KVM_MACHINES="{" ".join(machines)}"')
     features = [f.get("name") or "" for f in caps.iterfind("host/cpu/feature")]
     lines.append(f'KVM_CPU_FEATURES="{",".join(features)}"')
+    lines += emulator(caps, arch)
     lines += numa_topology(caps)
     if pci_filter:
         lines += _pci(conn, pci_filter)
@@ -234,6 +236,22 @@ def system_host(conn: Any, doms: list[Domain], pci_filter: str = "",
                          f'VM_NAME={quoted(dom.name)}, STATE={quoted(dom.state)}, '
                          f'IMPORT_TEMPLATE="{import_template(dom, arch)}" ]')
     return "\n".join(lines)
+
+
+
+
+def emulator(caps: ET.Element, arch: str, default: str = ONE_EMULATOR) -> list[str]:
+    """EMULATOR for the host's template when OpenNebula's default is not on this host (a plain
+    Debian host has no node package): libvirt's own emulator for the host's arch, so oned
+    writes a path that exists. Nothing when the default is there."""
+    if os.access(default, os.X_OK):
+        return []
+    for guest in caps.iterfind("guest"):
+        if guest.findtext("os_type") == "hvm" and guest.find(f"arch[@name='{arch}']") is not None:
+            path = guest.findtext("arch/emulator") or ""
+            if path and os.access(path, os.X_OK):
+                return [f"EMULATOR={quoted(path)}"]
+    return []
 
 
 def _pci(conn: Any, pci_filter: str) -> list[str]:

@@ -20,6 +20,7 @@ import xml.etree.ElementTree as ET
 
 from one_drivers.core.config import Settings
 from one_drivers.core.errors import ActionFailed, BackendTimeout, BadInput
+from one_drivers.core.oned_conf import ONE_EMULATOR
 from one_drivers.core.xmlview import parse_xml
 
 ONE_NS = "http://opennebula.org/xmlns/libvirt/1.0"
@@ -75,6 +76,24 @@ def prepare(domain_xml: str, settings: Settings) -> ET.Element:
                 for name, port in monitors:
                     ET.SubElement(source, "host", name=name, port=port)
     return tweak(root, settings)
+
+
+
+
+def check_emulator(root: ET.Element) -> None:
+    """The emulator oned wrote must exist here: libvirt's own error ("Cannot check QEMU binary")
+    does not say what to do about it."""
+    path = (root.findtext("devices/emulator") or "").strip()
+    if not path or os.access(path, os.X_OK):
+        return
+    if path == ONE_EMULATOR:
+        hint = ("OpenNebula's default emulator comes with its node package: run the one-drivers "
+                "libvirt_host role (it links it to QEMU), or set EMULATOR in the host or VM "
+                "template (the libvirt IM reports the host's own when the default is missing)")
+    else:
+        hint = "install QEMU there, or correct EMULATOR in the host or VM template"
+    raise ActionFailed(f"the emulator {path} named in the deployment file is not on this host",
+                       hint=hint)
 
 
 def tweak(root: ET.Element, settings: Settings) -> ET.Element:

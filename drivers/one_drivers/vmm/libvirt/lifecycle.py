@@ -12,7 +12,7 @@ from one_drivers.core.contract import Call
 from one_drivers.core.errors import ActionFailed, NotFound
 from one_drivers.vmm.libvirt.common import SHUTOFF, host_hypervisor, resolved
 from one_drivers.vmm.libvirt.connection import Hypervisor
-from one_drivers.vmm.libvirt.deployment import prepare
+from one_drivers.vmm.libvirt.deployment import check_emulator, prepare
 from one_drivers.vmm.libvirt.snapshots import redefine_snapshots
 
 DESTROY_RESERVE = 15.0  # seconds of the action kept for destroying a guest that ignored ACPI
@@ -23,6 +23,7 @@ def deploy(call: Call) -> str:
     A re-run finds the domain it already created and answers the same UUID."""
     settings = resolved(call.settings)
     root = prepare(call.raw_stdin or "", settings)
+    check_emulator(root)
     xml = ET.tostring(root, encoding="unicode")
     _write(call.args["deployment_file"], xml)
     name = root.findtext("name") or ""
