@@ -590,7 +590,7 @@ def test_deploy_names_a_missing_emulator_and_what_to_do(vm):
     assert vm.state() is None and not vm.deploy_id
     conn = libvirt.open(vm.env["LIBVIRT_DEFAULT_URI"])
     try:
-        caps = ET.fromstring(conn.getCapabilities())  # noqa: S314 - libvirt's own output
+        caps = ET.fromstring(conn.getCapabilities())
     finally:
         conn.close()
     arch = caps.findtext("host/cpu/arch") or ""
