@@ -601,3 +601,50 @@ def test_deploy_names_a_missing_emulator_and_what_to_do(vm):
     vm.deploy_id = vm.ok("deploy", str(vm.dir / "deployment.0"), HOST,
                          stdin=with_emulator(host_emulator))
     assert vm.state() == libvirt.VIR_DOMAIN_RUNNING
+
+
+def test_shutdown_presses_again_until_the_guest_listens(vm, tmp_path):
+    """A guest that is still booting loses the power button (a real oned's terminate of a
+    just-booted VM took 92-94 s: one lost press, the next at half of the timeout). The button
+    is pressed again every few seconds: here the guest's acpid is stopped, three presses are
+    seen to go unanswered, then acpid starts and the next press powers it off, by ACPI (no
+    destroy: FORCE_DESTROY=no, and the timeout is far away)."""
+    from one_drivers.core.remotes import install
+
+    remotes = tmp_path / "remotes"
+    install(remotes, python=sys.executable)
+    conf = remotes / "etc" / "vmm" / "libvirt" / "libvirt.conf"
+    conf.write_text(conf.read_text() + "\nACPI_TIMEOUT=600\nACPI_PRESS_INTERVAL=2\n"
+                    "FORCE_DESTROY=no\n")
+    vm.remotes = remotes
+    vm.deploy()
+    vm.console.wait_for(READY)
+    vm.console.run("killall acpid; sleep 0.2; pidof acpid || echo none")
+    trace = tmp_path / "points"
+    data = tmp_path / "action-data.xml"
+    data.write_text(vm.action_data())
+    with data.open("rb") as stdin:
+        proc = subprocess.Popen([str(remotes / "vmm" / "libvirt" / "shutdown"), vm.deploy_id,
+                                 HOST, str(vm.id), HOST], stdin=stdin, stderr=subprocess.PIPE,
+                                text=True,
+                                env={**os.environ, "ONE_DRIVERS_FAULT_TRACE": str(trace)})
+
+    def presses() -> int:
+        return trace.read_text().split().count("shutdown:pressed") if trace.exists() else 0
+
+    try:
+        end = time.monotonic() + 120  # a bound on the wait, not the property tested
+        while presses() < 3 and proc.poll() is None and time.monotonic() < end:
+            time.sleep(0.2)
+        assert presses() >= 3, "the button is pressed again while the guest does not answer"
+        assert vm.state() == 1, "positive control: with acpid gone, the presses go unanswered"
+        vm.console.run("(acpid -f -d -c /etc/acpi -a /etc/acpid.conf >/dev/console 2>&1 &)")
+        _, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    assert vm.state() is None
+    assert "ignored ACPI" not in err and "powered off after" in err, err
+    assert "one-lab-guest: power button, shutting down" in vm.console.log.read_text(
+        errors="replace")

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
+import time
 import xml.etree.ElementTree as ET
 from typing import Any
 
-from one_drivers.core import log
+from one_drivers.core import faults, log
 from one_drivers.core.atomic import write_atomic
 from one_drivers.core.contract import Call
 from one_drivers.core.errors import ActionFailed, NotFound
@@ -47,30 +48,44 @@ def _gone_or_off(hv: Hypervisor, dom: Any) -> bool:
 
 
 def shutdown(call: Call) -> None:
-    """ACPI power button, re-pressed at half time; after ACPI_TIMEOUT the domain is destroyed
-    (FORCE_DESTROY=yes, the default) or the action fails. Never longer than that (nor than the
-    action's own limit, keeping time to destroy), and it holds no lock: a cancel sent meanwhile
-    just ends it sooner (OpenNebula/one#2586)."""
+    """ACPI power button, pressed again every ACPI_PRESS_INTERVAL seconds (a guest still booting
+    loses a press: a single re-press at half time made terminating a just-booted VM take half
+    of ACPI_TIMEOUT); after ACPI_TIMEOUT the domain is destroyed (FORCE_DESTROY=yes, the
+    default) or the action fails. Never longer than that (nor than the action's own limit,
+    keeping time to destroy), and it holds no lock: a cancel sent meanwhile just ends it
+    sooner (OpenNebula/one#2586)."""
     deploy_id = call.args["deploy_id"]
     settings = resolved(call.settings)
     timeout = min(settings.float("ACPI_TIMEOUT", 180),
                   max(1.0, call.deadline.remaining() - DESTROY_RESERVE))
+    interval = max(1.0, settings.float("ACPI_PRESS_INTERVAL", 5))
     with host_hypervisor(call) as hv:
         dom = hv.domain(deploy_id)
         if dom is None or _gone_or_off(hv, dom):
             log.info(f"domain {deploy_id} is already gone")
             return
-        for press, seconds in enumerate((timeout / 2, timeout - timeout / 2)):
+        end = time.monotonic() + timeout
+        presses = 0
+        while True:
             try:
                 hv.call(dom.shutdown, what="pressing the ACPI power button")
             except (ActionFailed, NotFound) as exc:
                 if _gone_or_off(hv, dom):  # it went while we pressed
                     return
-                if press == 0:
+                if presses == 0:
                     raise
-                log.info(f"second power button press not delivered ({exc})")
-            if hv.wait_until(lambda: _gone_or_off(hv, dom), seconds=seconds):
+                log.info(f"power button press {presses + 1} not delivered ({exc})")
+            presses += 1
+            faults.point("shutdown:pressed")
+            left = end - time.monotonic()
+            if left <= 0:
+                break
+            if hv.wait_until(lambda: _gone_or_off(hv, dom), seconds=min(interval, left)):
+                if presses > 1:
+                    log.info(f"domain {deploy_id} powered off after {presses} presses")
                 return
+            if time.monotonic() >= end:
+                break
         if not settings.bool("FORCE_DESTROY", True):
             raise ActionFailed(f"domain {deploy_id} did not power off within {timeout:g} s",
                                hint="the guest ignores ACPI; use poweroff --hard")
