@@ -1,5 +1,6 @@
 """DS snapshot actions: clone v2 semantics, upstream-compatible images, and a property test of
-random snapshot sequences against a model of OpenNebula's snapshot rules (ALLOW_ORPHANS=mixed)."""
+random snapshot sequences against a model of OpenNebula's snapshot rules (ALLOW_ORPHANS=YES, as
+registered: any snapshot may be deleted)."""
 
 from __future__ import annotations
 
@@ -110,11 +111,45 @@ def test_snap_flatten_keeps_the_snapshot_and_drops_the_rest(lab_env, remotes, ce
     rbd.RBD().remove(ioctx, name)
 
 
+def test_snapshots_oned_orders_under_allow_orphans_yes_all_delete(lab_env, remotes, ceph_admin):
+    """The sequence "mixed" refuses and YES allows, as oned orders it: revert to 0, take 2 (a
+    child of 0 in oned's tree), then delete 0 (a snapshot with children), 2 (the active one) and
+    1: each works and the image keeps its contents."""
+    import rbd
+
+    _, ioctx = ceph_admin
+    iid = next(_ids)
+    name = f"one-{iid}"
+    rbd.RBD().create(ioctx, name, SIZE)
+    contents = [os.urandom(4096) for _ in range(3)]
+    try:
+        for snap in (0, 1):
+            write(ioctx, name, 0, contents[snap])
+            with rbd.Image(ioctx, name) as image:
+                image.create_snap(str(snap))
+        assert snap_action(lab_env, "snap_revert", iid, 0, remotes).returncode == 0
+        assert read_image(ioctx, name)[:4096] == contents[0]
+        write(ioctx, name, 0, contents[2])
+        with rbd.Image(ioctx, name) as image:
+            image.create_snap("2")
+        for snap in (0, 2, 1):
+            proc = snap_action(lab_env, "snap_delete", iid, snap, remotes)
+            assert proc.returncode == 0, proc.stderr
+            assert read_image(ioctx, name)[:4096] == contents[2]
+        assert user_snaps(ioctx, name) == []
+    finally:
+        rbd.RBD().remove(ioctx, name)
+    from one_drivers.tm.rbd import DRIVER
+
+    assert DRIVER.oned_conf["ALLOW_ORPHANS"] == "YES", "registered as the storage behaves"
+
+
 class SnapshotMachine(RuleBasedStateMachine):
-    """OpenNebula's rules for image snapshots with ALLOW_ORPHANS=mixed: a new snapshot is a child
-    of the active one (the last reverted to); the core refuses to delete the active snapshot or
-    one with children. Under those rules, every deletion the core allows must work, and contents
-    must always match."""
+    """OpenNebula's rules for image snapshots with ALLOW_ORPHANS=YES, as the driver registers:
+    the core lets any snapshot be deleted, the active one (the last reverted to) and one taken
+    after a revert to it included (under "mixed" it would be refused: "Cannot delete snapshot
+    with children"). Every deletion must work, and contents must always match. "mixed" allows
+    a subset of these sequences, so it is covered too."""
 
     env: dict[str, str]
     ioctx: object
@@ -166,8 +201,7 @@ class SnapshotMachine(RuleBasedStateMachine):
         self.active = target
 
     def deletable(self) -> list[int]:
-        parents = {parent for _, parent in self.snaps.values()}
-        return [s for s in sorted(self.snaps) if s != self.active and s not in parents]
+        return sorted(self.snaps)
 
     @precondition(lambda self: bool(self.deletable()))
     @rule(data=st.data())
@@ -175,6 +209,8 @@ class SnapshotMachine(RuleBasedStateMachine):
         target = data.draw(st.sampled_from(self.deletable()))
         self.act("snap_delete", target)
         del self.snaps[target]
+        if target == self.active:
+            self.active = None
 
     @precondition(lambda self: bool(self.snaps) and self.has_flatten)
     @rule(data=st.data())

@@ -1,5 +1,5 @@
 """TM disk snapshots: random create / revert / delete / resize sequences on a VM's clone disk,
-through the TM actions, against the model of OpenNebula's ALLOW_ORPHANS=mixed rules."""
+through the TM actions, against the model of the ALLOW_ORPHANS=YES rules (as registered)."""
 
 from __future__ import annotations
 

@@ -50,6 +50,11 @@ def test_merge_adds_lists_and_blocks_and_keeps_the_rest():
     assert "# TM_MAD_CONF = [ NAME = \"rbd\", LN_TARGET = \"commented out" in out
     assert re.search(r'TM_MAD_CONF = \[\n    NAME\s+= "rbd",\n    LN_TARGET\s+= "NONE"', out)
     assert re.search(r'DS_MAD_CONF = \[\n    NAME\s+= "rbd"', out), "appended"
+    rbd_tm = re.split(r'TM_MAD_CONF = \[\n    NAME\s+= "rbd",', out)[1].split("]")[0]
+    # what the storage does: independent snapshots, no system-datastore migration
+    for key, value in (("ALLOW_ORPHANS", "YES"), ("DS_MIGRATE", "NO"),
+                       ("DS_LIVE_MIGRATE", "NO"), ("DS_MIGRATE_SNAP", "NO")):
+        assert re.search(rf'\b{key}\s+= "{value}"', rbd_tm), (key, rbd_tm)
     assert 'VN_MAD_CONF = [\n    NAME        = "ovsdb"' in out
     assert 'NAME              = "libvirt"' in out and "-t 15 -r 0 libvirt -p" in out
     assert merge(out, reg, "oned.conf") == out, "a second run changes nothing"

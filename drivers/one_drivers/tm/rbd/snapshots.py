@@ -1,9 +1,10 @@
 """TM disk snapshots: snap_create, snap_revert, snap_delete.
 
-OpenNebula's core keeps the snapshot tree (ALLOW_ORPHANS=mixed); the storage only has to make
-every operation the core allows work: snapshots are named by their OpenNebula id, a revert rolls
-the disk back in place (no carrier images, no parent chains), so every snapshot stays deletable
-after any sequence of reverts (upstream: OpenNebula/one#4840, #6807, #5185).
+Snapshots are named by their OpenNebula id and a revert rolls the disk back in place (no carrier
+images, no parent chains), so every snapshot is independent of the others and stays deletable
+after any sequence of reverts (upstream: OpenNebula/one#4840, #6807, #5185). That is what
+ALLOW_ORPHANS=YES tells oned, which then lets any snapshot be deleted, the active one and one
+with "children" included.
 """
 
 from __future__ import annotations
