@@ -132,7 +132,7 @@ def guests(lab_env, tmp_path):
 
     def boot(name_id: int, wild: bool = False):
         d = tmp_path / f"g{name_id}"
-        d.mkdir()
+        d.mkdir(exist_ok=True)  # booted again under the same name: a resumed VM
         xml = domain_xml(lab_env, name_id, str(d), str(d / "console")).replace(
             "type='kvm'", "type='qemu'", 1)
         if wild:
@@ -233,8 +233,8 @@ def test_host_and_vm_state_reach_monitord(lab_env, remotes, guests, tmp_path):
         a.resume()
         store = state_dir / f"host-{host_id}.json"
         end = time.monotonic() + 30  # the event: the change is held, undelivered, in the store
-        while not any(a.UUIDString() in ln and "RUNNING" in ln for ln in json.loads(
-                store.read_text()).get("pending", {}).get("text", "").splitlines()):
+        while "RUNNING" not in json.loads(store.read_text()).get("pending", {}).get(
+                a.UUIDString(), ""):
             assert time.monotonic() < end, "the client never held the change for later"
             time.sleep(0.1)
         monitord.tcp_up()
@@ -333,3 +333,151 @@ def test_pci_devices_in_system_host(lab_env):
         assert 0 < bridges.count("PCI=[") < text.count("PCI=["), "only host bridges"
     finally:
         conn.close()
+
+
+def _remotes_with(tmp_path: Path, settings: str) -> Path:
+    """Remotes installed for one test, with lines added to the IM driver's configuration."""
+    import sys
+
+    from one_drivers.core.remotes import install
+
+    remotes = tmp_path / "remotes"
+    install(remotes, python=sys.executable)
+    conf = remotes / "etc" / "im" / "libvirt" / "libvirt.conf"
+    conf.write_text(conf.read_text() + "\n" + settings + "\n")
+    return remotes
+
+
+def _state_changes(monitord: Monitord, uuid_: str) -> list[str]:
+    """Every non-sync STATE_VM entry of ``uuid_``, in arrival order."""
+    with monitord.lock:
+        texts = [t for k, r, _h, t in monitord.messages
+                 if k == "STATE_VM" and r == "SUCCESS" and not t.startswith("SYNC_STATE")]
+    return [vm_entries(t)[uuid_] for t in texts if uuid_ in vm_entries(t)]
+
+
+def test_a_state_change_is_sent_again_after_oneds_guard(lab_env, guests, tmp_path):
+    """oned ignores a VM's reported state for 30 s after an action on it: a guest shut down
+    right after one was seen POWEROFF only at the next full sync, 137 s later. The change goes
+    once more after STATE_RESEND_AFTER (3 s here), unless the VM has moved on: a VM whose
+    domain is gone but which runs again under a new domain keeps its new state."""
+    base = 7000 + int(uuid.uuid4().hex[:3], 16)
+    (a, ca), (c, cc) = guests(base), guests(base + 1)
+    for console in (ca, cc):
+        console.wait_for(READY)
+    remotes = _remotes_with(tmp_path, "STATE_RESEND_AFTER=3")
+    monitord = Monitord()
+    host_id = 140 + base % 50
+    state_dir = tmp_path / "im"
+    res = run_client(remotes, "run_monitord_client", config(monitord.port, host_id), host_id,
+                     state_dir)
+    assert res.returncode == 0, res.stderr
+    try:
+        monitord.wait("STATE_VM", lambda t: t.startswith("SYNC_STATE=yes")
+                      and a.UUIDString() in t and c.UUIDString() in t)
+        _poweroff(ca)
+        end = time.monotonic() + 60
+        while len(_state_changes(monitord, a.UUIDString())) < 2:  # the event: the repeat
+            assert time.monotonic() < end, _state_changes(monitord, a.UUIDString())
+            time.sleep(0.1)
+        first, again = _state_changes(monitord, a.UUIDString())[:2]
+        assert 'STATE="POWEROFF"' in first and again == first
+        # c: its domain goes, and the VM runs again at once under a new domain (a resume)
+        old = c.UUIDString()
+        _poweroff(cc)
+        end = time.monotonic() + 60
+        while not _state_changes(monitord, old):
+            assert time.monotonic() < end, "the poweroff was never reported"
+            time.sleep(0.1)
+        new, _ = guests(base + 1)
+        end = time.monotonic() + 60
+        while len(_state_changes(monitord, new.UUIDString())) < 2:  # positive control: the
+            assert time.monotonic() < end, "the new domain's change was never repeated"
+            time.sleep(0.1)
+        # the old domain's POWEROFF fell due before the new one's RUNNING did: it was dropped
+        assert len(_state_changes(monitord, old)) == 1, _state_changes(monitord, old)
+        assert all('STATE="RUNNING"' in e for e in _state_changes(monitord, new.UUIDString()))
+    finally:
+        run_client(remotes, "stop_monitord_client", config(monitord.port, host_id), host_id,
+                   state_dir)
+
+
+def _threads(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/task"))
+
+
+def test_the_monitor_survives_its_libvirtd(lab_env, remotes, tmp_path):
+    """The client against a libvirtd of its own that is hung (SIGSTOP), then stopped, then
+    started again, with a guest running throughout: the beacon never stops, the host reports
+    the error, no thread is added at any point, and once libvirtd is back STATE_VM is right."""
+    import signal
+
+    import libvirt
+
+    from one_drivers.lab.libvirtd import LibvirtLab
+
+    lv = LibvirtLab(tmp_path / "lab", Path(lab_env["OVS_RUNDIR"]), name="libvirt-im")
+    created: list[str] = []
+    lv.up(created)
+    try:
+        conn = libvirt.open(lv.uri)
+        d = tmp_path / "g"
+        d.mkdir()
+        vm_id = 7900 + int(uuid.uuid4().hex[:2], 16)
+        dom = conn.createXML(domain_xml(lab_env, vm_id, str(d), str(d / "console")).replace(
+            "type='kvm'", "type='qemu'", 1), 0)
+        guest = dom.UUIDString()
+        conn.close()
+        monitord = Monitord()
+        host_id = 190 + vm_id % 50
+        state_dir = tmp_path / "im"
+        env = {**os.environ, "LIBVIRT_DEFAULT_URI": lv.uri, "ONE_DRIVERS_IM_STATE_DIR":
+               str(state_dir)}
+        res = subprocess.run([str(remotes / "im" / "libvirt" / "run_monitord_client"), "libvirt",
+                              str(host_id), "node1"], input=config(monitord.port, host_id),
+                             capture_output=True, text=True, timeout=60, check=False, env=env)
+        assert res.returncode == 0, res.stderr
+        pid = int((state_dir / f"host-{host_id}.pid").read_text().split()[0])
+
+        def running(t: str) -> bool:
+            return t.startswith("SYNC_STATE=yes") and 'STATE="RUNNING"' in vm_entries(t).get(
+                guest, "")
+
+        def failure_then_beacon() -> None:
+            monitord.clear()
+            for _ in range(2):  # the error is reported again while it lasts
+                end = time.monotonic() + 120
+                while not any(k == "MONITOR_HOST" and r == "FAILURE"
+                              for k, r, _h, _t in monitord.messages[:]):
+                    assert time.monotonic() < end, "the host never reported libvirt's failure"
+                    time.sleep(0.2)
+                monitord.wait("BEACON_HOST", lambda t: True, timeout=10)  # it still beacons
+                assert _threads(pid) == threads, "no thread added while libvirtd is away"
+                monitord.clear()
+
+        monitord.wait("STATE_VM", running, timeout=60)
+        threads = _threads(pid)
+        daemon = lv.daemon_pid()
+        assert daemon is not None
+        os.kill(daemon, signal.SIGSTOP)  # hung
+        try:
+            failure_then_beacon()
+        finally:
+            os.kill(daemon, signal.SIGCONT)
+        monitord.wait("STATE_VM", running, timeout=120)
+        monitord.wait("MONITOR_HOST", lambda t: "USEDMEMORY=" in t, timeout=60)
+        assert _threads(pid) == threads
+        lv.stop_daemon()  # stopped: its QEMU goes on running
+        failure_then_beacon()
+        lv.start(created)  # back
+        monitord.wait("STATE_VM", running, timeout=120)
+        assert _threads(pid) == threads
+    finally:
+        with contextlib.suppress(Exception):
+            subprocess.run([str(remotes / "im" / "libvirt" / "stop_monitord_client"), "libvirt",
+                            str(host_id), "node1"], input=config(monitord.port, host_id),
+                           capture_output=True, timeout=60, check=False, env=env)
+        lv.down()
+        for path in reversed(created):
+            with contextlib.suppress(OSError):
+                os.rmdir(path)

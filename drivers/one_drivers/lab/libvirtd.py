@@ -106,6 +106,19 @@ class LibvirtLab:
         for sub in SYSTEM_DIRS:  # start clean, but keep the QEMU capabilities cache (~5 s)
             if sub != "cache" and (self.dir / sub).exists():
                 shutil.rmtree(self.dir / sub)
+        self.start(created_dirs)
+
+    def daemon_pid(self) -> int | None:
+        """libvirtd's own PID (the recorded one is its namespace wrapper's)."""
+        return read_pid(self.dir / "run" / "libvirtd-daemon.pid")
+
+    def stop_daemon(self) -> None:
+        """Stop libvirtd alone: its QEMUs go on running, as on a host where it restarts."""
+        stop(self.pidfile)
+
+    def start(self, created_dirs: list[str]) -> None:
+        """Start libvirtd over whatever state its directories hold (a restart finds its
+        running QEMUs again)."""
         binds = []
         for sub, target in SYSTEM_DIRS.items():
             (self.dir / sub).mkdir(parents=True, exist_ok=True)

@@ -72,7 +72,8 @@ def options(call: Call) -> Options:
     return Options(conf.host_id, address, int(port), pubkey, periods,
                    os.path.join(state_dir, f"host-{conf.host_id}.json"), uri,
                    settings.get("PCI_FILTER") or "",
-                   conf.opt("DATASTORE_LOCATION") or DEFAULT_DS_LOCATION)
+                   conf.opt("DATASTORE_LOCATION") or DEFAULT_DS_LOCATION,
+                   settings.float("STATE_RESEND_AFTER", 35))
 
 
 def _pidfile(opts: Options) -> str:
@@ -113,8 +114,11 @@ def run_monitord_client(call: Call) -> str:
     except libvirt.libvirtError as exc:
         raise ActionFailed(f"cannot reach libvirt at {opts.libvirt_uri} "
                            f"({exc.get_error_message()})") from None
-    first = Client(opts, conn).messages({"SYSTEM_HOST", "MONITOR_HOST", "SYNC_STATE_VM",
-                                         "MONITOR_VM"})
+    # this process exits soon: abandoning a call stuck in a hung libvirtd is safe here
+    first = call_with_timeout(Client(opts, conn).messages, {"SYSTEM_HOST", "MONITOR_HOST",
+                                                           "SYNC_STATE_VM", "MONITOR_VM"},
+                              timeout=call.deadline.cap(60, "the first probes"),
+                              what="the first probes")
     conn.close()
     settings_path = opts.state_file.replace(".json", ".settings.json")
     write_atomic(settings_path, json.dumps(opts._asdict()), mode=0o600, private=True)
