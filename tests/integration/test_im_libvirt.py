@@ -189,6 +189,15 @@ def test_host_and_vm_state_reach_monitord(lab_env, remotes, guests, tmp_path):
     assert res.returncode == 0, res.stderr
     first = res.stdout.strip()
     assert first.startswith("<MONITOR_MESSAGES>") and "<TIMESTAMP>" in first
+    # as monitord reads them (MonitorDriverProtocol::_start_monitor): base64 only, then a template
+    import xml.etree.ElementTree as ET
+
+    answer = ET.fromstring(first)
+    kinds = {part.tag: base64.b64decode(part.text or "").decode() for part in answer
+             if part.tag != "TIMESTAMP"}
+    assert {"SYSTEM_HOST", "MONITOR_HOST", "STATE_VM", "MONITOR_VM"} <= set(kinds), kinds.keys()
+    assert kinds["SYSTEM_HOST"].startswith("HYPERVISOR=kvm")
+    assert kinds["STATE_VM"].startswith("SYNC_STATE=yes")
     try:
         system = monitord.wait("SYSTEM_HOST", lambda t: "HYPERVISOR=kvm" in t)
         for key in ("TOTALCPU=", "TOTALMEMORY=", "CPUSPEED=", "KVM_MACHINES=", "KVM_CPU_MODELS=",

@@ -18,7 +18,6 @@ from one_drivers.core.atomic import write_atomic
 from one_drivers.core.contract import Call
 from one_drivers.core.documents import MonitorConfiguration
 from one_drivers.core.errors import ActionFailed, BadInput
-from one_drivers.core.xmlview import escape
 from one_drivers.im.libvirt.client import (
     DEFAULT_DS_LOCATION,
     DEFAULT_PERIODS,
@@ -134,9 +133,9 @@ def run_monitord_client(call: Call) -> str:
                            hint=f"see {opts.state_file.replace('.json', '.log')}")
     write_atomic(_pidfile(opts), f"{proc.pid}\n", mode=0o600, private=True)
     log.info(f"monitoring client {proc.pid} sends to {opts.address}:{opts.port}")
-    from one_drivers.im.libvirt.wire import pack
+    from one_drivers.im.libvirt.wire import start_message_part
 
-    parts = "".join(f"<{m.kind}>{escape(pack(m.text))}</{m.kind}>" for m in first)
+    parts = "".join(f"<{m.kind}>{start_message_part(m.text)}</{m.kind}>" for m in first)
     return f"<MONITOR_MESSAGES>{parts}<TIMESTAMP>{int(time.time())}</TIMESTAMP></MONITOR_MESSAGES>"
 
 

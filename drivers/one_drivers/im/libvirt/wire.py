@@ -35,6 +35,14 @@ def pack(text: str, pubkey: Any = None) -> str:
     return base64.b64encode(zlib.compress(data, 9)).decode()
 
 
+def start_message_part(text: str) -> str:
+    """A message inside the START_MONITOR answer (``<MONITOR_MESSAGES>``): monitord only
+    base64-decodes these (MonitorDriverProtocol::_start_monitor), unlike the UDP/TCP messages,
+    which are compressed and may be encrypted; compressed here, a real monitord failed to parse
+    them and put the host in ERROR."""
+    return base64.b64encode(text.encode()).decode()
+
+
 def unpack(payload: str, private_key: Any = None) -> str:
     """The inverse (monitord's side): for tests and for operators debugging a capture."""
     data = zlib.decompress(base64.b64decode(payload))
