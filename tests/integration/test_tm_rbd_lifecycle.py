@@ -626,3 +626,30 @@ def test_a_failed_move_leaves_no_staging_directory(lab_env, remotes, tmp_path):
     finally:
         subprocess.run(["umount", str(here)], check=False, timeout=20)
         subprocess.run(["rm", "-rf", str(here), str(on_host)], check=True)
+
+
+def test_a_volatile_disk_oned_would_look_for_as_a_file_is_refused(world, remotes, ceph_admin,
+                                                                  lab_env, tmp_path):
+    """oned gives volatile disks the system datastore's DISK_TYPE, FILE unless the template sets
+    RBD, and then writes them into the deployment file as files in the VM directory (a real oned's
+    deploy failed: 'Cannot access storage file .../disk.2'). MKIMAGE says so at once and makes
+    nothing; with DISK_TYPE RBD (positive control) the same line makes the image."""
+    _, ioctx = ceph_admin
+    host = lab_env["ONE_LAB_SSH_HOST"]
+    for disk_type, expect_ok in (("FILE", False), ("RBD", True)):
+        vmid = next(_ids)
+        disk = disk_attrs(lab_env, 1, TYPE="FS", FS="", SIZE=8, DATASTORE_ID=SYS_DS,
+                          DISK_TYPE=disk_type)
+        world["oned"].record("vm", vmid, vm_doc(vmid, [disk], host=host, sys_ds=SYS_DS))
+        res = run_transfer(remotes, tmp_path, [
+            f"MKIMAGE rbd 8 raw {host}:/var/lib/one/datastores/{SYS_DS}/{vmid}/disk.1 {vmid} "
+            f"{SYS_DS}"])
+        made = f"one-sys-{vmid}-1" in rbd_names(ioctx)
+        if expect_ok:
+            assert res.returncode == 0 and made, res.stderr
+            assert run_transfer(remotes, tmp_path, [
+                f"DELETE rbd {host}:/var/lib/one/datastores/{SYS_DS}/{vmid}/disk.1 {vmid} "
+                f"{SYS_DS}"]).returncode == 0
+        else:
+            assert res.returncode != 0 and not made
+            assert 'set DISK_TYPE="RBD" in system datastore' in res.stderr, res.stderr

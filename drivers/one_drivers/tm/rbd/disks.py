@@ -80,6 +80,13 @@ def _volatile(call: Call, fs_of: Callable[[DiskContext], str | None]) -> None:
     fs = fs_of(ctx)
     if ctx.kind != "volatile":
         raise BadInput(f"disk {ctx.disk.disk_id} has a SOURCE: it is not a volatile disk")
+    disk_type = (ctx.disk.opt("DISK_TYPE") or "RBD").upper()
+    if disk_type != "RBD":  # oned takes it from the system datastore (FILE unless set there)
+        raise BadInput(f"volatile disk {ctx.disk.disk_id} is DISK_TYPE {disk_type}: the "
+                       "deployment file would look for a file in the VM directory, not the RBD "
+                       "image this datastore makes",
+                       hint=f'set DISK_TYPE="RBD" in system datastore {call.args["dsid"]}\'s '
+                            "template (onedatastore update)")
     size = call.args["size_mb"] * MIB
     if size <= 0:
         raise BadInput(f"size is {call.args['size_mb']} MB")
