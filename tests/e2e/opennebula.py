@@ -1,0 +1,141 @@
+"""A real OpenNebula front-end (oned + monitord, built from OpenNebula's public source and
+installed self-contained outside this repository) driving our drivers on the lab.
+
+The install is the operator's, not ours: we only do to it what an operator does, with our own
+tools (``one-drivers oned-conf --merge``, ``install-remotes``) and its CLI. Its host is the lab's
+ssh host (``one-lab-host``: its own /var/lib/one/datastores, libvirtd ``libvirt2``, switch
+``ovs2``); its datastores the lab's Ceph.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+import xml.etree.ElementTree as ET
+from collections.abc import Callable
+from pathlib import Path
+
+ONE_DRIVERS = str(Path(sys.executable).parent / "one-drivers")
+
+
+class OneError(AssertionError):
+    pass
+
+
+class OpenNebula:
+    def __init__(self, location: Path, work: Path, lab_env: dict[str, str]) -> None:
+        self.location = location
+        self.work = work
+        self.lab = lab_env
+        self.home = work / "home"
+        self.auth = work / "one_auth"
+        self.env = {
+            "PATH": f"{work / 'bin'}:{location / 'bin'}:{Path(sys.executable).parent}:"
+                    "/usr/sbin:/usr/bin:/sbin:/bin",
+            "ONE_LOCATION": str(location), "ONE_AUTH": str(self.auth),
+            "RUBYLIB": str(location / "lib" / "ruby"), "HOME": str(self.home),
+            "LANG": "C.UTF-8",
+            # our TM reaches the host the way the lab's tests do
+            "ONE_DRIVERS_SSH_CONFIG": lab_env["ONE_DRIVERS_SSH_CONFIG"],
+            "CEPH_CONF": lab_env["CEPH_CONF"],
+        }
+
+    # -- set up as an operator would -------------------------------------------------------
+    def install(self) -> None:
+        self.stop()
+        if self.work.exists():
+            shutil.rmtree(self.work)
+        # oned's drivers run plain ssh/scp, which read the passwd user's ~/.ssh, not $HOME's:
+        # wrappers first on its PATH give them the lab's configuration
+        bin_dir = self.work / "bin"
+        bin_dir.mkdir(parents=True)
+        self.home.mkdir()
+        for tool in ("ssh", "scp"):
+            wrapper = bin_dir / tool
+            wrapper.write_text(f"#!{sys.executable} -I\nimport os, sys\n"
+                               f"os.execv('/usr/bin/{tool}', ['{tool}', '-F', "
+                               f"{self.lab['ONE_DRIVERS_SSH_CONFIG']!r}, *sys.argv[1:]])\n")
+            wrapper.chmod(0o755)
+        self.auth.write_text(f"oneadmin:{os.urandom(12).hex()}\n")
+        var = self.location / "var"
+        for stale in (var / "one.db", var / ".one"):  # a new cloud each run
+            if stale.is_dir():
+                shutil.rmtree(stale)
+            else:
+                stale.unlink(missing_ok=True)
+        etc = self.location / "etc"
+        self.run([ONE_DRIVERS, "oned-conf", "--merge", str(etc / "oned.conf"),
+                  str(etc / "monitord.conf"), str(etc / "vmm_exec" / "vmm_execrc")])
+        remotes = var / "remotes"
+        self.run([ONE_DRIVERS, "install-remotes", str(remotes)])
+        host_ovsdb = self.lab["ONE_LAB_HOST_OVSDB"]
+        settings = {
+            "vmm/libvirt/libvirt.conf": {"LIBVIRT_URI": self.lab["ONE_LAB_HOST_LIBVIRT_URI"],
+                                         "DOMAIN_TYPE": "qemu", "ACPI_TIMEOUT": "20"},
+            "im/libvirt/libvirt.conf": {"LIBVIRT_URI": self.lab["ONE_LAB_HOST_LIBVIRT_URI"],
+                                        "STATE_DIR": str(self.work / "im")},
+            "vnm/ovsdb/ovsdb.conf": {"OVSDB": host_ovsdb, "DATAPATH_TYPE": "netdev",
+                                     "OVS_RUNDIR": os.path.dirname(host_ovsdb.removeprefix(
+                                         "unix:")),
+                                     "STATE_DIR": str(self.work / "vnm")},
+        }
+        for rel, values in settings.items():
+            conf = remotes / "etc" / rel
+            conf.write_text(conf.read_text() + "".join(f"\n{k}={v}" for k, v in values.items())
+                            + "\n")
+
+    def start(self) -> None:
+        self.run(["one", "start"], timeout=120)
+        self.wait(lambda: self.cli("onehost", "list") is not None, "oned to answer", 60)
+
+    def stop(self) -> None:
+        if (self.location / "bin" / "one").exists():
+            subprocess.run([str(self.location / "bin" / "one"), "stop"], env=self.env,
+                           capture_output=True, timeout=120, check=False)
+
+    # -- the CLI ---------------------------------------------------------------------------
+    def run(self, argv: list[str], *, timeout: float = 300, stdin: str | None = None) -> str:
+        proc = subprocess.run(argv, env=self.env, input=stdin, capture_output=True, text=True,
+                              timeout=timeout, check=False, cwd=self.work)
+        if proc.returncode != 0:
+            raise OneError(f"{' '.join(argv)} failed ({proc.returncode}): "
+                           f"{(proc.stderr or proc.stdout).strip()[-2000:]}")
+        return proc.stdout
+
+    def cli(self, *argv: str) -> str | None:
+        """A CLI command; None when it fails (oned not answering yet)."""
+        try:
+            return self.run(list(argv), timeout=60)
+        except OneError:
+            return None
+
+    def xml(self, *argv: str) -> ET.Element:
+        return ET.fromstring(self.run([*argv, "-x"], timeout=60))
+
+    def create(self, kind: str, template: str, *extra: str) -> int:
+        path = self.work / f"{kind}-{time.monotonic_ns()}.tmpl"
+        path.write_text(template)
+        out = self.run([kind, "create", *extra, str(path)])
+        return int(out.strip().rsplit(" ", 1)[-1])
+
+    def wait(self, predicate: Callable[[], object], what: str, timeout: float = 120,
+             fail: Callable[[], str | None] | None = None) -> None:
+        """Until ``predicate()`` holds; ``fail()`` naming a state that will never change
+        (an ERROR) ends the wait at once."""
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if predicate():
+                return
+            reason = fail() if fail else None
+            if reason:
+                raise OneError(f"waiting for {what}: {reason}")
+            time.sleep(0.5)
+        raise OneError(f"{what} did not happen within {timeout:g} s")
+
+    def log_tail(self, name: str = "oned.log", lines: int = 40) -> str:
+        path = self.location / "var" / name
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) \
+            if path.exists() else ""

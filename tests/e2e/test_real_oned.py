@@ -1,0 +1,128 @@
+"""One cloud, in order, as an operator and a user drive it through OpenNebula's CLI: a host on
+our IM, Ceph datastores on our DS/TM, images of every kind, an OVS network, a VM with every kind
+of disk and a NIC through its life; afterwards nothing of ours is left in Ceph, OVS or libvirt.
+Each step asserts what oned itself shows (states, SOURCE, error messages)."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.opennebula import OpenNebula
+from tests.helpers import rbd_names
+
+pytestmark = [pytest.mark.lab, pytest.mark.e2e]
+
+HOST = "one-lab-host"
+HOST_ON = "2"  # HOST STATE MONITORED
+IMAGE_READY, IMAGE_ERROR = "1", "5"
+VM_ACTIVE, LCM_RUNNING = "3", "3"
+STATE: dict[str, int] = {}  # ids of what earlier steps made
+
+
+def text(one: OpenNebula, kind: str, oid: int, path: str) -> str:
+    return one.xml(kind, "show", str(oid)).findtext(path) or ""
+
+
+def test_host_is_monitored_by_our_im(one: OpenNebula) -> None:
+    hid = int(one.run(["onehost", "create", HOST, "-i", "libvirt", "-v", "libvirt"])
+              .strip().rsplit(" ", 1)[-1])
+    STATE["host"] = hid
+    one.wait(lambda: text(one, "onehost", hid, "STATE") == HOST_ON, "the host to be ON", 180,
+             fail=lambda: (text(one, "onehost", hid, "TEMPLATE/ERROR") or None)
+             if text(one, "onehost", hid, "STATE") == "3" else None)
+    host = one.xml("onehost", "show", str(hid))
+    assert host.findtext("TEMPLATE/HYPERVISOR") == "kvm"
+    assert host.findtext("TEMPLATE/EMULATOR"), "no qemu-kvm-one here: the IM names QEMU"
+
+
+def test_ceph_datastores(one: OpenNebula, lab_env: dict[str, str]) -> None:
+    attrs = {"POOL_NAME": lab_env["ONE_LAB_CEPH_POOL"], "CEPH_USER": lab_env["ONE_LAB_CEPH_USER"],
+             "CEPH_CONF": lab_env["CEPH_CONF"], "CEPH_SECRET": lab_env["ONE_LAB_CEPH_SECRET"],
+             "CEPH_KEY": lab_env["ONE_LAB_CEPH_KEYRING"], "BRIDGE_LIST": "localhost",
+             "CEPH_HOST": lab_env["ONE_LAB_CEPH_MON"],
+             "SAFE_DIRS": "/var/tmp/one-drivers-e2e"}
+    ceph = "".join(f'{k}="{v}"\n' for k, v in attrs.items())
+    STATE["images"] = one.create("onedatastore", f'NAME="rbd-images"\nDS_MAD="rbd"\n'
+                                                  f'TM_MAD="rbd"\nDISK_TYPE="RBD"\n{ceph}')
+    STATE["system"] = one.create("onedatastore", f'NAME="rbd-system"\nTYPE="SYSTEM_DS"\n'
+                                                  f'TM_MAD="rbd"\nDISK_TYPE="RBD"\n{ceph}')
+    for ds in (STATE["images"], STATE["system"]):
+        one.wait(lambda ds=ds: int(text(one, "onedatastore", ds, "TOTAL_MB") or 0) > 0,
+                 f"datastore {ds} to be monitored", 180)
+
+
+def _image(one: OpenNebula, template: str) -> int:
+    iid = one.create("oneimage", template, "-d", str(STATE["images"]))
+    one.wait(lambda: text(one, "oneimage", iid, "STATE") == IMAGE_READY,
+             f"image {iid} to be READY", 300,
+             fail=lambda: text(one, "oneimage", iid, "TEMPLATE/ERROR") or None
+             if text(one, "oneimage", iid, "STATE") == IMAGE_ERROR else None)
+    return iid
+
+
+def test_images_cp_and_mkfs(one: OpenNebula, lab_env: dict[str, str], ceph_admin) -> None:
+    from one_drivers.lab.lab import Lab
+
+    raw = Path("/var/tmp/one-drivers-e2e/guest.raw")
+    subprocess.run(["qemu-img", "convert", "-O", "raw", str(Lab().guest.build_disk()),
+                    str(raw)], check=True, timeout=300)
+    STATE["os"] = _image(one, f'NAME="guest"\nPATH="{raw}"\nTYPE="OS"\n')
+    STATE["data"] = _image(one, 'NAME="data"\nTYPE="DATABLOCK"\nSIZE="16"\nFS="ext4"\n'
+                                'PERSISTENT="YES"\n')
+    _, ioctx = ceph_admin
+    for key in ("os", "data"):
+        source = text(one, "oneimage", STATE[key], "SOURCE")
+        assert " " not in source, f"SOURCE is the image only, not {source!r}"
+        assert source.split("/", 1)[1] in rbd_names(ioctx)
+
+
+VNET_READY, VNET_ERROR = "1", "5"
+VM_POWEROFF, VM_DONE = "8", "6"
+# LCM states a VM does not leave without help (PROLOG/BOOT/EPILOG failures, UNKNOWN)
+LCM_STUCK = {"14", "16", "36", "37", "38", "39", "40", "41", "42", "43", "44", "45", "46", "47",
+             "48", "49", "50"}
+
+
+def test_ovs_network(one: OpenNebula) -> None:
+    vid = one.create("onevnet", 'NAME="e2e-net"\nVN_MAD="ovsdb"\nBRIDGE="e2ebr0"\nVLAN_ID="31"\n'
+                                'AR=[ TYPE="IP4", IP="10.31.0.10", SIZE="10" ]\n')
+    STATE["vnet"] = vid
+    one.wait(lambda: text(one, "onevnet", vid, "STATE") == VNET_READY, "the vnet to be READY",
+             60, fail=lambda: f"ERROR: {text(one, 'onevnet', vid, 'TEMPLATE/ERROR')}"
+             if text(one, "onevnet", vid, "STATE") == VNET_ERROR else None)
+
+
+def _vm_failed(one: OpenNebula, vm: int) -> str | None:
+    shown = one.xml("onevm", "show", str(vm))
+    if shown.findtext("STATE") == VM_ACTIVE and shown.findtext("LCM_STATE") in LCM_STUCK:
+        return (f"LCM_STATE {shown.findtext('LCM_STATE')}: "
+                f"{shown.findtext('USER_TEMPLATE/ERROR') or one.log_tail(f'{vm}.log', 15)}")
+    return None
+
+
+def _running(one: OpenNebula, vm: int) -> bool:
+    shown = one.xml("onevm", "show", str(vm))
+    return (shown.findtext("STATE"), shown.findtext("LCM_STATE")) == (VM_ACTIVE, LCM_RUNNING)
+
+
+def test_vm_life_cycle(one: OpenNebula, lab_env: dict[str, str]) -> None:
+    vm = one.create("onevm", f'''NAME="e2e-vm"
+CPU="0.5"
+VCPU="1"
+MEMORY="192"
+OS=[ KERNEL="{lab_env['ONE_LAB_GUEST_KERNEL']}", INITRD="{lab_env['ONE_LAB_GUEST_INITRD']}",
+     KERNEL_CMD="console=ttyS0 panic=-1 quiet" ]
+DISK=[ IMAGE_ID="{STATE['os']}" ]
+DISK=[ IMAGE_ID="{STATE['data']}" ]
+DISK=[ TYPE="fs", SIZE="16", FORMAT="raw" ]
+NIC=[ NETWORK_ID="{STATE['vnet']}" ]
+CONTEXT=[ NETWORK="YES" ]
+SCHED_REQUIREMENTS="ID={STATE['host']}"
+SCHED_DS_REQUIREMENTS="ID={STATE['system']}"
+''')
+    STATE["vm"] = vm
+    one.wait(lambda: _running(one, vm), f"VM {vm} to run", 300,
+             fail=lambda: _vm_failed(one, vm))
