@@ -26,5 +26,8 @@ def one(lab_env: dict[str, str]) -> Iterator[OpenNebula]:
     cloud = OpenNebula(location, Path("/var/tmp/one-drivers-e2e"), lab_env)
     cloud.install()
     cloud.start()
-    yield cloud
-    cloud.stop()
+    try:
+        yield cloud
+    finally:
+        cloud.clean_up()  # what a failed step left, removed through oned and our drivers
+        cloud.stop()

@@ -91,6 +91,30 @@ class OpenNebula:
         self.run(["one", "start"], timeout=120)
         self.wait(lambda: self.cli("onehost", "list") is not None, "oned to answer", 60)
 
+    def clean_up(self) -> None:
+        """Every VM, image and network this cloud still has, removed the way a user would
+        (terminate --hard, delete), so a failed run does not leave domains, ports or RBD images
+        that the next run's VM 0 would collide with."""
+        # hosts last: deleting one stops its monitoring client
+        pools = {"onevm": "VM_POOL/VM/ID", "oneimage": "IMAGE_POOL/IMAGE/ID",
+                 "onevnet": "VNET_POOL/VNET/ID", "onehost": "HOST_POOL/HOST/ID"}
+        for kind, path in pools.items():
+            try:
+                listing = ET.fromstring(self.run([kind, "list", "-x"], timeout=60))
+            except (OneError, ET.ParseError):
+                continue
+            for oid in [e.text for e in listing.iterfind(path.split("/", 1)[1]) if e.text]:
+                if kind == "onevm":
+                    self.cli("onevm", "recover", "--delete", oid)
+                else:
+                    self.cli(kind, "delete", oid)
+            try:
+                self.wait(lambda kind=kind, path=path: not ET.fromstring(
+                    self.run([kind, "list", "-x"], timeout=60)).findall(
+                        path.split("/", 1)[1]), f"every {kind[3:]} to go", 180)
+            except OneError as exc:
+                print(f"e2e clean-up: {exc}")
+
     def stop(self) -> None:
         if (self.location / "bin" / "one").exists():
             subprocess.run([str(self.location / "bin" / "one"), "stop"], env=self.env,

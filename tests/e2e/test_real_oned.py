@@ -6,12 +6,13 @@ Each step asserts what oned itself shows (states, SOURCE, error messages)."""
 from __future__ import annotations
 
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
 from tests.e2e.opennebula import OpenNebula
-from tests.helpers import rbd_names
+from tests.helpers import rbd_names, trash_names
 
 pytestmark = [pytest.mark.lab, pytest.mark.e2e]
 
@@ -126,3 +127,66 @@ SCHED_DS_REQUIREMENTS="ID={STATE['system']}"
     STATE["vm"] = vm
     one.wait(lambda: _running(one, vm), f"VM {vm} to run", 300,
              fail=lambda: _vm_failed(one, vm))
+
+
+def _state(one: OpenNebula, vm: int) -> tuple[str, str]:
+    shown = one.xml("onevm", "show", str(vm))
+    return shown.findtext("STATE") or "", shown.findtext("LCM_STATE") or ""
+
+
+def test_live_disk_snapshot(one: OpenNebula, ceph_admin) -> None:
+    import rbd
+
+    vm = STATE["vm"]
+    one.run(["onevm", "disk-snapshot-create", str(vm), "0", "e2e-snap"])
+    one.wait(lambda: _running(one, vm) and one.xml("onevm", "show", str(vm)).find(
+        "SNAPSHOTS[DISK_ID='0']/SNAPSHOT") is not None, "the live disk snapshot", 120,
+        fail=lambda: _vm_failed(one, vm))
+    _, ioctx = ceph_admin
+    with rbd.Image(ioctx, f"one-{STATE['os']}-{vm}-0", read_only=True) as image:
+        assert "0" in {s["name"] for s in image.list_snaps()}
+
+
+def test_poweroff_and_resume(one: OpenNebula) -> None:
+    vm = STATE["vm"]
+    one.run(["onevm", "poweroff", str(vm)])
+    one.wait(lambda: _state(one, vm)[0] == VM_POWEROFF, "POWEROFF", 120,
+             fail=lambda: _vm_failed(one, vm))
+    one.run(["onevm", "resume", str(vm)])
+    one.wait(lambda: _running(one, vm), "RUNNING again", 180, fail=lambda: _vm_failed(one, vm))
+
+
+def test_terminate_leaves_nothing(one: OpenNebula, lab_env: dict[str, str], ceph_admin) -> None:
+    import libvirt
+
+    vm = STATE["vm"]
+    started = time.monotonic()
+    one.run(["onevm", "terminate", str(vm)])
+    one.wait(lambda: _state(one, vm)[0] == VM_DONE, "the VM to be DONE", 300,
+             fail=lambda: _vm_failed(one, vm))
+    print(f"\nterminate of a running VM took {time.monotonic() - started:.1f} s under oned")
+    _, ioctx = ceph_admin
+    left = {n for n in rbd_names(ioctx) | trash_names(ioctx)
+            if n.endswith((f"-{vm}-0", f"-{vm}-1", f"-{vm}-2")) or n.startswith(f"one-sys-{vm}-")}
+    assert left == set(), left
+    ports = subprocess.run(["ovs-vsctl", f"--db={lab_env['ONE_LAB_HOST_OVSDB']}", "list-ports",
+                            "e2ebr0"], capture_output=True, text=True, timeout=30, check=False)
+    assert f"one-{vm}-0" not in ports.stdout.split()
+    conn = libvirt.open(lab_env["ONE_LAB_HOST_LIBVIRT_URI"])
+    try:
+        assert f"one-{vm}" not in {d.name() for d in conn.listAllDomains()}
+    finally:
+        conn.close()
+
+
+def test_images_and_network_are_removed(one: OpenNebula, ceph_admin) -> None:
+    _, ioctx = ceph_admin
+    for key in ("os", "data"):
+        iid = STATE[key]
+        one.run(["oneimage", "delete", str(iid)])
+        one.wait(lambda iid=iid: one.cli("oneimage", "show", str(iid)) is None,
+                 f"image {iid} to go", 120)
+        assert f"one-{iid}" not in rbd_names(ioctx) | trash_names(ioctx)
+    one.run(["onevnet", "delete", str(STATE["vnet"])])
+    one.wait(lambda: one.cli("onevnet", "show", str(STATE["vnet"])) is None, "the vnet to go", 60)
+    assert text(one, "onehost", STATE["host"], "STATE") == HOST_ON

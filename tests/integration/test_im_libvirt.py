@@ -427,21 +427,21 @@ def test_the_monitor_survives_its_libvirtd(lab_env, remotes, tmp_path):
 
     lv = LibvirtLab(tmp_path / "lab", Path(lab_env["OVS_RUNDIR"]), name="libvirt-im")
     created: list[str] = []
+    vm_id = 7900 + int(uuid.uuid4().hex[:2], 16)
+    monitord = Monitord()
+    host_id = 190 + vm_id % 50
+    state_dir = tmp_path / "im"
+    env = {**os.environ, "LIBVIRT_DEFAULT_URI": lv.uri, "ONE_DRIVERS_IM_STATE_DIR":
+           str(state_dir)}
     lv.up(created)
     try:
         conn = libvirt.open(lv.uri)
         d = tmp_path / "g"
         d.mkdir()
-        vm_id = 7900 + int(uuid.uuid4().hex[:2], 16)
         dom = conn.createXML(domain_xml(lab_env, vm_id, str(d), str(d / "console")).replace(
             "type='kvm'", "type='qemu'", 1), 0)
         guest = dom.UUIDString()
         conn.close()
-        monitord = Monitord()
-        host_id = 190 + vm_id % 50
-        state_dir = tmp_path / "im"
-        env = {**os.environ, "LIBVIRT_DEFAULT_URI": lv.uri, "ONE_DRIVERS_IM_STATE_DIR":
-               str(state_dir)}
         res = subprocess.run([str(remotes / "im" / "libvirt" / "run_monitord_client"), "libvirt",
                               str(host_id), "node1"], input=config(monitord.port, host_id),
                              capture_output=True, text=True, timeout=60, check=False, env=env)
@@ -482,11 +482,16 @@ def test_the_monitor_survives_its_libvirtd(lab_env, remotes, tmp_path):
         monitord.wait("STATE_VM", running, timeout=120)
         assert _threads(pid) == threads
     finally:
-        with contextlib.suppress(Exception):
-            subprocess.run([str(remotes / "im" / "libvirt" / "stop_monitord_client"), "libvirt",
-                            str(host_id), "node1"], input=config(monitord.port, host_id),
-                           capture_output=True, timeout=60, check=False, env=env)
+        stop = subprocess.run([str(remotes / "im" / "libvirt" / "stop_monitord_client"),
+                               "libvirt", str(host_id), "node1"],
+                              input=config(monitord.port, host_id), capture_output=True,
+                              text=True, timeout=60, check=False, env=env)
         lv.down()
         for path in reversed(created):
             with contextlib.suppress(OSError):
                 os.rmdir(path)
+    assert stop.returncode == 0, stop.stderr
+    end = time.monotonic() + 30
+    while Path(f"/proc/{pid}").exists():  # the event: the client is gone, not left running
+        assert time.monotonic() < end, "the client outlived its stop"
+        time.sleep(0.05)
