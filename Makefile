@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 ONE_DRIVERS := $(VENV)/bin/one-drivers
 export ONE_DRIVERS_LAB_DIR ?= /var/tmp/one-drivers-lab
 
-.PHONY: help deps venv setup lab-up lab-down lab-status demo test lint unit integration bench clean \
+.PHONY: help deps venv setup lab-up lab-down lab-status demo test lint unit integration e2e bench clean \
 	molecule molecule-setup wheelhouse
 
 help:
@@ -52,6 +52,12 @@ unit: setup
 test: lint lab-up
 	bash .ci/pytest $(PY) tests
 	@$(MAKE) --no-print-directory molecule
+
+# our drivers under a real oned: a self-contained OpenNebula install outside this repository
+# (ONE_DRIVERS_E2E_LOCATION, default /var/tmp/opennebula); skipped, with the reason, without one
+e2e: lab-up
+	ONE_DRIVERS_E2E_LOCATION=$${ONE_DRIVERS_E2E_LOCATION:-/var/tmp/opennebula} \
+		bash .ci/pytest $(PY) tests/e2e -ra
 
 bench: lab-up
 	$(PY) bench/run.py
