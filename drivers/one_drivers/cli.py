@@ -158,7 +158,7 @@ def cmd_ovs_reconcile(args: argparse.Namespace) -> int:
                       else load_file(config_path("vnm", "ovsdb", args.remotes)))
         settings = resolved(Settings([driver.default_values(), configured],
                                      subject="this host's Open vSwitch"))
-        report = reconcile(settings, dry_run=args.dry_run)
+        report = reconcile(settings, dry_run=args.dry_run, grace=args.grace)
     except DriverError as exc:
         print(exc, file=sys.stderr)
         return exc.exit_code
@@ -245,6 +245,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="as root: the configuration root reads (default: "
                                     "/etc/one-drivers/vnm-ovsdb.conf)")
     p.add_argument("--dry-run", action="store_true", help="report only")
+    p.add_argument("--grace", type=float, default=600,
+                   help="seconds a VM none of whose taps exist keeps its ports, flows and state "
+                        "(it may be being deployed); older, it is gone (default: 600)")
     p.set_defaults(func=cmd_ovs_reconcile)
 
     p = sub.add_parser("install-sudo", help="hypervisor: the root-owned privileged VNM entry "

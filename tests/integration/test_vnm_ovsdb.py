@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -310,8 +311,8 @@ def test_ovs_restart_then_reconcile_brings_rules_back(net, lab_env):
     assert not flows_of(net.bridge, a), "a restarted vswitchd has lost every flow"
     env = {**os.environ, **lab_env}
     res = subprocess.run([os.path.join(os.path.dirname(sys.executable), "one-drivers"),
-                          "ovs", "reconcile"], capture_output=True, text=True, env=env,
-                         timeout=120, check=False)
+                          "ovs", "reconcile", "--grace", "0"], capture_output=True, text=True,
+                         env=env, timeout=120, check=False)
     assert res.returncode == 0, res.stderr
     assert "re-applied 2 NICs of 2 running VMs" in res.stdout, res.stdout
     assert sorted(f.split(" ", 1)[1] for f in flows_of(net.bridge, a)) == before
@@ -321,6 +322,40 @@ def test_ovs_restart_then_reconcile_brings_rules_back(net, lab_env):
     fakes[a].exec("ip", "addr", "add", "10.37.0.9/24", "dev", "eth0", "nodad", check=True)
     spoof = fakes[a].exec("ping", "-c1", "-W1", "-I", "10.37.0.9", "10.37.0.2")
     assert spoof.returncode != 0, "anti-spoofing is back too"
+
+
+def test_what_a_guest_shut_down_from_inside_left_is_removed_by_the_timer(net, lab_env):
+    """Terminate from POWEROFF (the guest shut itself down: libvirt took its tap away, no
+    `clean` ran) left the VM's flows, its bridge and its state. The reconcile timer removes them
+    once the state is older than the grace; a VM whose taps do not exist yet because it is
+    being deployed (`pre` ran moments ago) keeps everything."""
+    vm, other = net.vm_base, net.vm_base + 1
+    doc = vm_doc(vm, [], nics=[net.nic(vm, 0, "10.39.0.1", VLAN_ID=15, FILTER_IP_SPOOFING="YES")])
+    net.start(doc, [(f"one-{vm}-0", net.mac(vm, 0), ["10.39.0.1/24"])])
+    state = Path(lab_env["ONE_DRIVERS_VNM_STATE_DIR"]) / f"vm-{vm}.xml"
+    assert state.exists() and flows_of(net.bridge, vm) and port_row(f"one-{vm}-0") is not None
+    netns.unplug(f"one-{vm}-0")  # the guest powered off: its tap is gone
+
+    def reconcile() -> str:
+        res = subprocess.run([os.path.join(os.path.dirname(sys.executable), "one-drivers"),
+                              "ovs", "reconcile"], capture_output=True, text=True,
+                             env={**os.environ, **lab_env}, timeout=120, check=False)
+        assert res.returncode == 0, res.stderr
+        return res.stdout
+
+    reconcile()  # within the grace: it may be a VM being deployed
+    assert state.exists() and flows_of(net.bridge, vm), "kept within the grace"
+    past = time.time() - 3600
+    os.utime(state, (past, past))  # the timer's next run, an hour later
+    reconcile()
+    assert not state.exists() and port_row(f"one-{vm}-0") is None
+    # the bridge we made went with its last VM, and every flow with it
+    assert net.bridge not in subprocess.run(["ovs-vsctl", "list-br"], capture_output=True,
+                                            text=True, check=True, timeout=20).stdout.split()
+    # positive control for "kept": the same VM being deployed again (pre only, no tap yet)
+    net.ok("pre", vm_doc(other, [], nics=[net.nic(other, 0, "10.39.0.2", VLAN_ID=15)]))
+    reconcile()
+    assert (Path(lab_env["ONE_DRIVERS_VNM_STATE_DIR"]) / f"vm-{other}.xml").exists()
 
 
 def test_hooks_run_after_the_action_with_its_argv(net, tmp_path):

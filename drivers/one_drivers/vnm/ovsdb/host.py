@@ -211,7 +211,11 @@ class StateFile(NamedTuple):
             os.close(dfd)
 
     def load_all(self) -> dict[int, bytes]:
-        out: dict[int, bytes] = {}
+        return {vm_id: saved.document for vm_id, saved in self.saved().items()}
+
+    def saved(self) -> dict[int, Saved]:
+        """Every saved document with the time it was written."""
+        out: dict[int, Saved] = {}
         try:
             dfd = open_trusted_dir(self.directory, private=True)
         except FileNotFoundError:
@@ -221,10 +225,15 @@ class StateFile(NamedTuple):
                 if name.startswith("vm-") and name.endswith(".xml") and name[3:-4].isdigit():
                     fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
                     with os.fdopen(fd, "rb") as fh:
-                        out[int(name[3:-4])] = fh.read()
+                        out[int(name[3:-4])] = Saved(fh.read(), os.fstat(fh.fileno()).st_mtime)
         finally:
             os.close(dfd)
         return out
+
+
+class Saved(NamedTuple):
+    document: bytes
+    mtime: float
 
 
 def state_file(settings: Settings) -> StateFile:

@@ -31,27 +31,39 @@ class Report(NamedTuple):
     skipped: list[str]  # VM documents that no longer parse or validate
 
 
-def reconcile(settings: Settings, *, dry_run: bool = False) -> Report:
+GRACE = 600.0  # seconds a VM without taps keeps its ports: deploy runs after pre made them
+
+
+def reconcile(settings: Settings, *, dry_run: bool = False, grace: float = GRACE) -> Report:
+    """``grace``: a VM none of whose taps exist is gone (a guest shut down from inside, a host
+    whose OVS restarted while it stopped: no ``clean`` ran) only once its document is older
+    than this; a younger one is being deployed (``pre`` ran, the domain is not there yet)."""
+    import time
+
     host = Host(settings)
     store = state_file(settings)
     live: list[PortSpec] = []
+    pending: list[PortSpec] = []  # within the grace: left as they are
     skipped: list[str] = []
     gone_vms: list[int] = []
-    for vm_id, raw in sorted(store.load_all().items()):
+    now = time.time()
+    for vm_id, saved in sorted(store.saved().items()):
         try:
-            vm = VM(parse_xml(raw, what=f"saved document of VM {vm_id}", root="VM"))
+            vm = VM(parse_xml(saved.document, what=f"saved document of VM {vm_id}", root="VM"))
             specs = vm_specs(vm, DRIVER, settings, only_attached=False)
         except DriverError as exc:
             skipped.append(f"VM {vm_id}: {exc}")
             continue
         running = [s for s in specs if tap_exists(s.target)]
         live.extend(running)
-        if not running:
+        if not running and now - saved.mtime < grace:
+            pending.extend(specs)
+        elif not running:
             gone_vms.append(vm_id)
-    wanted = {s.target for s in live}
+    wanted = {s.target for s in live + pending}
     stale = [p for p in host.db.owned_ports() if p.target not in wanted
              and not tap_exists(p.target)]
-    keep = {(s.vm_id, s.nic_id) for s in live}
+    keep = {(s.vm_id, s.nic_id) for s in live + pending}
     if dry_run:
         stale_flows = _stale_flows(host, keep)
         return Report(len({s.vm_id for s in live}), len(live), len(stale),
