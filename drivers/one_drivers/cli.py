@@ -171,6 +171,20 @@ def cmd_ovs_reconcile(args: argparse.Namespace) -> int:
     return 1 if report.skipped else 0
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    """Check what the drivers need on this node; one line per problem, non-zero when any."""
+    from one_drivers.doctor import CHECKS, default_node, diagnose
+
+    node = default_node(args.role, args.remotes, set(args.skip or []), args.timeout)
+    problems = diagnose(node)
+    for problem in problems:
+        print(problem)
+    ran = [n for n, (roles, _) in CHECKS.items() if node.role in roles and n not in node.skip]
+    if not problems:
+        print(f"doctor: {args.role}: all good ({', '.join(ran)})")
+    return 1 if problems else 0
+
+
 def cmd_install_sudo(args: argparse.Namespace) -> int:
     from one_drivers.core.errors import DriverError
     from one_drivers.vnm.ovsdb.privilege import install_sudo
@@ -249,6 +263,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds a VM none of whose taps exist keeps its ports, flows and state "
                         "(it may be being deployed); older, it is gone (default: 600)")
     p.set_defaults(func=cmd_ovs_reconcile)
+
+    p = sub.add_parser("doctor", help="check what the drivers need on this node (one line per "
+                                      "problem, saying what to fix)")
+    p.add_argument("--role", choices=("frontend", "host"), required=True)
+    p.add_argument("--remotes", help="the remotes tree (default: /var/lib/one/remotes on a "
+                                     "front-end, /var/tmp/one on a host)")
+    p.add_argument("--skip", action="append", choices=("remotes", "registration", "oned",
+                                                       "libvirt", "ovs"),
+                   help="leave a check out (repeatable)")
+    p.add_argument("--timeout", type=float, default=15, help="seconds per service")
+    p.set_defaults(func=cmd_doctor)
 
     p = sub.add_parser("install-sudo", help="hypervisor: the root-owned privileged VNM entry "
                                             "and the sudoers rule that lets USER run it")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.opennebula import OpenNebula
+from tests.e2e.opennebula import OneError, OpenNebula
 from tests.helpers import rbd_names, trash_names
 
 pytestmark = [pytest.mark.lab, pytest.mark.e2e]
@@ -53,6 +53,22 @@ def test_ceph_datastores(one: OpenNebula, lab_env: dict[str, str]) -> None:
     for ds in (STATE["images"], STATE["system"]):
         one.wait(lambda ds=ds: int(text(one, "onedatastore", ds, "TOTAL_MB") or 0) > 0,
                  f"datastore {ds} to be monitored", 180)
+
+
+def test_doctor_on_the_front_end(one: OpenNebula, lab_env: dict[str, str]) -> None:
+    """Every datastore on our drivers reaches Ceph as its own user; a datastore whose user does
+    not exist is named, with the fix (the positive control)."""
+    ok = one.run(["one-drivers", "doctor", "--role", "frontend"])
+    assert "all good (remotes, registration, oned)" in ok, ok
+    bad = one.create("onedatastore", f'NAME="bad-user"\nDS_MAD="rbd"\nTM_MAD="rbd"\n'
+                                     f'DISK_TYPE="RBD"\nCEPH_USER="nobody"\n'
+                                     f'CEPH_CONF="{lab_env["CEPH_CONF"]}"\nCEPH_SECRET="x"\n')
+    try:
+        with pytest.raises(OneError) as failed:
+            one.run(["one-drivers", "doctor", "--role", "frontend", "--timeout", "5"])
+        assert f"datastore {bad} (bad-user): Ceph pool one as client.nobody" in str(failed.value)
+    finally:
+        one.run(["onedatastore", "delete", str(bad)])
 
 
 def _image(one: OpenNebula, template: str) -> int:

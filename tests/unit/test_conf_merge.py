@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 
 import pytest
@@ -109,3 +110,22 @@ def test_the_registration_names_the_vmm_execrc_opennebula_reads(tmp_path, capsys
     rc.write_text('LIVE_DISK_SNAPSHOTS="kvm-qcow2"\n')
     assert main(["oned-conf", "--merge", str(rc)]) == 0
     assert 'LIVE_DISK_SNAPSHOTS="kvm-qcow2 libvirt-rbd"' in rc.read_text()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root can give a file to another owner")
+def test_a_merge_by_root_keeps_the_files_owner_group_and_mode(tmp_path):
+    """A packaged OpenNebula's oned.conf is root:oneadmin 0640: merged by root (the role), it
+    must stay readable by oneadmin's group, or oned cannot read its own configuration."""
+    from one_drivers.core.conf_merge import merge_file
+
+    tmp_path.chmod(0o755)
+    etc = tmp_path / "etc"
+    etc.mkdir(mode=0o755)
+    conf = etc / "oned.conf"
+    conf.write_text(ONED)
+    os.chown(conf, 0, 4321)
+    conf.chmod(0o640)
+    assert merge_file(str(conf), registration())
+    st = conf.stat()
+    assert (st.st_uid, st.st_gid, st.st_mode & 0o777) == (0, 4321, 0o640)
+    assert "rbd" in conf.read_text()

@@ -24,8 +24,10 @@ _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 def write_atomic(path: str, data: str | bytes, *, mode: int | None = None,
                  private: bool = False, create_dirs: bool = False) -> None:
     """``mode``: the new file's permissions (default: those of the regular file it replaces,
-    if any, else 0644). ``private``: the directory must be the writer's own, mode 0700 (created
-    so with ``create_dirs``)."""
+    if any, else 0644). The file it replaces keeps its owner and group when root writes it
+    (``/etc/one/oned.conf`` is root:oneadmin 0640: a merge that left it root's would lock oned
+    out of its own configuration). ``private``: the directory must be the writer's own, mode
+    0700 (created so with ``create_dirs``)."""
     directory, name = os.path.split(os.path.abspath(path))
     raw = data.encode() if isinstance(data, str) else data
     if private or os.geteuid() == 0:
@@ -36,13 +38,16 @@ def write_atomic(path: str, data: str | bytes, *, mode: int | None = None,
             os.makedirs(directory, exist_ok=True)
         dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        if mode is None:
-            with contextlib.suppress(FileNotFoundError):
-                st = os.lstat(name, dir_fd=dfd)
-                if stat.S_ISREG(st.st_mode):
-                    mode = st.st_mode & 0o777
+        owner: tuple[int, int] | None = None
+        with contextlib.suppress(FileNotFoundError):
+            st = os.lstat(name, dir_fd=dfd)
+            if stat.S_ISREG(st.st_mode):
+                mode = st.st_mode & 0o777 if mode is None else mode
+                owner = (st.st_uid, st.st_gid)
         tmp, fd = _create_temporary(dfd, name)
         try:
+            if owner is not None and os.geteuid() == 0:
+                os.fchown(fd, *owner)
             os.fchmod(fd, 0o644 if mode is None else mode)
             with os.fdopen(fd, "wb") as fh:
                 fh.write(raw)

@@ -92,20 +92,48 @@ def _write_if_changed(path: Path, text: str, mode: int, report: InstallReport) -
     report.written.append(path)
 
 
-def install(dest: Path, *, python: str | None = None,
-            drivers: list[Driver] | None = None) -> InstallReport:
+def wanted_files(dest: Path, *, python: str | None = None,
+                 drivers: list[Driver] | None = None) -> list[tuple[Path, str]]:
+    """Every shim this package puts in a remotes tree at ``dest``, with its text."""
     python = python or sys.executable
     site_paths = site_paths_of(python)
-    report = InstallReport()
+    out = []
     for drv in drivers if drivers is not None else all_drivers():
         ddir = dest / drv.family / drv.name
-        wanted = set()
         for action in sorted(drv.actions):
-            wanted.add(action)
-            _write_if_changed(ddir / action, shim_text(python, drv.family, drv.name, action,
-                                                       site_paths), 0o755, report)
+            out.append((ddir / action, shim_text(python, drv.family, drv.name, action,
+                                                 site_paths)))
+        if drv.family == "im":  # what OpenNebula's im/run_monitord_client runs for this IM_MAD
+            out.append((dest / "im" / f"{drv.name}.d" / IM_CONTROL,
+                        shim_text(python, "im", drv.name, IM_CONTROL, site_paths)))
+    return out
+
+
+def drifted(dest: Path, *, python: str | None = None) -> list[Path]:
+    """The shims of ``dest`` that are missing or differ from this package's (nothing written):
+    what ``install`` would rewrite."""
+    out = []
+    for path, text in wanted_files(dest, python=python):
+        try:
+            if path.read_text() == text and os.access(path, os.X_OK):
+                continue
+        except (OSError, UnicodeDecodeError):
+            pass
+        out.append(path)
+    return out
+
+
+def install(dest: Path, *, python: str | None = None,
+            drivers: list[Driver] | None = None) -> InstallReport:
+    report = InstallReport()
+    wanted = wanted_files(dest, python=python, drivers=drivers)
+    for path, text in wanted:
+        _write_if_changed(path, text, 0o755, report)
+    names = {path for path, _ in wanted}
+    for drv in drivers if drivers is not None else all_drivers():
+        ddir = dest / drv.family / drv.name
         for old in sorted(ddir.iterdir()) if ddir.is_dir() else []:
-            if old.name not in wanted and old.is_file() and _is_ours(old):
+            if old not in names and old.is_file() and _is_ours(old):
                 old.unlink()
                 report.removed.append(old)
         if drv.family == "vnm":  # hook directories operators drop executables into
@@ -114,10 +142,6 @@ def install(dest: Path, *, python: str | None = None,
                 if not hook_dir.is_dir():
                     hook_dir.mkdir(parents=True)
                     report.written.append(hook_dir)
-        if drv.family == "im":  # what OpenNebula's im/run_monitord_client runs for this IM_MAD
-            hook = dest / "im" / f"{drv.name}.d" / IM_CONTROL
-            _write_if_changed(hook, shim_text(python, "im", drv.name, IM_CONTROL, site_paths),
-                              0o755, report)
         conf = Path(config_path(drv.family, drv.name, dest))
         if conf.exists():
             report.kept_config.append(conf)

@@ -55,6 +55,8 @@ DRIVER = Driver(
         "ACPI_TIMEOUT": ("180", "seconds a guest gets to power off after the ACPI power button "
                                 "(upstream's kvmrc SHUTDOWN_TIMEOUT; here SHUTDOWN_TIMEOUT, like "
                                 "every <ACTION>_TIMEOUT, limits the whole action)"),
+        "EMULATOR": ("", "the EMULATOR your host templates set, if any (for one-drivers doctor; "
+                         "empty: oned's default /usr/bin/qemu-kvm-one)"),
         "ACPI_PRESS_INTERVAL": ("5", "seconds between presses of the power button while the "
                                      "guest runs (a guest still booting loses a press)"),
         "FORCE_DESTROY": ("yes", "destroy a guest that ignored ACPI for ACPI_TIMEOUT"),

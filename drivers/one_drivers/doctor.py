@@ -1,0 +1,223 @@
+"""``one-drivers doctor``: everything the drivers need on this node, one line per problem.
+
+On a front-end: the remotes tree matches this package, oned.conf / monitord.conf / vmm_execrc
+(the files OpenNebula really reads) carry the registration, oned answers, and every datastore on
+our drivers reaches Ceph as its own user, with the attributes the drivers need. On a host: the
+remotes tree, libvirt, OpenNebula's default emulator, Open vSwitch (directly, or through the one
+sudo rule as installed). Each problem says what to fix; the exit status is non-zero when there is
+any. Nothing is changed, except one RADOS object per datastore pool written and removed at once
+(proof that the datastore's user may write there).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import NamedTuple
+
+from one_drivers.core.config import DEFAULT_REMOTES, Settings, config_path, load_file
+from one_drivers.core.errors import DriverError
+
+
+class Problem(NamedTuple):
+    where: str
+    what: str
+    fix: str
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.what} -- {self.fix}"
+
+
+class Node(NamedTuple):
+    role: str  # frontend | host
+    remotes: Path
+    etc: Path  # OpenNebula's configuration: /etc/one, or $ONE_LOCATION/etc
+    timeout: float
+    skip: frozenset[str]
+
+
+Check = Callable[[Node], Iterator[Problem]]
+
+
+def _settings(node: Node, family: str, driver: str) -> Settings:
+    from one_drivers.core.registry import get_driver
+
+    drv = get_driver(family, driver)
+    try:
+        configured = load_file(config_path(family, driver, node.remotes))
+    except (OSError, DriverError):
+        configured = {}
+    return Settings([drv.default_values(), configured], subject=f"{family}/{driver}")
+
+
+def remotes(node: Node) -> Iterator[Problem]:
+    from one_drivers.core.remotes import drifted
+
+    if not node.remotes.is_dir():
+        yield Problem("remotes", f"{node.remotes} does not exist",
+                      f"run one-drivers install-remotes {node.remotes}")
+        return
+    stale = drifted(node.remotes)
+    if stale:
+        fix = f"run one-drivers install-remotes {node.remotes}"
+        if node.role == "host":
+            fix += " on the front-end, then onehost sync"
+        yield Problem("remotes", f"{len(stale)} driver shims missing or not this package's "
+                                 f"(e.g. {stale[0].relative_to(node.remotes)})", fix)
+
+
+def registration(node: Node) -> Iterator[Problem]:
+    from one_drivers.core.conf_merge import merge_file
+    from one_drivers.core.oned_conf import registration as wanted
+
+    reg = wanted()
+    for rel in ("oned.conf", "monitord.conf", "vmm_exec/vmm_execrc"):
+        path = node.etc / rel
+        if not path.is_file():
+            yield Problem("registration", f"{path} not found (OpenNebula reads it there)",
+                          "install OpenNebula, or set ONE_LOCATION for a self-contained one")
+            continue
+        try:
+            missing = merge_file(str(path), reg, check=True)
+        except OSError as exc:
+            yield Problem("registration", f"cannot read {path}: {exc.strerror}",
+                          "run doctor as oneadmin (OpenNebula's group reads it) or root")
+            continue
+        if missing:
+            yield Problem("registration", f"{path} lacks the one-drivers registration",
+                          f"run one-drivers oned-conf --merge {path}, then restart oned")
+
+
+def oned_and_datastores(node: Node) -> Iterator[Problem]:
+    from one_drivers.core.oned import Oned
+
+    try:
+        client = Oned(timeout=node.timeout)
+        pool = client.call("one.datastorepool.info", client.session, -2)
+    except DriverError as exc:
+        yield Problem("oned", str(exc), "check that oned runs, ONE_XMLRPC and one_auth")
+        return
+    from one_drivers.core.xmlview import parse_xml
+
+    root = parse_xml(pool, what="oned's datastore pool", root="DATASTORE_POOL")
+    for ds in root.iterfind("DATASTORE"):
+        ds_mad, tm_mad = ds.findtext("DS_MAD") or "", ds.findtext("TM_MAD") or ""
+        if "rbd" not in (ds_mad, tm_mad):
+            continue
+        name = f"datastore {ds.findtext('ID')} ({ds.findtext('NAME')})"
+        template = {e.tag: e.text or "" for e in ds.find("TEMPLATE") or []}
+        yield from _datastore(node, name, ds.findtext("TYPE") or "", template)
+
+
+def _datastore(node: Node, name: str, ds_type: str, template: dict[str, str]
+               ) -> Iterator[Problem]:
+    if ds_type == "1" and template.get("DISK_TYPE", "FILE").upper() != "RBD":
+        yield Problem(name, "a system datastore whose DISK_TYPE is not RBD: oned writes volatile "
+                            "disks into deployment files as files",
+                      'set DISK_TYPE="RBD" in its template (onedatastore update)')
+    if ds_type != "1" and not template.get("CEPH_SECRET"):
+        yield Problem(name, "no CEPH_SECRET: libvirt cannot open its disks",
+                      "set CEPH_SECRET to the UUID of the libvirt secret holding the key")
+    settings = _settings(node, "datastore", "rbd").over(template)
+    yield from _ceph(name, settings, node.timeout)
+
+
+def _ceph(name: str, settings: Settings, timeout: float) -> Iterator[Problem]:
+    from one_drivers.ceph.session import CephAccess, CephSession
+    from one_drivers.core.retry import Deadline
+
+    access = CephAccess.from_settings(settings)
+    who = f"client.{access.user or 'admin'}"
+    probe = f"one-drivers.doctor.{socket.gethostname()}"
+    try:
+        with CephSession(access, Deadline(timeout), subject=name) as session:
+            ioctx = session.cluster.open_ioctx(access.pool)
+            try:
+                ioctx.write_full(probe, b"")
+                ioctx.remove_object(probe)
+            finally:
+                ioctx.close()
+    except Exception as exc:  # every failure is the finding: reported, never raised
+        yield Problem(name, f"Ceph pool {access.pool} as {who}: {str(exc).strip() or exc!r}",
+                      "check CEPH_CONF/CEPH_HOST, CEPH_USER and CEPH_KEY, the pool, and the "
+                      "user's caps (mon 'profile rbd' osd 'profile rbd pool=...')")
+
+
+def libvirt_and_emulator(node: Node) -> Iterator[Problem]:
+    from one_drivers.core.oned_conf import ONE_EMULATOR
+
+    settings = _settings(node, "vmm", "libvirt")
+    uri = settings.get("LIBVIRT_URI") or os.environ.get("LIBVIRT_DEFAULT_URI") or "qemu:///system"
+    try:
+        import libvirt
+
+        from one_drivers.core.retry import call_with_timeout
+
+        libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
+        conn = call_with_timeout(libvirt.open, uri, timeout=node.timeout,
+                                 what=f"libvirt at {uri}")
+        conn.close()
+    except Exception as exc:  # the finding
+        yield Problem("libvirt", f"{uri}: {exc}",
+                      "start libvirtd (or its sockets) and give the driver user its group")
+    emulator = settings.get("EMULATOR") or ONE_EMULATOR
+    if not os.access(emulator, os.X_OK):
+        yield Problem("emulator", f"{emulator} (the emulator oned writes into deployment files) "
+                                  "is missing",
+                      "run the libvirt_host role (it links oned's default to QEMU), or set "
+                      "EMULATOR in the host template (and here, for doctor)")
+
+
+def open_vswitch(node: Node) -> Iterator[Problem]:
+    from one_drivers.ovs.ovsdb import Ovsdb
+    from one_drivers.vnm.ovsdb.host import DEFAULT_OVSDB
+    from one_drivers.vnm.ovsdb.privilege import default_entry, needs_privilege
+
+    settings = _settings(node, "vnm", "ovsdb")
+    endpoint = settings.get("OVSDB") or os.environ.get("ONE_DRIVERS_OVSDB") or DEFAULT_OVSDB
+    if needs_privilege(endpoint) and settings.bool("SUDO", True):
+        entry = settings.get("SUDO_COMMAND") or default_entry()
+        if not Path(entry).is_file() or Path(entry).stat().st_uid != 0:
+            yield Problem("vnm sudo", f"the privileged entry {entry} is not installed (root's)",
+                          "run one-drivers install-sudo as root")
+            return
+        listed = subprocess.run(["sudo", "-n", "-l", entry, "pre"], capture_output=True,
+                                timeout=node.timeout, check=False)
+        if listed.returncode != 0:
+            yield Problem("vnm sudo", f"sudo does not let this user run {entry}",
+                          "run one-drivers install-sudo as root (the sudoers rule)")
+        return
+    try:
+        Ovsdb(endpoint, node.timeout).rows("Open_vSwitch")
+    except DriverError as exc:
+        yield Problem("ovsdb", str(exc), "start Open vSwitch, or set OVSDB in the driver's "
+                                         "configuration")
+
+
+CHECKS: dict[str, tuple[set[str], Check]] = {
+    "remotes": ({"frontend", "host"}, remotes),
+    "registration": ({"frontend"}, registration),
+    "oned": ({"frontend"}, oned_and_datastores),
+    "libvirt": ({"host"}, libvirt_and_emulator),
+    "ovs": ({"host"}, open_vswitch),
+}
+
+
+def diagnose(node: Node) -> list[Problem]:
+    out: list[Problem] = []
+    for name, (roles, check) in CHECKS.items():
+        if node.role in roles and name not in node.skip:
+            out.extend(check(node))
+    return out
+
+
+def default_node(role: str, remotes: str | None, skip: set[str], timeout: float) -> Node:
+    location = os.environ.get("ONE_LOCATION")
+    etc = Path(location) / "etc" if location else Path("/etc/one")
+    where = remotes or os.environ.get("ONE_DRIVERS_REMOTES") or (
+        f"{location}/var/remotes" if location and role == "frontend" else
+        DEFAULT_REMOTES if role == "frontend" else "/var/tmp/one")
+    return Node(role, Path(where), etc, timeout, frozenset(skip))

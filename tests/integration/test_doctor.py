@@ -1,0 +1,93 @@
+"""``one-drivers doctor`` on the lab: each check passes on a node set up right and names the
+cause, with its fix, when one piece is broken on purpose (the broken piece is the positive
+control of the "all good" line)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.lab
+
+ONE_DRIVERS = str(Path(sys.executable).parent / "one-drivers")
+
+
+def doctor(*argv: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([ONE_DRIVERS, "doctor", *argv], capture_output=True, text=True,
+                          timeout=120, check=False, env={**os.environ, **(env or {})})
+
+
+def _remotes(tmp_path: Path, lab_env: dict[str, str], **vmm: str) -> Path:
+    from one_drivers.core.remotes import install
+
+    remotes = tmp_path / "remotes"
+    install(remotes)
+    settings = {"vmm/libvirt/libvirt.conf": {"LIBVIRT_URI": lab_env["LIBVIRT_DEFAULT_URI"],
+                                             **vmm},
+                "vnm/ovsdb/ovsdb.conf": {"OVSDB": lab_env["ONE_DRIVERS_OVSDB"]}}
+    for rel, values in settings.items():
+        conf = remotes / "etc" / rel
+        conf.write_text(conf.read_text() + "".join(f"\n{k}={v}" for k, v in values.items())
+                        + "\n")
+    return remotes
+
+
+def test_a_host(lab_env, tmp_path):
+    qemu = shutil.which("qemu-system-x86_64") or "/usr/bin/qemu-system-x86_64"
+    remotes = _remotes(tmp_path, lab_env, EMULATOR=qemu)
+    ok = doctor("--role", "host", "--remotes", str(remotes))
+    assert ok.returncode == 0 and "all good (remotes, libvirt, ovs)" in ok.stdout, ok.stdout
+    # broken on purpose, one at a time
+    (remotes / "vmm" / "libvirt" / "deploy").unlink()
+    res = doctor("--role", "host", "--remotes", str(remotes))
+    assert res.returncode == 1
+    assert res.stdout.splitlines() == [
+        f"remotes: 1 driver shims missing or not this package's (e.g. vmm/libvirt/deploy) -- "
+        f"run one-drivers install-remotes {remotes} on the front-end, then onehost sync"]
+    remotes = _remotes(tmp_path / "2", lab_env, EMULATOR="/nonexistent/qemu-kvm-one")
+    res = doctor("--role", "host", "--remotes", str(remotes))
+    assert res.returncode == 1 and res.stdout.startswith(
+        "emulator: /nonexistent/qemu-kvm-one (the emulator oned writes into deployment files) "
+        "is missing -- run the libvirt_host role"), res.stdout
+    conf = remotes / "etc" / "vmm" / "libvirt" / "libvirt.conf"
+    conf.write_text(conf.read_text() + f"\nLIBVIRT_URI=qemu:///system?socket={tmp_path}/none\n")
+    res = doctor("--role", "host", "--remotes", str(remotes), "--skip", "ovs")
+    assert res.returncode == 1
+    assert any(line.startswith(f"libvirt: qemu:///system?socket={tmp_path}/none:")
+               for line in res.stdout.splitlines()), res.stdout
+    conf = remotes / "etc" / "vnm" / "ovsdb" / "ovsdb.conf"
+    conf.write_text(conf.read_text() + f"\nOVSDB=unix:{tmp_path}/no-db.sock\n")
+    res = doctor("--role", "host", "--remotes", str(remotes), "--skip", "libvirt",
+                 "--timeout", "3")
+    assert res.returncode == 1 and any(line.startswith("ovsdb: ") and "start Open vSwitch" in line
+                                       for line in res.stdout.splitlines()), res.stdout
+
+
+def test_a_front_end_registration(lab_env, tmp_path):
+    from one_drivers.core.remotes import install
+
+    etc = tmp_path / "one" / "etc"
+    (etc / "vmm_exec").mkdir(parents=True)
+    (etc / "oned.conf").write_text('DATASTORE_MAD = [ EXECUTABLE = "one_datastore", '
+                                   'ARGUMENTS = "-t 15 -d dummy,fs" ]\n')
+    (etc / "monitord.conf").write_text('IM_MAD = [ NAME = "kvm", EXECUTABLE = "one_im_ssh" ]\n')
+    (etc / "vmm_exec" / "vmm_execrc").write_text('LIVE_DISK_SNAPSHOTS="kvm-qcow2"\n')
+    remotes = tmp_path / "one" / "var" / "remotes"
+    install(remotes)
+    env = {"ONE_LOCATION": str(tmp_path / "one")}
+    res = doctor("--role", "frontend", "--skip", "oned", env=env)
+    assert res.returncode == 1
+    assert res.stdout.splitlines() == [
+        f"registration: {etc / name} lacks the one-drivers registration -- run one-drivers "
+        f"oned-conf --merge {etc / name}, then restart oned"
+        for name in ("oned.conf", "monitord.conf", "vmm_exec/vmm_execrc")]
+    subprocess.run([ONE_DRIVERS, "oned-conf", "--merge", str(etc / "oned.conf"),
+                    str(etc / "monitord.conf"), str(etc / "vmm_exec" / "vmm_execrc")],
+                   check=True, capture_output=True, timeout=60)
+    ok = doctor("--role", "frontend", "--skip", "oned", env=env)
+    assert ok.returncode == 0 and "all good (remotes, registration)" in ok.stdout, ok.stdout
