@@ -495,3 +495,45 @@ def test_the_monitor_survives_its_libvirtd(lab_env, remotes, tmp_path):
     while Path(f"/proc/{pid}").exists():  # the event: the client is gone, not left running
         assert time.monotonic() < end, "the client outlived its stop"
         time.sleep(0.05)
+
+
+def test_system_host_version_and_a_wild_name_that_tries_to_inject(lab_env, tmp_path):
+    """VERSION is OpenNebula's, from the remotes' VERSION file as upstream's probe sends it (oned
+    compares it with its own); ours is ONE_DRIVERS_VERSION. A wild domain named to close the
+    value and add keys stays one value."""
+    import xml.etree.ElementTree as ET
+
+    import libvirt
+
+    from one_drivers import __version__
+
+    remotes = _remotes_with(tmp_path, "")
+    (remotes / "VERSION").write_text("7.2.0\n")
+    conn = libvirt.open(lab_env["LIBVIRT_DEFAULT_URI"])
+    d = tmp_path / "w"
+    d.mkdir()
+    name = 'wild", ID="7", STATE="a'
+    xml = domain_xml(lab_env, 1, str(d), str(d / "console")).replace(
+        "type='kvm'", "type='qemu'", 1).replace("<name>one-1</name>",
+                                               "<name>wild&quot;, ID=&quot;7&quot;, "
+                                               "STATE=&quot;a</name>")
+    dom = conn.createXML(xml, 0)
+    host_id = 240 + int(uuid.uuid4().hex[:2], 16) % 10
+    monitord = Monitord()
+    try:
+        assert dom.name() == name
+        res = run_client(remotes, "run_monitord_client", config(monitord.port, host_id), host_id,
+                         tmp_path / "im")
+        assert res.returncode == 0, res.stderr
+        parts = {p.tag: base64.b64decode(p.text or "").decode()
+                 for p in ET.fromstring(res.stdout.strip()) if p.tag != "TIMESTAMP"}
+        system = parts["SYSTEM_HOST"].splitlines()
+        assert 'VERSION="7.2.0"' in system and f'ONE_DRIVERS_VERSION="{__version__}"' in system
+        wild = [ln for ln in system if dom.UUIDString() in ln]
+        assert len(wild) == 1 and 'VM_NAME="wild_, ID=_7_, STATE=_a"' in wild[0], wild
+        assert wild[0].count('ID="') == 2  # ID and DEPLOY_ID only: the name added none
+    finally:
+        run_client(remotes, "stop_monitord_client", config(monitord.port, host_id), host_id,
+                   tmp_path / "im")
+        dom.destroy()
+        conn.close()

@@ -73,3 +73,77 @@ def test_call_with_timeout():
         call_with_timeout(time.sleep, 5, timeout=0.1, what="libvirt lookup")
     with pytest.raises(KeyError):
         call_with_timeout({}.__getitem__, "k", timeout=5, what="lookup")
+
+
+def test_policies_retry_by_kind_and_by_what_the_call_is():
+    from one_drivers.core.retry import LIBVIRT, SSH
+
+    assert LIBVIRT.retries("VIR_ERR_OPERATION_TIMEOUT", idempotent=False), "never started"
+    assert not LIBVIRT.retries("VIR_ERR_RPC", idempotent=False), "a migrate is not repeated"
+    assert LIBVIRT.retries("VIR_ERR_RPC", idempotent=True)
+    assert not LIBVIRT.retries("VIR_ERR_OPERATION_FAILED", idempotent=True), "by kind only"
+    assert SSH.retries("exit-255", idempotent=True) and not SSH.retries("exit-255",
+                                                                         idempotent=False)
+
+
+class _LibvirtError(Exception):
+    """Stands for libvirt.libvirtError (a unit test: no libvirtd here)."""
+
+    def __init__(self, code: int, text: str) -> None:
+        super().__init__(text)
+        self.code, self.text = code, text
+
+    def get_error_code(self) -> int:
+        return self.code
+
+    def get_error_message(self) -> str:
+        return self.text
+
+
+def _hypervisor():
+    import libvirt
+
+    from one_drivers.vmm.libvirt import connection
+
+    hv = object.__new__(connection.Hypervisor)
+    hv.lv = type("lv", (), {k: getattr(libvirt, k) for k in dir(libvirt)
+                            if k.startswith("VIR_ERR_")} | {"libvirtError": _LibvirtError})
+    hv.kinds = connection._kind_names(libvirt)
+    hv.deadline, hv.subject, hv.call_timeout, hv.uri = Deadline(30), "VM 1", 5, "qemu:///test"
+    return hv
+
+
+def test_libvirt_calls_are_retried_by_error_code_never_by_its_text():
+    import libvirt
+
+    from one_drivers.core.errors import ActionFailed, BackendUnavailable
+
+    hv = _hypervisor()
+    calls = []
+
+    def failing(code: int, text: str, times: int):
+        def fn():
+            calls.append(code)
+            if len(calls) <= times:
+                raise _LibvirtError(code, text)
+            return "done"
+        return fn
+
+    # the job lock was busy: nothing started, so even a non-idempotent call is tried again
+    assert hv.call(failing(libvirt.VIR_ERR_OPERATION_TIMEOUT, "cannot acquire state change "
+                                                              "lock", 2), what="attach") == "done"
+    assert len(calls) == 3
+    # a dropped RPC during a migration is not repeated; during a read it is
+    calls.clear()
+    with pytest.raises(BackendUnavailable):
+        hv.call(failing(libvirt.VIR_ERR_RPC, "rpc", 1), what="migrate")
+    assert len(calls) == 1
+    calls.clear()
+    assert hv.retryable(failing(libvirt.VIR_ERR_RPC, "rpc", 1), what="read") == "done"
+    assert len(calls) == 2
+    # "in use" in a message is not a cause: one try
+    calls.clear()
+    with pytest.raises(ActionFailed):
+        hv.retryable(failing(libvirt.VIR_ERR_OPERATION_FAILED, "device is busy, in use", 1),
+                     what="detach")
+    assert len(calls) == 1

@@ -12,6 +12,7 @@ import os
 import shlex
 import socket
 import subprocess
+import time
 from collections.abc import Sequence
 from functools import cache
 from typing import IO
@@ -72,24 +73,37 @@ def run(
     stdin: IO[bytes] | None = None,
     stdout: IO[bytes] | int | None = subprocess.PIPE,
     check: bool = True,
+    idempotent: bool = False,
 ) -> subprocess.CompletedProcess[bytes]:
-    """Run and wait; raise a DriverError naming host and program on failure."""
+    """Run and wait; raise a DriverError naming host and program on failure. An ``idempotent``
+    command (a test, a read, ``mkdir -p``, ``rm -rf``) whose ssh connection failed is run again
+    as :data:`one_drivers.core.retry.SSH` says, within ``timeout`` (never one fed a stream)."""
+    from one_drivers.core.retry import SSH, Deadline
+
     cmd = command(host, argv)
     where = "here" if is_local(host) else f"on {host}"
-    try:
-        proc = subprocess.run(
-            cmd,
-            input=input,
-            stdin=stdin if input is None else None,
-            stdout=stdout,
-            stderr=subprocess.PIPE,
-            timeout=timeout,
-            check=False,
-        )
-    except subprocess.TimeoutExpired:
-        raise BackendTimeout(f"{argv[0]} {where} did not finish within {timeout:g} s") from None
-    except FileNotFoundError:
-        raise ActionFailed(f"{cmd[0]} is not installed {where}") from None
+    deadline = Deadline(timeout, f"{argv[0]} {where}")
+    retry = idempotent and stdin is None and not is_local(host)
+    for attempt in range(1, SSH.max_attempts + 1):
+        try:
+            proc = subprocess.run(
+                cmd,
+                input=input,
+                stdin=stdin if input is None else None,
+                stdout=stdout,
+                stderr=subprocess.PIPE,
+                timeout=deadline.cap(timeout),
+                check=False,
+            )
+        except subprocess.TimeoutExpired:
+            raise BackendTimeout(f"{argv[0]} {where} did not finish within {timeout:g} s"
+                                 ) from None
+        except FileNotFoundError:
+            raise ActionFailed(f"{cmd[0]} is not installed {where}") from None
+        if not (retry and proc.returncode == SSH_UNREACHABLE and attempt < SSH.max_attempts
+                and SSH.retries("exit-255", idempotent=True) and deadline.remaining() > 1):
+            break
+        time.sleep(min(0.5 * attempt, deadline.remaining() / 2))
     if check and proc.returncode != 0:
         detail = _last_line(proc.stderr)
         if not is_local(host) and proc.returncode == SSH_UNREACHABLE:
@@ -103,7 +117,7 @@ def run(
 def holds(host: str | None, argv: Sequence[str], *, timeout: float) -> bool:
     """Whether a test such as ``test -d PATH`` holds on ``host``; a host that cannot be reached
     raises (ssh's 255 is not "no")."""
-    proc = run(host, argv, timeout=timeout, check=False)
+    proc = run(host, argv, timeout=timeout, check=False, idempotent=True)
     if not is_local(host) and proc.returncode == SSH_UNREACHABLE:
         detail = _last_line(proc.stderr)
         raise BackendUnavailable(f"cannot reach {host} over ssh ({detail or 'exit 255'})",

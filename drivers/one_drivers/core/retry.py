@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 from one_drivers.core import log
 from one_drivers.core.errors import BackendTimeout
@@ -60,6 +60,33 @@ def action_timeout(action: str, settings: Any, default: float) -> float:
     return value
 
 
+class RetryPolicy(NamedTuple):
+    """Which errors of a backend are worth another try, by the backend's own error kinds (never
+    by message text). ``not_started``: the call provably did nothing (it could not take the
+    domain's job lock, say): retried whatever the call. ``unknown_outcome``: it may have
+    happened (a dropped RPC): retried only for idempotent calls, where twice is once; a
+    migration, a device attach or a domain creation is never repeated after one of these."""
+
+    backend: str
+    not_started: frozenset[str]
+    unknown_outcome: frozenset[str]
+    max_attempts: int = 6
+
+    def retries(self, kind: str, *, idempotent: bool) -> bool:
+        return kind in self.not_started or (idempotent and kind in self.unknown_outcome)
+
+
+LIBVIRT = RetryPolicy(
+    "libvirt",
+    # "cannot acquire state change lock": another job holds the domain, ours never began
+    not_started=frozenset({"VIR_ERR_OPERATION_TIMEOUT"}),
+    unknown_outcome=frozenset({"VIR_ERR_RPC", "VIR_ERR_AGENT_UNRESPONSIVE"}),
+)
+# ssh says only "255": the connection failed, before or while the command ran
+SSH = RetryPolicy("ssh", not_started=frozenset(), unknown_outcome=frozenset({"exit-255"}),
+                  max_attempts=3)
+
+
 def retrying(
     deadline: Deadline,
     *,
@@ -67,9 +94,11 @@ def retrying(
     what: str,
     max_attempts: int = 8,
     max_wait: float = 2.0,
+    retry_if: Callable[[BaseException], bool] | None = None,
 ) -> tenacity.Retrying:
     """A tenacity policy for transient errors: jittered exponential back-off, bounded by the
-    deadline and an attempt count, original exception re-raised when it gives up."""
+    deadline and an attempt count, original exception re-raised when it gives up. ``retry_if``
+    narrows ``retry_on`` (a :class:`RetryPolicy`'s decision)."""
     import tenacity
 
     class _stop_at_deadline(tenacity.stop.stop_base):
@@ -83,7 +112,8 @@ def retrying(
     return tenacity.Retrying(
         stop=tenacity.stop_after_attempt(max_attempts) | _stop_at_deadline(),
         wait=tenacity.wait_random_exponential(multiplier=0.05, max=max_wait),
-        retry=tenacity.retry_if_exception_type(retry_on),
+        retry=tenacity.retry_if_exception(
+            lambda exc: isinstance(exc, retry_on) and (retry_if is None or retry_if(exc))),
         before_sleep=_announce,
         reraise=True,
     )

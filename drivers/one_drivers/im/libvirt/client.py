@@ -58,6 +58,7 @@ class Options(NamedTuple):
     pci_filter: str
     ds_location: str = DEFAULT_DS_LOCATION
     resend_after: float = RESEND_AFTER
+    one_version: str = ""  # OpenNebula's, from the remotes' VERSION file
 
 
 class Store:
@@ -121,7 +122,7 @@ class Client:
         if "SYSTEM_HOST" in groups:
             out.append(Message("SYSTEM_HOST", True, hid,
                                probes.system_host(self.conn, doms, self.opts.pci_filter,
-                                                  self.opts.ds_location)))
+                                                  self.opts.ds_location, self.opts.one_version)))
         host_cpu = self.store.data.get("host_cpu")
         if "MONITOR_HOST" in groups:
             text, host_cpu = probes.monitor_host(self.conn, host_cpu, now)

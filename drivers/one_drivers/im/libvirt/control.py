@@ -72,7 +72,20 @@ def options(call: Call) -> Options:
                    os.path.join(state_dir, f"host-{conf.host_id}.json"), uri,
                    settings.get("PCI_FILTER") or "",
                    conf.opt("DATASTORE_LOCATION") or DEFAULT_DS_LOCATION,
-                   settings.float("STATE_RESEND_AFTER", 35))
+                   settings.float("STATE_RESEND_AFTER", 35),
+                   one_version(call.extras.get("remotes")))
+
+
+def one_version(remotes: str | None) -> str:
+    """The last line of the remotes tree's VERSION file (OpenNebula's, synced with it)."""
+    if not remotes:
+        return ""
+    try:
+        with open(os.path.join(remotes, "VERSION"), encoding="utf-8") as fh:
+            lines = [ln.strip() for ln in fh if ln.strip()]
+    except OSError:
+        return ""
+    return lines[-1][:64] if lines else ""
 
 
 def _pidfile(opts: Options) -> str:

@@ -204,15 +204,17 @@ def local_datastores(location: str) -> list[str]:
 
 
 def system_host(conn: Any, doms: list[Domain], pci_filter: str = "",
-                ds_location: str = "") -> str:
-    """SYSTEM_HOST: what the host is (changes rarely)."""
+                ds_location: str = "", one_version: str = "") -> str:
+    """SYSTEM_HOST: what the host is (changes rarely). VERSION is OpenNebula's, of the remotes
+    the host runs (their VERSION file, as upstream's probe sends it: oned compares it with its
+    own to tell hosts whose remotes are out of date); ours goes as ONE_DRIVERS_VERSION."""
     _model, mem_kib, cpus, mhz, *_topology = conn.getInfo()
     caps = ET.fromstring(conn.getCapabilities())  # noqa: S314 - libvirt's own output
     arch = caps.findtext("host/cpu/arch") or platform.machine()
     lines = ["HYPERVISOR=kvm", f"TOTALCPU={cpus * 100}", f"CPUSPEED={mhz}",
              f"TOTALMEMORY={_meminfo().get('MemTotal', mem_kib * 1024 // 1024)}",
              f'ARCH="{arch}"', f'MODELNAME="{_cpu_model_name()}"',
-             f'HOSTNAME="{socket.gethostname()}"', f'VERSION="one-drivers {__version__}"',
+             f'HOSTNAME="{socket.gethostname()}"', f'ONE_DRIVERS_VERSION="{__version__}"',
              f'KVM_CPU_MODEL="{caps.findtext("host/cpu/model") or ""}"',
              f"CGROUPS_VERSION={cgroups_version()}"]
     try:
@@ -224,6 +226,8 @@ def system_host(conn: Any, doms: list[Domain], pci_filter: str = "",
     lines.append(f'KVM_MACHINES="{" ".join(machines)}"')
     features = [f.get("name") or "" for f in caps.iterfind("host/cpu/feature")]
     lines.append(f'KVM_CPU_FEATURES="{",".join(features)}"')
+    if one_version:
+        lines.append(f"VERSION={quoted(one_version)}")
     lines += emulator(caps, arch)
     lines += numa_topology(caps)
     if pci_filter:

@@ -39,7 +39,7 @@ def delete_vm_dir(call: Call, where: HostPath) -> None:
     vmid = call.args["vmid"]
     path = vm_dir_of(where, vmid)
     timeout = call.deadline.cap(call.settings.float("SSH_TIMEOUT", 60), f"removing {path}")
-    remote.run(where.host, ["rm", "-rf", "--", path], timeout=timeout)
+    remote.run(where.host, ["rm", "-rf", "--", path], timeout=timeout, idempotent=True)
     log.info(f"removed {where.host}:{path}")
     settings = call.settings
     try:
@@ -146,7 +146,8 @@ def copy_dir(src: HostPath, src_dir: str, dst: HostPath, dst_dir: str,
 
 def same_directory(host: str, path: str, nonce: str, timeout: float) -> bool:
     """Whether ``host:path`` holds the copy marked with ``nonce`` (then it is the copy)."""
-    proc = remote.run(host, ["cat", "--", f"{path}/{MARKER}"], timeout=timeout, check=False)
+    proc = remote.run(host, ["cat", "--", f"{path}/{MARKER}"], timeout=timeout, check=False,
+                      idempotent=True)
     return proc.returncode == 0 and proc.stdout.decode().strip() == nonce
 
 

@@ -21,14 +21,23 @@ from one_drivers.core.errors import (
     NotFound,
     PermissionDenied,
 )
-from one_drivers.core.retry import Deadline, call_with_timeout, retrying
+from one_drivers.core.retry import LIBVIRT, Deadline, call_with_timeout, retrying
 
 T = TypeVar("T")
 DEFAULT_URI = "qemu:///system"
 
 
 class Transient(Exception):
-    """A libvirt error worth another try (the domain is busy, the RPC dropped)."""
+    """A libvirt error of a kind :data:`one_drivers.core.retry.LIBVIRT` may retry."""
+
+    def __init__(self, text: str, kind: str) -> None:
+        super().__init__(text)
+        self.kind = kind
+
+
+def _kind_names(lv: Any) -> dict[int, str]:
+    return {getattr(lv, n): n for n in dir(lv) if n.startswith("VIR_ERR_")
+            and isinstance(getattr(lv, n), int)}
 
 
 def _libvirt() -> Any:
@@ -52,8 +61,10 @@ class Hypervisor:
         self.subject = subject
         self.uri = uri or uri_for(settings)
         self.lv = _libvirt()
+        self.kinds = _kind_names(self.lv)
         self.call_timeout = settings.float("LIBVIRT_TIMEOUT", 30)
-        self.conn = self.call(self.lv.open, self.uri, what=f"connecting to libvirt at {self.uri}")
+        self.conn = self.retryable(self.lv.open, self.uri,
+                                   what=f"connecting to libvirt at {self.uri}")
 
     def close(self) -> None:
         try:
@@ -62,10 +73,14 @@ class Hypervisor:
             return
 
     def call(self, fn: Callable[..., T], *args: Any, what: str,
-             timeout: float | None = None) -> T:
-        """``fn(*args)`` with a timeout (LIBVIRT_TIMEOUT unless given), transient errors retried,
-        errors translated."""
-        policy = retrying(self.deadline, retry_on=(Transient,), what=what, max_attempts=6)
+             timeout: float | None = None, idempotent: bool = False) -> T:
+        """``fn(*args)`` with a timeout (LIBVIRT_TIMEOUT unless given), errors translated, and
+        retried as :data:`~one_drivers.core.retry.LIBVIRT` says: ``idempotent`` calls (reads,
+        set-to-a-value, destroy) also after errors whose outcome is unknown."""
+        policy = retrying(self.deadline, retry_on=(Transient,), what=what,
+                          max_attempts=LIBVIRT.max_attempts,
+                          retry_if=lambda exc: LIBVIRT.retries(
+                              getattr(exc, "kind", ""), idempotent=idempotent))
         try:
             for attempt in policy:
                 with attempt:
@@ -75,7 +90,10 @@ class Hypervisor:
                     except self.lv.libvirtError as exc:
                         raise self._translate(exc, what) from None
         except Transient as exc:
-            raise ActionFailed(f"{what} kept failing: {exc}") from None
+            if exc.kind == "VIR_ERR_RPC":
+                raise BackendUnavailable(f"libvirt at {self.uri} went away during {what} ({exc})",
+                                         subject=self.subject) from None
+            raise ActionFailed(f"{what} failed: {exc}", subject=self.subject) from None
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _translate(self, exc: Any, what: str) -> Exception:
@@ -89,14 +107,19 @@ class Hypervisor:
         if code in (lv.VIR_ERR_NO_CONNECT, lv.VIR_ERR_SYSTEM_ERROR) and "connect" in text.lower():
             return BackendUnavailable(f"cannot reach libvirt at {self.uri} ({text})",
                                       subject=self.subject, hint="is libvirtd running?")
-        if code in (lv.VIR_ERR_OPERATION_TIMEOUT,) or "in use" in text or "busy" in text:
-            return Transient(text)
-        if code == lv.VIR_ERR_RPC and "connection" not in text.lower():
-            return Transient(text)
-        if code in (lv.VIR_ERR_RPC, lv.VIR_ERR_INTERNAL_ERROR) and "connection" in text.lower():
+        kind = self.kinds.get(code, "")
+        if kind in LIBVIRT.not_started | LIBVIRT.unknown_outcome:
+            return Transient(text, kind)
+        if code == lv.VIR_ERR_INTERNAL_ERROR and "connection" in text.lower():
             return BackendUnavailable(f"libvirt at {self.uri} went away ({text})",
                                       subject=self.subject)
         return ActionFailed(f"{what} failed: {text}", subject=self.subject)
+
+    def retryable(self, fn: Callable[..., T], *args: Any, what: str,
+                  timeout: float | None = None) -> T:
+        """:meth:`call` for a call that may be repeated (a read, a set-to-a-value, destroy):
+        retried also after errors whose outcome is unknown."""
+        return self.call(fn, *args, what=what, timeout=timeout, idempotent=True)
 
     # -- domains ------------------------------------------------------------------------------
     def domain(self, deploy_id: str) -> Any | None:
@@ -104,7 +127,7 @@ class Hypervisor:
         lookup = (self.conn.lookupByUUIDString if _is_uuid(deploy_id)
                   else self.conn.lookupByName)
         try:
-            return self.call(lookup, deploy_id, what=f"looking up domain {deploy_id}")
+            return self.retryable(lookup, deploy_id, what=f"looking up domain {deploy_id}")
         except NotFound:
             return None
 
@@ -119,7 +142,7 @@ class Hypervisor:
         """libvirt's VIR_DOMAIN_* state; None when the domain is gone (a transient one that
         stopped)."""
         try:
-            state: int = self.call(dom.state, 0, what="reading the domain state")[0]
+            state: int = self.retryable(dom.state, 0, what="reading the domain state")[0]
             return state
         except NotFound:
             return None

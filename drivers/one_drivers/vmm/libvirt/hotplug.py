@@ -27,7 +27,7 @@ def _vm(call: Call) -> VM:
 
 
 def _live_xml(hv: Hypervisor, dom: Any) -> str:
-    return str(hv.call(dom.XMLDesc, 0, what="reading the domain XML"))
+    return str(hv.retryable(dom.XMLDesc, 0, what="reading the domain XML"))
 
 
 def _attached_disk(vm: VM) -> Disk:
@@ -127,23 +127,23 @@ def resize(call: Call) -> None:
     with host_hypervisor(call) as hv:
         dom = hv.require(call.args["deploy_id"])
         if vcpus:
-            maximum = int(hv.call(dom.vcpusFlags, hv.lv.VIR_DOMAIN_VCPU_MAXIMUM | LIVE,
+            maximum = int(hv.retryable(dom.vcpusFlags, hv.lv.VIR_DOMAIN_VCPU_MAXIMUM | LIVE,
                                   what="reading the vCPU maximum"))
             if vcpus > maximum:
                 raise BadInput(f"VCPU={vcpus} exceeds the {maximum} the VM was started with",
                                hint="raise VCPU_MAX and restart the VM")
-            hv.call(dom.setVcpusFlags, vcpus, LIVE, what=f"setting {vcpus} vCPUs")
+            hv.retryable(dom.setVcpusFlags, vcpus, LIVE, what=f"setting {vcpus} vCPUs")
         if memory_mb:
             # the balloon gives back up to the memory the VM started with, not beyond; more
             # needs DIMM hot-plug (MEMORY_RESIZE_MODE=HOTPLUG), which this driver does not do
-            started_mb = int(hv.call(dom.maxMemory, what="reading the VM's memory")) // 1024
+            started_mb = int(hv.retryable(dom.maxMemory, what="reading the VM's memory")) // 1024
             if memory_mb > started_mb:
                 mode = template.opt("MEMORY_RESIZE_MODE") or "BALLOON"
                 raise BadInput(f"MEMORY={memory_mb} MB exceeds the {started_mb} MB the VM was "
                                f"started with (MEMORY_RESIZE_MODE={mode})",
                                hint="memory hot-plug (HOTPLUG) is not supported by this driver: "
                                     "resize it powered off")
-            hv.call(dom.setMemoryFlags, memory_mb * 1024, LIVE,
+            hv.retryable(dom.setMemoryFlags, memory_mb * 1024, LIVE,
                     what=f"setting memory to {memory_mb} MB")
 
 
@@ -155,5 +155,5 @@ def resize_disk(call: Call) -> None:
         raise BadInput(f"disk {a['disk_id']} has no TARGET in the VM document")
     with host_hypervisor(call) as hv:
         dom = hv.require(a["deploy_id"])
-        hv.call(dom.blockResize, disk.target, a["size_mb"] << 20, RESIZE_BYTES,
+        hv.retryable(dom.blockResize, disk.target, a["size_mb"] << 20, RESIZE_BYTES,
                 what=f"resizing disk {disk.target} to {a['size_mb']} MB")

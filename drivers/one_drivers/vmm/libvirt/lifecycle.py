@@ -68,7 +68,7 @@ def shutdown(call: Call) -> None:
         presses = 0
         while True:
             try:
-                hv.call(dom.shutdown, what="pressing the ACPI power button")
+                hv.retryable(dom.shutdown, what="pressing the ACPI power button")
             except (ActionFailed, NotFound) as exc:
                 if _gone_or_off(hv, dom):  # it went while we pressed
                     return
@@ -95,7 +95,7 @@ def shutdown(call: Call) -> None:
 
 def _destroy(hv: Hypervisor, dom: Any) -> None:
     try:
-        hv.call(dom.destroy, what="destroying the domain")
+        hv.retryable(dom.destroy, what="destroying the domain")
     except (ActionFailed, NotFound):
         if not _gone_or_off(hv, dom):
             raise

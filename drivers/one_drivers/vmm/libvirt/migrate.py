@@ -68,8 +68,8 @@ def migrate(call: Call) -> None:
         params, flags = migration_params(src.lv, settings, a["dst_host"])
         max_downtime = settings.int("MIGRATE_MAX_DOWNTIME", 0)  # ms
         if max_downtime:
-            src.call(dom.migrateSetMaxDowntime, max_downtime, 0, what="setting the downtime")
-        xml = src.call(dom.XMLDesc, 0, what="reading the domain XML")
+            src.retryable(dom.migrateSetMaxDowntime, max_downtime, 0, what="setting the downtime")
+        xml = src.retryable(dom.XMLDesc, 0, what="reading the domain XML")
         try:
             src.call(dom.migrate3, dst.conn, params, flags, what=f"migrating to {a['dst_host']}",
                      timeout=call.deadline.remaining())
@@ -88,12 +88,12 @@ def _judge_failure(call: Call, src: Hypervisor, dst: Hypervisor, dom: Any,
     source_runs = leftover is not None and src.state(leftover) == RUNNING
     if arrived is not None and dst.state(arrived) == RUNNING and not source_runs:
         if leftover is not None and src.state(leftover) is not None:
-            src.call(leftover.destroy, what="removing the paused source copy")
+            src.retryable(leftover.destroy, what="removing the paused source copy")
         log.info(f"WARNING: the migration reported an error ({exc}) but the guest runs on "
                  f"{call.args['dst_host']}: counted as migrated")
         return
     if arrived is not None:  # a paused, incomplete copy
-        dst.call(arrived.destroy, what="removing the incomplete copy on the destination")
+        dst.retryable(arrived.destroy, what="removing the incomplete copy on the destination")
     with_source = src.domain(deploy_id)
     if with_source is not None and src.state(with_source) == PAUSED:
         src.call(with_source.resume, what="resuming the guest on the source")
@@ -101,7 +101,7 @@ def _judge_failure(call: Call, src: Hypervisor, dst: Hypervisor, dom: Any,
 
 
 def _host_uuid(hv: Hypervisor) -> str:
-    caps = hv.call(hv.conn.getCapabilities, what="reading the host's capabilities")
+    caps = hv.retryable(hv.conn.getCapabilities, what="reading the host's capabilities")
     found = ET.fromstring(caps).findtext("host/uuid")  # noqa: S314 - libvirt's own output
     return (found or "").strip()
 

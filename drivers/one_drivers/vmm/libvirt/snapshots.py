@@ -101,7 +101,7 @@ def snapshot_create(call: Call) -> str:
     name = f"snap-{call.args['snap_id']}"
     with host_hypervisor(call) as hv:
         dom = hv.require(call.args["deploy_id"])
-        domain = _parse(hv.call(dom.XMLDesc, 0, what="reading the domain XML"))
+        domain = _parse(hv.retryable(dom.XMLDesc, 0, what="reading the domain XML"))
         disks = rbd_disks(domain)
         if not disks:
             return _internal_create(hv, dom, domain, name)
@@ -137,16 +137,17 @@ def snapshot_revert(call: Call) -> None:
     name = call.args["snapshot"]
     with host_hypervisor(call) as hv:
         dom = hv.domain(call.args["deploy_id"])
-        domain = _parse(hv.call(dom.XMLDesc, 0, what="reading the domain XML")) if dom else None
+        domain = _parse(hv.retryable(dom.XMLDesc, 0, what="reading the domain XML")) \
+            if dom else None
         record = _load_record(_vm_dir(call, domain), name)
         if record is None:
             if dom is None:
                 raise NotFound(f"domain {call.args['deploy_id']} does not exist")
-            snap = hv.call(dom.snapshotLookupByName, name, 0, what=f"looking up {name}")
+            snap = hv.retryable(dom.snapshotLookupByName, name, 0, what=f"looking up {name}")
             hv.call(dom.revertToSnapshot, snap, 0, what=f"reverting to snapshot {name}")
             return
         if dom is not None:
-            hv.call(dom.destroy, what="stopping the guest to revert it")
+            hv.retryable(dom.destroy, what="stopping the guest to revert it")
         with _images(call, record["disks"]) as images:
             for disk, image in images:
                 image.rollback_to_snap(rbd_snap_name(name))
@@ -162,7 +163,8 @@ def snapshot_delete(call: Call) -> None:
     name = call.args["snapshot"]
     with host_hypervisor(call) as hv:
         dom = hv.domain(call.args["deploy_id"])
-        domain = _parse(hv.call(dom.XMLDesc, 0, what="reading the domain XML")) if dom else None
+        domain = _parse(hv.retryable(dom.XMLDesc, 0, what="reading the domain XML")) \
+            if dom else None
         vm_dir = _vm_dir(call, domain)
         record = _load_record(vm_dir, name)
         if record is not None:
@@ -176,7 +178,7 @@ def snapshot_delete(call: Call) -> None:
             return
         if dom is not None:
             try:
-                snap = hv.call(dom.snapshotLookupByName, name, 0, what=f"looking up {name}")
+                snap = hv.retryable(dom.snapshotLookupByName, name, 0, what=f"looking up {name}")
                 hv.call(snap.delete, 0, what=f"deleting snapshot {name}")
             except NotFound:
                 log.info(f"snapshot {name} is already gone")
@@ -186,14 +188,14 @@ def snapshot_delete(call: Call) -> None:
 
 def _internal_create(hv: Hypervisor, dom: Any, domain: ET.Element, name: str) -> str:
     try:
-        snap = hv.call(dom.snapshotLookupByName, name, 0, what=f"looking up {name}")
+        snap = hv.retryable(dom.snapshotLookupByName, name, 0, what=f"looking up {name}")
         log.info(f"snapshot {name} already exists")
     except NotFound:
         xml = f"<domainsnapshot><name>{name}</name></domainsnapshot>"
         snap = hv.call(dom.snapshotCreateXML, xml, 0, what=f"creating snapshot {name}")
     vm_dir = system_datastore_dir(domain)
     if vm_dir and os.path.isdir(vm_dir):
-        xml = hv.call(snap.getXMLDesc, 0, what=f"reading snapshot {name}")
+        xml = hv.retryable(snap.getXMLDesc, 0, what=f"reading snapshot {name}")
         write_atomic(os.path.join(vm_dir, f"{name}.xml"), xml)
     return name
 
