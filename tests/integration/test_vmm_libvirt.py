@@ -648,3 +648,27 @@ def test_shutdown_presses_again_until_the_guest_listens(vm, tmp_path):
     assert "ignored ACPI" not in err and "powered off after" in err, err
     assert "one-lab-guest: power button, shutting down" in vm.console.log.read_text(
         errors="replace")
+
+
+def test_cancel_no_acpi_destroys_a_guest_without_acpi_at_once(vm, tmp_path):
+    """CANCEL_NO_ACPI=yes: a guest deployed without ACPI cannot hear the power button, so
+    shutdown destroys it without waiting ACPI_TIMEOUT (600 s here: a wait would time the test
+    out). Positive control: with ACPI the same settings press the button (the guest powers
+    itself off)."""
+    from one_drivers.core.remotes import install
+
+    remotes = tmp_path / "remotes"
+    install(remotes, python=sys.executable)
+    conf = remotes / "etc" / "vmm" / "libvirt" / "libvirt.conf"
+    conf.write_text(conf.read_text() + "\nACPI_TIMEOUT=600\nCANCEL_NO_ACPI=yes\n")
+    vm.remotes = remotes
+    vm.deploy(acpi=False)
+    vm.console.wait_for(READY)
+    res = vm.run("shutdown", vm.deploy_id, HOST)
+    assert res.returncode == 0, res.stderr
+    assert "has no ACPI (CANCEL_NO_ACPI): destroying it" in res.stderr and vm.state() is None
+    vm.deploy(acpi=True)
+    vm.console.wait_for(READY)
+    res = vm.run("shutdown", vm.deploy_id, HOST)
+    assert res.returncode == 0 and "CANCEL_NO_ACPI" not in res.stderr, res.stderr
+    assert "power button, shutting down" in vm.console.log.read_text(errors="replace")

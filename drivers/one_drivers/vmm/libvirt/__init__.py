@@ -59,6 +59,8 @@ DRIVER = Driver(
                          "empty: oned's default /usr/bin/qemu-kvm-one)"),
         "ACPI_PRESS_INTERVAL": ("5", "seconds between presses of the power button while the "
                                      "guest runs (a guest still booting loses a press)"),
+        "CANCEL_NO_ACPI": ("no", "yes: shutdown of a guest without ACPI destroys it at once "
+                                 "(it cannot hear the power button), as upstream's kvmrc"),
         "FORCE_DESTROY": ("yes", "destroy a guest that ignored ACPI for ACPI_TIMEOUT"),
         "DETACH_TIMEOUT": ("20", "seconds a guest gets to release a hot-unplugged device"),
         "DEFAULT_ATTACH_CACHE": ("none", "cache of hot-plugged disks without CACHE"),

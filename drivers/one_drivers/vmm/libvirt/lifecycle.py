@@ -64,6 +64,10 @@ def shutdown(call: Call) -> None:
         if dom is None or _gone_or_off(hv, dom):
             log.info(f"domain {deploy_id} is already gone")
             return
+        if settings.bool("CANCEL_NO_ACPI", False) and not _has_acpi(hv, dom):
+            log.info(f"domain {deploy_id} has no ACPI (CANCEL_NO_ACPI): destroying it")
+            _destroy(hv, dom)
+            return
         end = time.monotonic() + timeout
         presses = 0
         while True:
@@ -91,6 +95,11 @@ def shutdown(call: Call) -> None:
                                hint="the guest ignores ACPI; use poweroff --hard")
         log.info(f"domain {deploy_id} ignored ACPI for {timeout:g} s: destroying it")
         _destroy(hv, dom)
+
+
+def _has_acpi(hv: Hypervisor, dom: Any) -> bool:
+    xml = ET.fromstring(hv.retryable(dom.XMLDesc, 0, what="reading the domain XML"))  # noqa: S314
+    return xml.find("features/acpi") is not None
 
 
 def _destroy(hv: Hypervisor, dom: Any) -> None:
