@@ -672,3 +672,43 @@ def test_cancel_no_acpi_destroys_a_guest_without_acpi_at_once(vm, tmp_path):
     res = vm.run("shutdown", vm.deploy_id, HOST)
     assert res.returncode == 0 and "CANCEL_NO_ACPI" not in res.stderr, res.stderr
     assert "power button, shutting down" in vm.console.log.read_text(errors="replace")
+
+
+def test_live_migration_copies_the_disks_of_a_local_system_datastore(vm, two_hosts, lab_env):
+    """A system datastore that is not shared (TM ssh): the VM's disk files are each host's own.
+    The migration copies them with the memory (libvirt's non-shared-disk migration, as
+    upstream's --copy-storage-all); the RBD disk is not copied. The destination's file starts
+    empty (as TM premigrate leaves it), so what the guest wrote can only get there by the copy."""
+    import libvirt
+
+    remotes, made = two_hosts
+    ds_dir = f"/var/lib/one/datastores/198/{vm.id}"
+    here, there = Path(ds_dir), Path(lab_env["ONE_LAB_HOST_DATASTORES"]) / "198" / str(vm.id)
+    for d in (here, there):
+        d.mkdir(parents=True, exist_ok=True)
+        made.append(d)
+        with open(d / "disk.1", "wb") as fh:
+            fh.truncate(8 << 20)
+    vm.dir = here
+    vm.console = GuestConsole(here / "console")
+    local = (f"<disk type='file' device='disk'><source file='{here / 'disk.1'}'/>"
+             "<target dev='vdb' bus='virtio'/><driver name='qemu' type='raw'/></disk><serial")
+    vm.deploy_id = vm.ok("deploy", str(here / "deployment.0"), HOST,
+                         stdin=vm.domain().replace("<serial", local, 1))
+    vm.console.wait_for(READY)
+    vm.console.run("printf travelling-disk > /dev/vdb; sync")
+    vm.remotes = remotes
+    res = vm.run("migrate", vm.deploy_id, "one-lab-host", HOST,
+                 stdin=vm.action_data(tm_mad="ssh"))
+    assert res.returncode == 0, res.stderr
+    assert "copying the local disks vdb with the migration" in res.stderr
+    assert vm.state() is None, "gone from the source"
+    dst = libvirt.open(lab_env["ONE_LAB_HOST_LIBVIRT_URI"])
+    try:
+        moved = dst.lookupByUUIDString(vm.deploy_id)
+        assert moved.state()[0] == 1
+        assert GuestConsole(there / "console").run("head -c 15 /dev/vdb") == "travelling-disk"
+        assert (there / "disk.1").read_bytes()[:15] == b"travelling-disk", "copied there"
+        moved.destroy()
+    finally:
+        dst.close()

@@ -1,4 +1,8 @@
-"""Live migration over libvirt's API with shared RBD disks (nothing is copied but memory).
+"""Live migration over libvirt's API: shared RBD disks stay where they are (only memory moves);
+the disks of a system datastore that is not shared (TM ssh: files in the VM directory of each
+host) are copied by libvirt as part of the migration, as upstream's kvm driver does with
+``--copy-storage-all`` (TM premigrate has made the VM directory on the destination, postmigrate
+removes the source's).
 
 The driver opens both hosts (the destination as LIBVIRT_REMOTE_URI with ``{host}`` filled in) and
 asks libvirt to migrate. The outcome is judged by where the guest runs afterwards, not by the
@@ -70,12 +74,43 @@ def migrate(call: Call) -> None:
         if max_downtime:
             src.retryable(dom.migrateSetMaxDowntime, max_downtime, 0, what="setting the downtime")
         xml = src.retryable(dom.XMLDesc, 0, what="reading the domain XML")
+        local = local_disks(xml) if not _system_ds_shared(call) else []
+        if local:
+            flags |= src.lv.VIR_MIGRATE_NON_SHARED_DISK
+            params[src.lv.VIR_MIGRATE_PARAM_MIGRATE_DISKS] = local
+            log.info(f"copying the local disks {', '.join(local)} with the migration")
         try:
             src.call(dom.migrate3, dst.conn, params, flags, what=f"migrating to {a['dst_host']}",
                      timeout=call.deadline.remaining())
         except DriverError as exc:
             _judge_failure(call, src, dst, dom, exc)
         _redefine_snapshots(dst, a["deploy_id"], xml)
+
+
+def _system_ds_shared(call: Call) -> bool:
+    """Whether the VM's system datastore is shared between hosts (oned's SHARED, from the TM's
+    TM_MAD_CONF: NO for ssh); unknown is shared (nothing is copied)."""
+    datastore = call.doc.datastore
+    shared = (datastore.template.get("SHARED") or "").upper()
+    if shared in ("YES", "NO"):
+        return shared == "YES"
+    return (datastore.tm_mad or "") != "ssh"
+
+
+def local_disks(domain_xml: str) -> list[str]:
+    """Targets of the writable file and block disks (the host's own copies); network (RBD)
+    disks and CD-ROMs (the context ISO, made again on the destination) are not copied."""
+    root = ET.fromstring(domain_xml)  # noqa: S314 - libvirt's own output
+    out = []
+    for disk in root.iterfind("devices/disk"):
+        if disk.get("type") not in ("file", "block") or disk.get("device") != "disk":
+            continue
+        if disk.find("readonly") is not None or disk.find("source") is None:
+            continue
+        target = disk.find("target")
+        if target is not None and target.get("dev"):
+            out.append(str(target.get("dev")))
+    return out
 
 
 def _judge_failure(call: Call, src: Hypervisor, dst: Hypervisor, dom: Any,
