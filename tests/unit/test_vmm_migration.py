@@ -35,8 +35,11 @@ class FakeHv:
     def state(self, dom: FakeDomain) -> int | None:
         return dom.current or None
 
-    def call(self, fn, *args, what: str, timeout: float | None = None):
+    def call(self, fn, *args, what: str, timeout: float | None = None,
+             idempotent: bool = False):
         return fn(*args)
+
+    retryable = call
 
 
 def judge(src: FakeDomain | None, dst: FakeDomain | None) -> None:
