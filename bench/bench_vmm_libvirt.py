@@ -49,6 +49,19 @@ def upstream_shutdown(uri: str, deploy_id: str, timeout: int = TIMEOUT) -> None:
     time.sleep(4)
 
 
+def _deploy(remotes: Path, work: Path, xml: str) -> str:
+    return subprocess.run([str(remotes / "vmm/libvirt/deploy"), str(work / "deployment.0"),
+                           "node1", str(VM_ID), "node1"], input=xml, capture_output=True,
+                          text=True, check=True).stdout.strip()
+
+
+def _shutdown(remotes: Path, deploy_id: str) -> None:
+    subprocess.run([str(remotes / "vmm/libvirt/shutdown"), deploy_id, "node1", str(VM_ID),
+                    "node1"], capture_output=True, check=True,
+                   input=f"<VMM_DRIVER_ACTION_DATA><HOST>node1</HOST><VM><ID>{VM_ID}</ID></VM>"
+                         "</VMM_DRIVER_ACTION_DATA>".encode())
+
+
 def main() -> dict[str, float]:
     import libvirt
     import rados
@@ -82,18 +95,11 @@ def main() -> dict[str, float]:
             for label in ("ours", "upstream"):
                 xml = domain_xml(env, VM_ID, str(work), str(work / "console"),
                                  rbd_disks=[(f"one/{name}", "vda")], acpi=False)
-                deploy = subprocess.run([str(remotes / "vmm/libvirt/deploy"),
-                                         str(work / "deployment.0"), "node1", str(VM_ID),
-                                         "node1"], input=xml, capture_output=True, text=True,
-                                        check=True)
-                deploy_id = deploy.stdout.strip()
+                deploy_id = _deploy(remotes, work, xml)
                 GuestConsole(work / "console").wait_for("one-lab-guest: ready")
                 started = time.perf_counter()
                 if label == "ours":
-                    subprocess.run([str(remotes / "vmm/libvirt/shutdown"), deploy_id, "node1",
-                                    str(VM_ID), "node1"], capture_output=True, check=True,
-                                   input=f"<VMM_DRIVER_ACTION_DATA><HOST>node1</HOST><VM><ID>"
-                                         f"{VM_ID}</ID></VM></VMM_DRIVER_ACTION_DATA>".encode())
+                    _shutdown(remotes, deploy_id)
                 else:
                     upstream_shutdown(env["LIBVIRT_DEFAULT_URI"], deploy_id)
                 timings[label] = time.perf_counter() - started
@@ -137,16 +143,10 @@ def just_booted(env: dict[str, str], remotes: Path, work: Path, disk: str, conn:
     for label in ("ours", "upstream"):
         xml = domain_xml(env, VM_ID, str(work), str(work / "console"),
                          rbd_disks=[(f"one/{disk}", "vda")], acpi=True)
-        deploy = subprocess.run([str(remotes / "vmm/libvirt/deploy"), str(work / "deployment.0"),
-                                 "node1", str(VM_ID), "node1"], input=xml, capture_output=True,
-                                text=True, check=True)
-        deploy_id = deploy.stdout.strip()
+        deploy_id = _deploy(remotes, work, xml)
         started = time.perf_counter()
         if label == "ours":
-            subprocess.run([str(remotes / "vmm/libvirt/shutdown"), deploy_id, "node1",
-                            str(VM_ID), "node1"], capture_output=True, check=True,
-                           input=f"<VMM_DRIVER_ACTION_DATA><HOST>node1</HOST><VM><ID>"
-                                 f"{VM_ID}</ID></VM></VMM_DRIVER_ACTION_DATA>".encode())
+            _shutdown(remotes, deploy_id)
         else:
             upstream_shutdown(env["LIBVIRT_DEFAULT_URI"], deploy_id, UPSTREAM_TIMEOUT)
         timings[label] = time.perf_counter() - started
