@@ -86,6 +86,9 @@ def registration(node: Node) -> Iterator[Problem]:
             yield Problem("registration", f"cannot read {path}: {exc.strerror}",
                           "run doctor as oneadmin (OpenNebula's group reads it) or root")
             continue
+        except DriverError as exc:  # not the file OpenNebula ships
+            yield Problem("registration", str(exc), f"check {path}")
+            continue
         if missing:
             yield Problem("registration", f"{path} lacks the one-drivers registration",
                           f"run one-drivers oned-conf --merge {path}, then restart oned")

@@ -73,9 +73,10 @@ def test_a_front_end_registration(lab_env, tmp_path):
 
     etc = tmp_path / "one" / "etc"
     (etc / "vmm_exec").mkdir(parents=True)
-    (etc / "oned.conf").write_text('DATASTORE_MAD = [ EXECUTABLE = "one_datastore", '
-                                   'ARGUMENTS = "-t 15 -d dummy,fs" ]\n')
-    (etc / "monitord.conf").write_text('IM_MAD = [ NAME = "kvm", EXECUTABLE = "one_im_ssh" ]\n')
+    from tests.unit.test_conf_merge import MONITORD, ONED  # as OpenNebula ships them, trimmed
+
+    (etc / "oned.conf").write_text(ONED)
+    (etc / "monitord.conf").write_text(MONITORD)
     (etc / "vmm_exec" / "vmm_execrc").write_text('LIVE_DISK_SNAPSHOTS="kvm-qcow2"\n')
     remotes = tmp_path / "one" / "var" / "remotes"
     install(remotes)
