@@ -119,3 +119,64 @@ def test_file_cdrom_and_nic_xml():
 
 def cd_xml() -> str:
     return disk_xml(42, disk(TYPE="CDROM"), "hdb", "/x.iso", Settings([]))
+
+
+def test_an_attached_nic_carries_what_the_deployment_file_would():
+    """Bandwidth limits, the traffic filter with the NIC's addresses, the model and virtio queues
+    (auto: one per vCPU), exactly as oned writes them into a deployment file."""
+    nic = Nic(parse_xml("<NIC><NIC_ID>2</NIC_ID><MAC>02:00:00:00:00:02</MAC><IP>10.0.0.5</IP>"
+                        "<VROUTER_IP>10.0.0.1</VROUTER_IP><MODEL>virtio</MODEL>"
+                        "<VIRTIO_QUEUES>auto</VIRTIO_QUEUES><INBOUND_AVG_BW>1000</INBOUND_AVG_BW>"
+                        "<INBOUND_PEAK_KB>512</INBOUND_PEAK_KB>"
+                        "<OUTBOUND_PEAK_BW>2000</OUTBOUND_PEAK_BW></NIC>", what="nic"))
+    elem = ET.fromstring(nic_xml(
+        nic, mac="02:00:00:00:00:02", bridge="br0", model="-", vn_mad="ovsdb", target="t",
+        settings=Settings([{"DEFAULT_ATTACH_NIC_FILTER": "clean-traffic"}]), vcpus=3))
+    assert elem.find("model").get("type") == "virtio"
+    assert elem.find("driver").attrib == {"name": "vhost", "queues": "3"}
+    ref = elem.find("filterref")
+    assert ref.get("filter") == "clean-traffic"
+    assert [p.get("value") for p in ref.iter("parameter")] == ["10.0.0.5", "10.0.0.1"]
+    assert elem.find("bandwidth/inbound").attrib == {"average": "1000", "burst": "512"}
+    assert elem.find("bandwidth/outbound").attrib == {"peak": "2000"}
+    # no IP: no filter; nothing set: no bandwidth
+    bare = ET.fromstring(nic_xml(None, mac="m", bridge="b", model="e1000", vn_mad="bridge",
+                                 target="t", settings=Settings([{"DEFAULT_ATTACH_NIC_FILTER":
+                                                                 "clean-traffic"}])))
+    assert bare.find("filterref") is None and bare.find("bandwidth") is None
+    # tenant input that is not a number is refused, never written
+    bad = Nic(parse_xml("<NIC><MAC>m</MAC><INBOUND_AVG_BW>1' x='y</INBOUND_AVG_BW></NIC>",
+                        what="nic"))
+    with pytest.raises(BadInput, match="INBOUND_AVG_BW"):
+        nic_xml(bad, mac="m", bridge="b", model="virtio", vn_mad="ovsdb", target="t",
+                settings=Settings([]))
+
+
+def test_a_disk_of_a_ssh_system_datastore_is_attached_as_the_file_it_is():
+    """TM_MAD_SYSTEM=ssh: oned turns an RBD image's disk into TYPE=FILE, DISK_TYPE=FILE (the
+    TM copied it into the VM directory): attached as that file, not as the RBD image."""
+    elem = ET.fromstring(disk_xml(42, disk(TYPE="FILE", DISK_TYPE="FILE", SOURCE="one/one-7",
+                                           TM_MAD="rbd", CLONE="YES"),
+                                  "vdc", "/var/lib/one/datastores/0/42/disk.3", Settings([])))
+    assert elem.get("type") == "file"
+    assert elem.find("source").get("file") == "/var/lib/one/datastores/0/42/disk.3"
+
+
+def test_an_attached_disk_carries_iothread_queues_and_its_luks_secret():
+    elem = ET.fromstring(disk_xml(42, disk(TYPE="FILE", IOTHREAD="2", VIRTIO_BLK_QUEUES="auto",
+                                           LUKS_SECRET="9b1f-luks", CACHE="writeback",
+                                           IO="native", DISCARD="ignore"),
+                                  "vdc", "/x", Settings([]), iothreads=2, vcpus=4))
+    driver = elem.find("driver")
+    assert (driver.get("iothread"), driver.get("queues")) == ("2", "4")
+    assert (driver.get("cache"), driver.get("io"), driver.get("discard")) == (
+        "writeback", "native", "ignore")
+    assert elem.find("encryption").get("format") == "luks"
+    assert elem.find("encryption/secret").attrib == {"type": "passphrase", "uuid": "9b1f-luks"}
+    # an IOTHREAD out of range is spread over the VM's threads; no iothreads: none
+    spread = ET.fromstring(disk_xml(42, disk(TYPE="FILE", IOTHREAD="9"), "vdc", "/x",
+                                    Settings([]), iothreads=2)).find("driver")
+    assert spread.get("iothread") in ("1", "2")
+    plain = ET.fromstring(disk_xml(42, disk(TYPE="FILE"), "sdb", "/x", Settings([]),
+                                   iothreads=2, default_queues="2")).find("driver")
+    assert plain.get("iothread") is None and plain.get("queues") is None, "virtio only"

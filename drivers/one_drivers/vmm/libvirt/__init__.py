@@ -65,6 +65,10 @@ DRIVER = Driver(
         "DETACH_TIMEOUT": ("20", "seconds a guest gets to release a hot-unplugged device"),
         "DEFAULT_ATTACH_CACHE": ("none", "cache of hot-plugged disks without CACHE"),
         "DEFAULT_ATTACH_DISCARD": ("unmap", "discard of hot-plugged disks without DISCARD"),
+        "DEFAULT_ATTACH_NIC_FILTER": ("", "libvirt traffic filter for attached NICs with an IP "
+                                          "and no FILTER (vmm_exec_kvm.conf's NIC FILTER)"),
+        "DEFAULT_ATTACH_VIRTIO_QUEUES": ("", "virtio queues of attached NICs without VIRTIO_QUEUES "
+                                             "(a number or auto: one per vCPU)"),
         "DEFAULT_ATTACH_NIC_MODEL": ("virtio", "model of hot-plugged NICs without MODEL"),
         "LIBVIRT_TIMEOUT": ("30", "seconds a single libvirt call may take"),
         "ACTION_TIMEOUT": ("900", "seconds an action may take in total"),

@@ -31,9 +31,12 @@ def bus_for(target: str, disk: Disk) -> str:
     raise BadInput(f"disk {disk.disk_id}: cannot tell the bus of target {target!r}")
 
 
-def disk_xml(vm_id: int, disk: Disk, target: str, host_path: str, settings: Settings) -> str:
-    """The ``<disk>`` of a DISK: an RBD network disk with cephx for Ceph disks, else the file
-    the TM placed at ``host_path``."""
+def disk_xml(vm_id: int, disk: Disk, target: str, host_path: str, settings: Settings, *,
+             iothreads: int = 0, vcpus: int = 1, default_queues: str = "") -> str:
+    """The ``<disk>`` of a DISK, as the deployment file has it: an RBD network disk with cephx
+    for Ceph disks, else the file the TM placed at ``host_path``; cache, io and discard; on the
+    virtio bus its I/O thread (of the VM's FEATURES/IOTHREADS) and queues (VIRTIO_BLK_QUEUES,
+    auto: one per vCPU); its LUKS secret."""
     cfg = settings.over(disk)
     cdrom = disk.type == "CDROM"
     rbd = disk.type in ("RBD", "RBD_CDROM") or (disk.opt("DISK_TYPE") or "").upper() == "RBD"
@@ -46,6 +49,9 @@ def disk_xml(vm_id: int, disk: Disk, target: str, host_path: str, settings: Sett
         driver.set("discard", cfg.get("DISCARD") or cfg.get("DEFAULT_ATTACH_DISCARD") or "unmap")
     if cfg.get("IO"):
         driver.set("io", cfg.get("IO") or "")
+    bus = bus_for(target, disk)
+    if bus == "virtio" and not cdrom:
+        _virtio_options(driver, disk, iothreads, vcpus, default_queues)
     if rbd:
         spec, _, _ = disk_image(vm_id, disk, cfg)
         source = ET.SubElement(elem, "source", protocol="rbd", name=f"{spec.pool}/{spec.name}")
@@ -64,7 +70,10 @@ def disk_xml(vm_id: int, disk: Disk, target: str, host_path: str, settings: Sett
             ET.SubElement(auth, "secret", type="ceph", uuid=secret)
     else:
         ET.SubElement(elem, "source", file=host_path)
-    ET.SubElement(elem, "target", dev=target, bus=bus_for(target, disk))
+    ET.SubElement(elem, "target", dev=target, bus=bus)
+    if disk.opt("LUKS_SECRET"):
+        encryption = ET.SubElement(elem, "encryption", format="luks")
+        ET.SubElement(encryption, "secret", type="passphrase", uuid=disk.opt("LUKS_SECRET") or "")
     tune = [(name, disk.opt(name)) for name in IOTUNE if disk.opt(name)]
     if tune:
         iotune = ET.SubElement(elem, "iotune")
@@ -79,10 +88,33 @@ def disk_xml(vm_id: int, disk: Disk, target: str, host_path: str, settings: Sett
     return ET.tostring(elem, encoding="unicode")
 
 
+def _virtio_options(driver: ET.Element, disk: Disk, iothreads: int, vcpus: int,
+                    default_queues: str) -> None:
+    if iothreads > 0:
+        wanted = disk.opt("IOTHREAD") or ""
+        chosen = int(wanted) if wanted.isdigit() and 0 < int(wanted) <= iothreads \
+            else disk.disk_id % iothreads + 1
+        driver.set("iothread", str(chosen))
+    queues = disk.opt("VIRTIO_BLK_QUEUES") or default_queues
+    if queues.lower() == "auto":
+        queues = str(max(1, vcpus))
+    if queues:
+        if not queues.isdigit():
+            raise BadInput(f"disk {disk.disk_id}: VIRTIO_BLK_QUEUES={queues!r} is not a number "
+                           "or auto")
+        driver.set("queues", queues)
+
+
+BANDWIDTH = (("inbound", "INBOUND"), ("outbound", "OUTBOUND"))
+RATES = (("average", "AVG_BW"), ("peak", "PEAK_BW"), ("burst", "PEAK_KB"))
+
+
 def nic_xml(nic: Nic | None, *, mac: str, bridge: str, model: str, vn_mad: str, target: str,
-            settings: Settings) -> str:
-    """The ``<interface>`` attach_nic plugs: an Open vSwitch port for OVS networks (the VNM
-    driver's ``pre`` has already configured it), a Linux bridge port otherwise."""
+            settings: Settings, vcpus: int = 1) -> str:
+    """The ``<interface>`` attach_nic plugs, as the deployment file has it for the same NIC:
+    an Open vSwitch port for OVS networks (the VNM driver's ``pre`` has already configured
+    it), a Linux bridge port otherwise; its model and virtio queues, its traffic filter (FILTER
+    or DEFAULT_ATTACH_NIC_FILTER, for a NIC with an IP) and its bandwidth limits."""
     elem = ET.Element("interface", type="bridge")
     ET.SubElement(elem, "mac", address=mac)
     ET.SubElement(elem, "source", bridge=bridge)
@@ -91,11 +123,36 @@ def nic_xml(nic: Nic | None, *, mac: str, bridge: str, model: str, vn_mad: str, 
         ET.SubElement(elem, "virtualport", type="openvswitch")
     ET.SubElement(elem, "target", dev=target)
     if model in ("", "-"):
-        model = settings.get("DEFAULT_ATTACH_NIC_MODEL") or "virtio"
+        model = (nic.opt("MODEL") if nic is not None else None) \
+            or settings.get("DEFAULT_ATTACH_NIC_MODEL") or "virtio"
     ET.SubElement(elem, "model", type=model)
-    queues = nic.opt("VIRTIO_QUEUES") if nic is not None else None
-    if queues and queues.isdigit() and model == "virtio":
+    opt = nic.opt if nic is not None else (lambda _name: None)
+    queues = opt("VIRTIO_QUEUES") or settings.get("DEFAULT_ATTACH_VIRTIO_QUEUES") or ""
+    if queues.lower() == "auto":
+        queues = str(max(1, vcpus))
+    if queues and model == "virtio":
+        if not queues.isdigit():
+            raise BadInput(f"NIC {mac}: VIRTIO_QUEUES={queues!r} is not a number or auto")
         ET.SubElement(elem, "driver", name="vhost", queues=queues)
+    ip, filt = opt("IP"), opt("FILTER") or settings.get("DEFAULT_ATTACH_NIC_FILTER")
+    if ip and filt:
+        ref = ET.SubElement(elem, "filterref", filter=filt)
+        for address in (ip, opt("VROUTER_IP")):
+            if address:
+                ET.SubElement(ref, "parameter", name="IP", value=address)
+    limits: dict[str, dict[str, str]] = {}
+    for direction, prefix in BANDWIDTH:
+        rates = {attr: opt(f"{prefix}_{suffix}") for attr, suffix in RATES}
+        for attr, value in rates.items():
+            if value and not value.isdigit():
+                raise BadInput(f"NIC {mac}: {prefix}_{dict(RATES)[attr]}={value!r} is not a "
+                               "number")
+        if any(rates.values()):
+            limits[direction] = {k: v for k, v in rates.items() if v}
+    if limits:
+        bandwidth = ET.SubElement(elem, "bandwidth")
+        for direction, given in limits.items():
+            ET.SubElement(bandwidth, direction, given)
     return ET.tostring(elem, encoding="unicode")
 
 

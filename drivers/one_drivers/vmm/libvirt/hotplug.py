@@ -40,7 +40,11 @@ def _attached_disk(vm: VM) -> Disk:
 def attach_disk(call: Call) -> None:
     vm, a = _vm(call), call.args
     disk = _attached_disk(vm)
-    xml = disk_xml(vm.id, disk, a["target"], a["disk_path"], resolved(call.settings))
+    iothreads = vm.template.opt("FEATURES/IOTHREADS") or "0"
+    xml = disk_xml(vm.id, disk, a["target"], a["disk_path"], resolved(call.settings),
+                   iothreads=int(iothreads) if iothreads.isdigit() else 0,
+                   vcpus=vm.template.int("VCPU", 1),
+                   default_queues=vm.template.opt("FEATURES/VIRTIO_BLK_QUEUES") or "")
     with host_hypervisor(call) as hv:
         dom = hv.require(a["deploy_id"])
         if find_device(_live_xml(hv, dom), "disk", target=a["target"]) is not None:
@@ -78,7 +82,8 @@ def attach_nic(call: Call) -> None:
     vm = _vm(call)
     nic = next((n for n in vm.nics() if n.mac.lower() == a["mac"].lower()), None)
     xml = nic_xml(nic, mac=a["mac"], bridge=a["bridge"], model=a["model"], vn_mad=a["vn_mad"],
-                  target=a["target"], settings=resolved(call.settings))
+                  target=a["target"], settings=resolved(call.settings),
+                  vcpus=vm.template.int("VCPU", 1))
     with host_hypervisor(call) as hv:
         dom = hv.require(a["deploy_id"])
         if find_device(_live_xml(hv, dom), "interface", mac=a["mac"]) is not None:
