@@ -653,3 +653,70 @@ def test_a_volatile_disk_oned_would_look_for_as_a_file_is_refused(world, remotes
         else:
             assert res.returncode != 0 and not made
             assert 'set DISK_TYPE="RBD" in system datastore' in res.stderr, res.stderr
+
+
+def test_disks_upstreams_ceph_drivers_made_keep_working(world, remotes, ceph_admin, lab_env,
+                                                        tmp_path):
+    """Switching DS_MAD/TM_MAD from upstream's `ceph` to `rbd`: the state upstream's scripts
+    leave, built with their exact rbd sequences (contract section 3.3): `rbd_make_snap`
+    (one-<IMG>@snap, protected), `rbd clone one-<IMG>@snap one-<IMG>-<VM>-<DISK>`, a disk
+    snapshot taken by upstream's snap_create (`snap create` + `snap protect`), the protected
+    `one_backup_<n>` its incremental backups keep, and a persistent image that kept an `@snap`
+    from when it was not persistent (OpenNebula/one#6207). Our clone, snapshot delete, delete
+    and ln then work over it, and nothing is left."""
+    import rbd
+
+    _, ioctx = ceph_admin
+    env, image, persistent = world["env"], world["image"], world["persistent"]
+    host = lab_env["ONE_LAB_SSH_HOST"]
+    old_vm, new_vm = next(_ids), next(_ids)
+    theirs = f"one-{image}-{old_vm}-0"
+    # upstream's state
+    for name in (f"one-{image}", f"one-{persistent}"):
+        with rbd.Image(ioctx, name) as img:
+            img.create_snap("snap")
+            img.protect_snap("snap")
+    rbd.RBD().clone(ioctx, f"one-{image}", "snap", ioctx, theirs)
+    with rbd.Image(ioctx, theirs) as disk:
+        disk.write(b"upstream-vm-data", 0)
+        for snap in ("0", "one_backup_2"):
+            disk.create_snap(snap)
+            disk.protect_snap(snap)
+    for vm in (old_vm, new_vm):
+        world["oned"].record("vm", vm, vm_doc(vm, [
+            disk_attrs(env, 0, IMAGE_ID=image, SOURCE=f"one/one-{image}", CLONE="YES",
+                       TYPE="RBD", DATASTORE_ID=IMAGE_DS),
+            disk_attrs(env, 1, IMAGE_ID=persistent, SOURCE=f"one/one-{persistent}",
+                       CLONE="NO", PERSISTENT="YES", TYPE="RBD", DATASTORE_ID=IMAGE_DS)],
+            host=host, sys_ds=SYS_DS))
+
+    def transfer(*lines: str) -> None:
+        res = run_transfer(remotes, tmp_path, list(lines))
+        assert res.returncode == 0, res.stdout + res.stderr
+
+    old_dir, new_dir = (f"/var/lib/one/datastores/{SYS_DS}/{vm}" for vm in (old_vm, new_vm))
+    try:
+        # a new VM from the same image, a persistent image used in place
+        transfer(f"CLONE rbd fe:one/one-{image} {host}:{new_dir}/disk.0 {new_vm} {IMAGE_DS}",
+                 f"LN rbd fe:one/one-{persistent} {host}:{new_dir}/disk.1 {new_vm} {IMAGE_DS}")
+        assert read_image(ioctx, f"one-{image}-{new_vm}-0")[:8 * MIB] == world["data"]
+        # the old VM's upstream snapshot goes; its disk goes with the backup snapshot on it
+        transfer(f"SNAP_DELETE rbd {host}:{old_dir}/disk.0 0 {old_vm} {IMAGE_DS}")
+        with rbd.Image(ioctx, theirs, read_only=True) as disk:
+            assert "0" not in {s["name"] for s in disk.list_snaps()}
+            assert bytes(disk.read(0, 16)) == b"upstream-vm-data"
+        transfer(f"DELETE rbd {host}:{old_dir}/disk.0 {old_vm} {IMAGE_DS}")
+        assert theirs not in rbd_names(ioctx) | trash_names(ioctx)
+        transfer(f"DELETE rbd {host}:{new_dir}/disk.0 {new_vm} {IMAGE_DS}")
+        left = {n for n in rbd_names(ioctx) | trash_names(ioctx)
+                if n.startswith((f"one-{image}-", f"one-{persistent}-"))}
+        assert left == set()
+        for name in (f"one-{image}", f"one-{persistent}"):  # the images themselves live on
+            assert read_image(ioctx, name)[:8 * MIB] == world["data"]
+    finally:
+        for name in (f"one-{image}", f"one-{persistent}"):
+            with rbd.Image(ioctx, name) as img:
+                if "snap" in {s["name"] for s in img.list_snaps()} and not list(
+                        img.list_children2()):
+                    img.unprotect_snap("snap")
+                    img.remove_snap("snap")
