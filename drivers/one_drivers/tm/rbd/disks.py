@@ -181,6 +181,10 @@ def check_disk_is_ours(pool: Pool, ctx: DiskContext, vmid: int) -> None:
     disk_id = ctx.disk.disk_id
     with open_image(pool.ioctx, ctx.spec.name, read_only=True) as image:
         meta = ownership.read(image)
+    if meta and "vm" not in meta:
+        # librbd copies image-meta into a clone: a clone upstream's TM made of an image we
+        # imported carries the image's stamp, not one of its own; its name is what holds
+        meta = {}
     if meta:
         if meta.get("vm") == str(vmid) and meta.get("disk") == str(disk_id):
             return
