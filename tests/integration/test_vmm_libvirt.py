@@ -258,8 +258,19 @@ def test_hotplug_disk_and_nic_the_guest_sees_them(vm, ceph_admin, lab_env):
     try:
         mac = "02:00:00:0b:00:01"
         argv = (vm.deploy_id, mac, bridge, "virtio", "ovsdb", f"one-{vm.id}-1")
-        vm.ok("attach_nic", *argv, stdin=data)
+        # its limits as the deployment file would carry them (hot-plug as complete as deploy)
+        nic_data = vm.action_data(nics=[{"NIC_ID": 1, "MAC": mac, "BRIDGE": bridge,
+                                         "VN_MAD": "ovsdb", "TARGET": f"one-{vm.id}-1",
+                                         "INBOUND_AVG_BW": 1000, "INBOUND_PEAK_KB": 64,
+                                         "OUTBOUND_AVG_BW": 2000}])
+        vm.ok("attach_nic", *argv, stdin=nic_data)
         assert vm.console.wait_until_output("ls /sys/class/net", "eth0")
+        import xml.etree.ElementTree as ET
+
+        live_nic = next(i for i in ET.fromstring(vm_xml(lab_env, vm.deploy_id)).iterfind(
+            "devices/interface") if i.find("mac").get("address") == mac)
+        assert live_nic.find("bandwidth/inbound").attrib == {"average": "1000", "burst": "64"}
+        assert live_nic.find("bandwidth/outbound").get("average") == "2000"
         assert f"one-{vm.id}-1" in subprocess.run(["ovs-vsctl", "list-ports", bridge],
                                                   capture_output=True, text=True,
                                                   check=True).stdout
