@@ -38,9 +38,10 @@ def upstream_shutdown(uri: str, deploy_id: str, timeout: int = TIMEOUT) -> None:
     virsh = ["virsh", "--connect", uri]
     subprocess.run([*virsh, "shutdown", deploy_id], capture_output=True, check=False)
     for second in range(timeout):
+        # upstream's monitor(): `virsh dominfo` failing (exit code) means the domain is gone
         info = subprocess.run([*virsh, "dominfo", deploy_id], capture_output=True, text=True,
-                              check=False).stdout
-        if "shut off" in info or not info:
+                              check=False)
+        if info.returncode != 0 or "shut off" in info.stdout:
             break
         if second == timeout // 2:
             subprocess.run([*virsh, "shutdown", deploy_id], capture_output=True, check=False)
