@@ -537,3 +537,32 @@ def test_system_host_version_and_a_wild_name_that_tries_to_inject(lab_env, tmp_p
                    tmp_path / "im")
         dom.destroy()
         conn.close()
+
+
+def test_a_client_that_dies_while_starting_is_reported_not_assumed_running(lab_env, remotes,
+                                                                            tmp_path):
+    """The action waits for the client to say it runs (its readiness pipe), not a fixed time:
+    a client that dies while starting (here at its first step, as a crash would) fails the
+    action with the reason and leaves no pid file; started normally (positive control), the
+    same call succeeds and the client is running."""
+    monitord = Monitord()
+    host_id = 260 + int(uuid.uuid4().hex[:2], 16) % 10
+    state_dir = tmp_path / "im"
+    crashed = subprocess.run([str(remotes / "im" / "libvirt" / "run_monitord_client"),
+                              "libvirt", str(host_id), "node1"],
+                             input=config(monitord.port, host_id), capture_output=True,
+                             text=True, timeout=60, check=False,
+                             env={**os.environ, "ONE_DRIVERS_IM_STATE_DIR": str(state_dir),
+                                  "ONE_DRIVERS_CRASH_AT": "im-client:starting"})
+    assert crashed.returncode != 0
+    assert "the monitoring client exited while starting (status 137)" in crashed.stderr
+    assert not (state_dir / f"host-{host_id}.pid").exists()
+    res = run_client(remotes, "run_monitord_client", config(monitord.port, host_id), host_id,
+                     state_dir)
+    try:
+        assert res.returncode == 0, res.stderr
+        pid = int((state_dir / f"host-{host_id}.pid").read_text().split()[0])
+        assert Path(f"/proc/{pid}").exists()
+    finally:
+        run_client(remotes, "stop_monitord_client", config(monitord.port, host_id), host_id,
+                   state_dir)

@@ -314,8 +314,13 @@ def start_event_loop() -> None:
     threading.Thread(target=loop, name="libvirt-events", daemon=True).start()
 
 
-def run(settings_path: str) -> None:
+def run(settings_path: str, ready_fd: int | None = None) -> None:
+    """The client's life. ``ready_fd``: written to once it runs (the action that started it
+    waits for that, not for a fixed time)."""
+    from one_drivers.core import faults
     from one_drivers.im.libvirt.control import private_state_dir
+
+    faults.point("im-client:starting")
 
     private_state_dir(os.path.dirname(os.path.abspath(settings_path)))  # nobody else's file
     fd = os.open(settings_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
@@ -328,10 +333,14 @@ def run(settings_path: str) -> None:
     start_event_loop()
     client = Client(opts, None)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    client.start_worker()
+    if ready_fd is not None:
+        os.write(ready_fd, b"1")
+        os.close(ready_fd)
     while True:
         client.tick()
         time.sleep(0.25)
 
 
 if __name__ == "__main__":
-    run(sys.argv[1])
+    run(sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else None)

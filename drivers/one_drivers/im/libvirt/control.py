@@ -136,20 +136,41 @@ def run_monitord_client(call: Call) -> str:
     write_atomic(settings_path, json.dumps(opts._asdict()), mode=0o600, private=True)
     log_fd = os.open(opts.state_file.replace(".json", ".log"),
                      os.O_WRONLY | os.O_APPEND | os.O_CREAT | NOFOLLOW, 0o600)
-    with os.fdopen(log_fd, "ab") as logf:
-        proc = subprocess.Popen([sys.executable, "-m", "one_drivers.im.libvirt.client",
-                                 settings_path], stdin=subprocess.DEVNULL, stdout=logf,
-                                stderr=logf, start_new_session=True)
-    time.sleep(0.3)
-    if proc.poll() is not None:
-        raise ActionFailed(f"the monitoring client exited at once (status {proc.returncode})",
-                           hint=f"see {opts.state_file.replace('.json', '.log')}")
+    ready_r, ready_w = os.pipe()
+    try:
+        with os.fdopen(log_fd, "ab") as logf:
+            proc = subprocess.Popen([sys.executable, "-m", "one_drivers.im.libvirt.client",
+                                     settings_path, str(ready_w)], stdin=subprocess.DEVNULL,
+                                    stdout=logf, stderr=logf, start_new_session=True,
+                                    pass_fds=(ready_w,))
+        os.close(ready_w)
+        _wait_until_running(proc, ready_r, call.deadline.cap(15, "starting the client"),
+                            opts.state_file.replace(".json", ".log"))
+    finally:
+        os.close(ready_r)
     write_atomic(_pidfile(opts), f"{proc.pid}\n", mode=0o600, private=True)
     log.info(f"monitoring client {proc.pid} sends to {opts.address}:{opts.port}")
     from one_drivers.im.libvirt.wire import start_message_part
 
     parts = "".join(f"<{m.kind}>{start_message_part(m.text)}</{m.kind}>" for m in first)
     return f"<MONITOR_MESSAGES>{parts}<TIMESTAMP>{int(time.time())}</TIMESTAMP></MONITOR_MESSAGES>"
+
+
+def _wait_until_running(proc: subprocess.Popen[bytes], ready: int, seconds: float,
+                        log_path: str) -> None:
+    """Until the client says it runs (a byte on its readiness pipe), not a fixed time: the
+    pipe closing first means it exited while starting."""
+    import select
+
+    readable, _, _ = select.select([ready], [], [], seconds)
+    said = os.read(ready, 1) if readable else None
+    if said:
+        return
+    if said is None:  # neither running nor gone in time: stopped, never half-started
+        proc.kill()
+    status = proc.wait(timeout=10)
+    what = "did not start" if said is None else f"exited while starting (status {status})"
+    raise ActionFailed(f"the monitoring client {what}", hint=f"see {log_path}")
 
 
 def stop_monitord_client(call: Call) -> None:
