@@ -114,6 +114,26 @@ class OpenNebula:
                         path.split("/", 1)[1]), f"every {kind[3:]} to go", 180)
             except OneError as exc:
                 print(f"e2e clean-up: {exc}")
+        self.stop_monitoring_clients()
+
+    def stop_monitoring_clients(self) -> None:
+        """oned stops a deleted host's monitoring client (STOP_MONITOR) on its own time; the
+        clients this cloud started (its own state directory) are stopped before oned goes."""
+        import signal
+
+        state = self.work / "im"
+        for pidfile in state.glob("host-*.pid") if state.is_dir() else []:
+            try:
+                self.wait(lambda pidfile=pidfile: not pidfile.exists(),
+                          f"oned to stop the client of {pidfile.name}", 30)
+                continue
+            except OneError:
+                pass
+            pid = int(pidfile.read_text().split()[0])
+            cmdline = Path(f"/proc/{pid}/cmdline")
+            if cmdline.exists() and str(state).encode() in cmdline.read_bytes():
+                os.kill(pid, signal.SIGTERM)
+            pidfile.unlink(missing_ok=True)
 
     def stop(self) -> None:
         if (self.location / "bin" / "one").exists():

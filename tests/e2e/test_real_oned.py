@@ -206,3 +206,13 @@ def test_images_and_network_are_removed(one: OpenNebula, ceph_admin) -> None:
     one.run(["onevnet", "delete", str(STATE["vnet"])])
     one.wait(lambda: one.cli("onevnet", "show", str(STATE["vnet"])) is None, "the vnet to go", 60)
     assert text(one, "onehost", STATE["host"], "STATE") == HOST_ON
+
+
+def test_deleting_the_host_stops_its_monitoring_client(one: OpenNebula) -> None:
+    """onehost delete: oned's STOP_MONITOR runs our stop_monitord_client, which ends the
+    client (its pid file goes, then the process)."""
+    pidfile = one.work / "im" / f"host-{STATE['host']}.pid"
+    pid = int(pidfile.read_text().split()[0])
+    assert Path(f"/proc/{pid}").exists(), "positive control: the client runs"
+    one.run(["onehost", "delete", str(STATE["host"])])
+    one.wait(lambda: not Path(f"/proc/{pid}").exists(), "the monitoring client to end", 60)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import fnmatch
 import json
 import os
 import socket
@@ -306,8 +307,10 @@ def test_encrypted_messages_and_a_corrupt_state_store(lab_env, remotes, guests, 
 
 def test_opennebulas_generic_run_monitord_client_hook(lab_env, remotes, tmp_path):
     """``im/run_monitord_client`` runs every executable of ``im/<IM_MAD>.d/`` with ``<im_mad>
-    <host id> <host>``, ``stop`` first to stop: ours is ``im/libvirt.d/monitord-client_control``."""
-    hook = remotes / "im" / "libvirt.d" / "monitord-client_control"
+    <host id> <host>``; ``im/stop_monitord_client`` runs only the ``*_control.sh`` ones, with
+    ``stop`` first: ours is ``im/libvirt.d/monitord-client_control.sh``."""
+    hook = remotes / "im" / "libvirt.d" / "monitord-client_control.sh"
+    assert fnmatch.fnmatch(hook.name, "*_control.sh"), "what stop_monitord_client runs"
     monitord = Monitord()
     env = {**os.environ, "ONE_DRIVERS_IM_STATE_DIR": str(tmp_path)}
     conf = config(monitord.port, 77)

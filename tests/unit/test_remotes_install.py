@@ -72,4 +72,4 @@ def test_install_makes_the_vnm_hook_directories_and_keeps_their_content(tmp_path
     (hooks[1] / "10-site").write_text("#!/bin/sh\n")
     again = install(tmp_path)
     assert (hooks[1] / "10-site").exists() and not any(h in again.written for h in hooks)
-    assert (tmp_path / "im" / "libvirt.d" / "monitord-client_control").exists()
+    assert (tmp_path / "im" / "libvirt.d" / "monitord-client_control.sh").exists()

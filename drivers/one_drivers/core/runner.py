@@ -127,13 +127,14 @@ def exit_now(code: int) -> None:
     os._exit(code)
 
 
-IM_CONTROL = "monitord-client_control"
+IM_CONTROL = "monitord-client_control.sh"  # the name OpenNebula's stop_monitord_client runs
 
 
 def shim(path: str, family: str, driver: str, action: str) -> None:
     """Entry of the generated remotes shims: ``<remotes>/<family>/<driver>/<action>``, and
-    ``<remotes>/im/<driver>.d/monitord-client_control``, which OpenNebula's generic
-    ``im/run_monitord_client`` runs with ``<im_mad> <host id> <host>`` (``stop`` first to stop)."""
+    ``<remotes>/im/<driver>.d/monitord-client_control.sh``, which OpenNebula's generic
+    ``im/run_monitord_client`` runs with ``<im_mad> <host id> <host>`` and its
+    ``im/stop_monitord_client`` (only ``*_control.sh``) with ``stop`` first."""
     remotes = os.path.dirname(os.path.dirname(os.path.dirname(os.path.realpath(path))))
     argv = sys.argv[1:]
     if family == "im" and action == IM_CONTROL:
