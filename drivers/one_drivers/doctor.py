@@ -43,12 +43,17 @@ Check = Callable[[Node], Iterator[Problem]]
 
 
 def _settings(node: Node, family: str, driver: str) -> Settings:
+    """The driver's settings in this node's remotes tree. Run as root, only a file root alone
+    can change is read: the tree is oneadmin's, and a LIBVIRT_URI such as ``qemu+ext://...
+    ?command=`` or an OVSDB endpoint chosen there must not steer root (defaults instead)."""
+    from one_drivers.core.config import load_root_file
     from one_drivers.core.registry import get_driver
 
     drv = get_driver(family, driver)
+    load = load_root_file if os.geteuid() == 0 else load_file
     try:
-        configured = load_file(config_path(family, driver, node.remotes))
-    except (OSError, DriverError):
+        configured = load(config_path(family, driver, node.remotes))
+    except (OSError, DriverError):  # safefs.Untrusted is one
         configured = {}
     return Settings([drv.default_values(), configured], subject=f"{family}/{driver}")
 
@@ -106,17 +111,19 @@ def oned_and_datastores(node: Node) -> Iterator[Problem]:
     from one_drivers.core.xmlview import parse_xml
 
     root = parse_xml(pool, what="oned's datastore pool", root="DATASTORE_POOL")
+    defaults = _settings(node, "datastore", "rbd")  # read once, each template over it
     for ds in root.iterfind("DATASTORE"):
         ds_mad, tm_mad = ds.findtext("DS_MAD") or "", ds.findtext("TM_MAD") or ""
         if "rbd" not in (ds_mad, tm_mad):
             continue
         name = f"datastore {ds.findtext('ID')} ({ds.findtext('NAME')})"
         template = {e.tag: e.text or "" for e in ds.find("TEMPLATE") or []}
-        yield from _datastore(node, name, ds.findtext("TYPE") or "", template)
+        yield from _datastore(node, name, ds.findtext("TYPE") or "", template,
+                              defaults.over(template))
 
 
-def _datastore(node: Node, name: str, ds_type: str, template: dict[str, str]
-               ) -> Iterator[Problem]:
+def _datastore(node: Node, name: str, ds_type: str, template: dict[str, str],
+               settings: Settings) -> Iterator[Problem]:
     if ds_type == "1" and template.get("DISK_TYPE", "FILE").upper() != "RBD":
         yield Problem(name, "a system datastore whose DISK_TYPE is not RBD: oned writes volatile "
                             "disks into deployment files as files",
@@ -124,7 +131,6 @@ def _datastore(node: Node, name: str, ds_type: str, template: dict[str, str]
     if ds_type != "1" and not template.get("CEPH_SECRET"):
         yield Problem(name, "no CEPH_SECRET: libvirt cannot open its disks",
                       "set CEPH_SECRET to the UUID of the libvirt secret holding the key")
-    settings = _settings(node, "datastore", "rbd").over(template)
     yield from _ceph(name, settings, node.timeout)
 
 

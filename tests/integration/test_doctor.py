@@ -92,3 +92,22 @@ def test_a_front_end_registration(lab_env, tmp_path):
                    check=True, capture_output=True, timeout=60)
     ok = doctor("--role", "frontend", "--skip", "oned", env=env)
     assert ok.returncode == 0 and "all good (remotes, registration)" in ok.stdout, ok.stdout
+
+
+def test_doctor_as_root_is_not_steered_by_the_users_remotes(lab_env, tmp_path):
+    """The remotes tree is oneadmin's: run as root, doctor reads only settings root alone can
+    change. A LIBVIRT_URI planted there with qemu+ext (libvirt runs its command) does not run;
+    positive control: the same file owned by root is read, and its command does run."""
+    marker = tmp_path / "ran"
+    script = tmp_path / "plant"
+    script.write_text(f"#!/bin/sh\nid -u >> {marker}\n")
+    script.chmod(0o755)
+    remotes = _remotes(tmp_path, lab_env)
+    conf = remotes / "etc" / "vmm" / "libvirt" / "libvirt.conf"
+    conf.write_text(conf.read_text() + f"\nLIBVIRT_URI=qemu+ext:///system?command={script}\n")
+    os.chown(conf, 65534, 65534)  # the driver user's file, as onehost sync leaves it
+    doctor("--role", "host", "--remotes", str(remotes), "--skip", "ovs", "--timeout", "5")
+    assert not marker.exists(), "root ran a command the user's configuration chose"
+    os.chown(conf, 0, 0)
+    doctor("--role", "host", "--remotes", str(remotes), "--skip", "ovs", "--timeout", "5")
+    assert marker.exists(), "positive control: root's own file is read and would run it"
