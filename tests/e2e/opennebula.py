@@ -48,10 +48,13 @@ class OpenNebula:
         self.stop()
         if self.work.exists():
             shutil.rmtree(self.work)
+        # in /var/tmp, which anyone can write: made afresh by us, private, or not at all (the
+        # ssh wrappers in it are run by oned)
+        self.work.mkdir(mode=0o700)
         # oned's drivers run plain ssh/scp, which read the passwd user's ~/.ssh, not $HOME's:
         # wrappers first on its PATH give them the lab's configuration
         bin_dir = self.work / "bin"
-        bin_dir.mkdir(parents=True)
+        bin_dir.mkdir()
         self.home.mkdir()
         for tool in ("ssh", "scp"):
             wrapper = bin_dir / tool
