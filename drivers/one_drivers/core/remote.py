@@ -83,7 +83,9 @@ def run(
     cmd = command(host, argv)
     where = "here" if is_local(host) else f"on {host}"
     deadline = Deadline(timeout, f"{argv[0]} {where}")
-    retry = idempotent and stdin is None and not is_local(host)
+    # a stream fed to the command cannot be fed twice; a local command has no ssh to fail
+    retry = stdin is None and not is_local(host) and SSH.retries("exit-255",
+                                                                 idempotent=idempotent)
     for attempt in range(1, SSH.max_attempts + 1):
         try:
             proc = subprocess.run(
@@ -101,7 +103,7 @@ def run(
         except FileNotFoundError:
             raise ActionFailed(f"{cmd[0]} is not installed {where}") from None
         if not (retry and proc.returncode == SSH_UNREACHABLE and attempt < SSH.max_attempts
-                and SSH.retries("exit-255", idempotent=True) and deadline.remaining() > 1):
+                and deadline.remaining() > 1):
             break
         time.sleep(min(0.5 * attempt, deadline.remaining() / 2))
     if check and proc.returncode != 0:
