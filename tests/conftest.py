@@ -9,10 +9,14 @@ from collections.abc import Iterator
 import pytest
 from hypothesis import settings
 
+from tests import rbd_handles
+
 # a failure prints the blob that replays it (@reproduce_failure); the state machines print
 # their seed before they start (tests.helpers.replayable)
 settings.register_profile("one-drivers", print_blob=True)
 settings.load_profile("one-drivers")
+
+rbd_handles.install()  # before any test or in-process action opens an image
 
 
 @pytest.fixture(scope="session")
@@ -67,33 +71,11 @@ def ceph_admin(lab_env):
     cluster.shutdown()
 
 
-def _orphaned_rbd_images() -> int:
-    """rbd.Image objects still alive whose cluster handle was shut down: when the garbage
-    collector reaches one, librbd closes it against a dead cluster (seen: it hangs for ever in
-    rbd_close; a use after free can crash the process anywhere later, as in #19's segfault)."""
-    import gc
-    import sys
-
-    rbd = sys.modules.get("rbd")
-    if rbd is None:
-        return 0
-    count = 0
-    for obj in gc.get_objects():
-        if isinstance(obj, rbd.Image):
-            try:
-                state = obj.ioctx.rados.state
-            except AttributeError:
-                continue
-            if state != "connected":
-                count += 1
-    return count
-
-
 @pytest.fixture(autouse=True)
 def no_rbd_image_outlives_its_cluster() -> Iterator[None]:
     """Every test, and every driver action run in the test's process, closes each RBD image
     before its cluster handle goes: checked after each test."""
     yield
-    orphans = _orphaned_rbd_images()
-    assert orphans == 0, (f"{orphans} RBD image handle(s) outlived their cluster: close them "
-                          "before the cluster shuts down")
+    leaked = rbd_handles.take_violations()
+    assert not leaked, (f"{len(leaked)} RBD image(s) still open when their cluster shut down "
+                        "(close them first); opened at:\n" + "\n".join(leaked))
