@@ -265,6 +265,61 @@ def bench_delete(s: Setup, runs: int, deferred: bool = False, pacing: str = "") 
     return b / a
 
 
+HOST_DS = 114  # a datastore whose TM actions run on the VM's host (CEPH_ACCESS=host)
+
+
+def bench_host_mode(s: Setup, runs: int) -> tuple[float, float]:
+    """TM clone and delete run on the VM's host over ssh, the front-end not a Ceph client
+    (issue 20, item 11), against upstream's scripts' work on the host: for clone its two ssh
+    sessions (the monitoring marker, then rbd info, info, snap create, protect, clone), for
+    delete one ssh session with its rbd calls (a clone without snapshots). Upstream's
+    ``onevm show``/``onedatastore show`` on the front-end (about 240 ms each) are not counted;
+    ours includes its oned lookups (the lab's stand-in)."""
+    import rbd
+
+    host = s.env["ONE_LAB_SSH_HOST"]
+    ssh = ["ssh", "-F", s.env["ONE_DRIVERS_SSH_CONFIG"], host]
+    rbd_cli = " ".join(s.rbd)
+    s.oned.record("datastore", HOST_DS, datastore_doc(s.env, HOST_DS, system=True,
+                                                      CEPH_ACCESS="host"))
+    image = "one-997000"
+    rbd.RBD().create(s.ioctx, image, GIB)
+    clone_ours, clone_theirs, delete_ours, delete_theirs = [], [], [], []
+    for i in range(runs):
+        vmid = 84_000 + i
+        s.vm(vmid, image)
+        disk = f"{host}:/var/lib/one/datastores/{HOST_DS}/{vmid}/disk.0"
+        clone_ours.append(timed(s.tm("clone", f"fe:one/{image}", disk, vmid, HOST_DS)))
+        delete_ours.append(timed(s.tm("delete", disk, vmid, HOST_DS)))
+        target = f"one/{image}-{vmid}-0"
+        t = time.perf_counter()
+        timed([*ssh, "true"])  # disable_local_monitoring's session
+        timed([*ssh, f"{rbd_cli} info {target} >/dev/null 2>&1; {rbd_cli} info one/{image} && "
+                     f"{rbd_cli} snap create one/{image}@snap && "
+                     f"{rbd_cli} snap protect one/{image}@snap && "
+                     f"{rbd_cli} clone one/{image}@snap {target}"])
+        clone_theirs.append(time.perf_counter() - t)
+        t = time.perf_counter()  # rbd_top_parent, rbd_rm_r (no snapshots), rbd_rm_snap
+        timed([*ssh, f"{rbd_cli} info {target} && {rbd_cli} snap ls {target} && "
+                     f"{rbd_cli} rm {target} && {rbd_cli} children one/{image}@snap && "
+                     f"{rbd_cli} snap unprotect one/{image}@snap && "
+                     f"{rbd_cli} snap rm one/{image}@snap"])
+        delete_theirs.append(time.perf_counter() - t)
+    remove(s.ioctx, image)
+    results = []
+    for what, ours, theirs in (("clone", clone_ours, clone_theirs),
+                               ("delete", delete_ours, delete_theirs)):
+        a, b = statistics.median(ours), statistics.median(theirs)
+        report(f"TM {what} on the VM's host, CEPH_ACCESS=host ({runs} runs each)",
+               f"tm/rbd/{what} (front-end relays, one ssh session)", a,
+               "upstream's ssh session(s) with its rbd calls", b)
+        upstream_under_oned = {"clone": 1.180, "delete": 1.094}[what]
+        print(f"  ratio {b / a:.1f}x here; against upstream's {upstream_under_oned * 1000:.0f} ms "
+              f"under a real oned: {upstream_under_oned / a:.1f}x (target >= 5x)")
+        results.append(upstream_under_oned / a)
+    return results[0], results[1]
+
+
 def restore_from_trash(ioctx: Any, name: str) -> None:
     """A deferred delete left it in the trash: bring it back so the bench can clean it up."""
     import rbd
@@ -282,6 +337,8 @@ def main() -> dict[str, float]:
         results["tm_parallel_failures"] = bench_parallel(s)
         results["tm_delete_vs_cli"] = bench_delete(s, runs=5)
         results["tm_delete_deferred_vs_cli"] = bench_delete(s, runs=5, deferred=True)
+        (results["tm_clone_host_mode_vs_oned"],
+         results["tm_delete_host_mode_vs_oned"]) = bench_host_mode(s, runs=7)
         with ceph_default_pacing(env):
             results["tm_delete_ceph_pacing_vs_cli"] = bench_delete(
                 s, runs=3, pacing=", monitor paced as Ceph ships it")

@@ -173,12 +173,18 @@ def cmd_ovs_reconcile(args: argparse.Namespace) -> int:
 
 def cmd_doctor(args: argparse.Namespace) -> int:
     """Check what the drivers need on this node; one line per problem, non-zero when any."""
-    from one_drivers.doctor import CHECKS, default_node, diagnose
+    from one_drivers.doctor import CHECKS, Problem, default_node, diagnose, probe_ceph
 
+    if args.probe_ceph:  # run over ssh by a front-end's doctor: the access comes on stdin
+        found = probe_ceph(sys.stdin.buffer.read(1 << 16), args.timeout)
+        for problem in found:
+            print(problem)
+        return 1 if found else 0
     node = default_node(args.role, args.remotes, set(args.skip or []), args.timeout)
-    problems = diagnose(node)
-    for problem in problems:
-        print(problem)
+    findings = diagnose(node)
+    for finding in findings:
+        print(finding)
+    problems = [f for f in findings if isinstance(f, Problem)]
     ran = [n for n, (roles, _) in CHECKS.items() if node.role in roles and n not in node.skip]
     if not problems:
         print(f"doctor: {args.role}: all good ({', '.join(ran)})")
@@ -273,6 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                        "libvirt", "ovs"),
                    help="leave a check out (repeatable)")
     p.add_argument("--timeout", type=float, default=15, help="seconds per service")
+    p.add_argument("--probe-ceph", action="store_true", help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_doctor)
 
     p = sub.add_parser("install-sudo", help="hypervisor: the root-owned privileged VNM entry "

@@ -16,10 +16,13 @@ import socket
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from one_drivers.core.config import DEFAULT_REMOTES, Settings, config_path, load_file
 from one_drivers.core.errors import DriverError
+
+if TYPE_CHECKING:
+    from one_drivers.core.oned import Oned
 
 
 class Problem(NamedTuple):
@@ -31,6 +34,16 @@ class Problem(NamedTuple):
         return f"{self.where}: {self.what} -- {self.fix}"
 
 
+class Note(NamedTuple):
+    """What doctor found out and is worth saying (not a problem): where Ceph is reached from."""
+
+    where: str
+    what: str
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.what}"
+
+
 class Node(NamedTuple):
     role: str  # frontend | host
     remotes: Path
@@ -39,7 +52,7 @@ class Node(NamedTuple):
     skip: frozenset[str]
 
 
-Check = Callable[[Node], Iterator[Problem]]
+Check = Callable[[Node], Iterator[Problem | Note]]
 
 
 def _settings(node: Node, family: str, driver: str) -> Settings:
@@ -99,7 +112,7 @@ def registration(node: Node) -> Iterator[Problem]:
                           f"run one-drivers oned-conf --merge {path}, then restart oned")
 
 
-def oned_and_datastores(node: Node) -> Iterator[Problem]:
+def oned_and_datastores(node: Node) -> Iterator[Problem | Note]:
     from one_drivers.core.oned import Oned
 
     try:
@@ -111,7 +124,9 @@ def oned_and_datastores(node: Node) -> Iterator[Problem]:
     from one_drivers.core.xmlview import parse_xml
 
     root = parse_xml(pool, what="oned's datastore pool", root="DATASTORE_POOL")
-    defaults = _settings(node, "datastore", "rbd")  # read once, each template over it
+    defaults = {"rbd": _settings(node, "datastore", "rbd"),  # read once, templates over them
+                "tm": _settings(node, "tm", "rbd")}
+    hosts: list[str] | None = None
     for ds in root.iterfind("DATASTORE"):
         ds_mad, tm_mad = ds.findtext("DS_MAD") or "", ds.findtext("TM_MAD") or ""
         if "rbd" not in (ds_mad, tm_mad):
@@ -119,7 +134,105 @@ def oned_and_datastores(node: Node) -> Iterator[Problem]:
         name = f"datastore {ds.findtext('ID')} ({ds.findtext('NAME')})"
         template = {e.tag: e.text or "" for e in ds.find("TEMPLATE") or []}
         yield from _datastore(node, name, ds.findtext("TYPE") or "", template,
-                              defaults.over(template))
+                              defaults["rbd"].over(template))
+        places = ceph_places(ds_mad == "rbd", tm_mad == "rbd", defaults["tm"].over(template))
+        if any(where == "the VM's host" for where, _ in places.values()) and hosts is None:
+            try:
+                hosts = _hosts(client)
+            except DriverError as exc:
+                yield Problem("oned", f"cannot list hosts: {exc}", "check oned and one_auth")
+                hosts = []
+        yield from _ceph_from_everywhere(node, name, places, hosts or [],
+                                         defaults["rbd"].over(template))
+
+
+def _hosts(client: Oned) -> list[str]:
+    """The hosts oned has, except disabled and offline ones (no VM goes there)."""
+    from one_drivers.core.xmlview import parse_xml
+
+    pool = parse_xml(client.call("one.hostpool.info", client.session), what="oned's host pool",
+                     root="HOST_POOL")
+    return [h.findtext("NAME") or "" for h in pool.iterfind("HOST")
+            if h.findtext("STATE") not in ("4", "8")]
+
+
+def ceph_places(ds_side: bool, tm_side: bool, settings: Settings
+                ) -> dict[str, tuple[str, list[str]]]:
+    """Where each side of a datastore reaches Ceph: ``{"DS actions": (mode, bridges)}``."""
+    bridges = (settings.get("BRIDGE_LIST") or "").split()
+    places: dict[str, tuple[str, list[str]]] = {}
+    if ds_side:
+        mode = settings.get("CEPH_ACCESS") or "local"
+        places["DS actions"] = ("the bridges" if mode == "bridge" else "here", bridges)
+    if tm_side:
+        mode = settings.get("TM_CEPH_ACCESS") or settings.get("CEPH_ACCESS") or "local"
+        where = {"bridge": "the bridges", "host": "the VM's host"}.get(mode, "here")
+        places["TM actions"] = (where, bridges)
+    return places
+
+
+def _ceph_from_everywhere(node: Node, name: str, places: dict[str, tuple[str, list[str]]],
+                          hosts: list[str], settings: Settings) -> Iterator[Problem | Note]:
+    """Say where each side reaches Ceph; check it answers from every such host (here is
+    checked by :func:`_datastore` already)."""
+    remote_hosts: list[str] = []
+    for side, (where, bridges) in places.items():
+        targets = bridges if where == "the bridges" else hosts if where != "here" else []
+        yield Note(name, f"{side} reach Ceph from {where}"
+                         + (f" ({', '.join(targets)})" if targets else ""))
+        if where != "here" and not targets:
+            yield Problem(name, f"{side} reach Ceph from {where}, and there is none",
+                          "add BRIDGE_LIST to the datastore, or hosts to OpenNebula")
+        remote_hosts += [t for t in targets if t not in remote_hosts]
+    for host in remote_hosts:
+        yield from _ceph_on(host, name, settings, node.timeout)
+
+
+CEPH_KEYS = ("POOL_NAME", "CEPH_USER", "CEPH_KEY", "CEPH_CONF", "CEPH_HOST", "EC_POOL_NAME")
+
+
+def _ceph_on(host: str, name: str, settings: Settings, timeout: float
+             ) -> Iterator[Problem | Note]:
+    """The same Ceph check, run on ``host`` over ssh (the datastore's access sent on stdin,
+    never on the command line)."""
+    import json
+    import sys
+
+    from one_drivers.core import remote
+
+    access = {k: settings.get(k) or "" for k in CEPH_KEYS}
+    python = settings.get("BRIDGE_PYTHON") or sys.executable
+    try:
+        proc = remote.run(host, [python, "-m", "one_drivers.cli", "doctor", "--role", "host",
+                                 "--probe-ceph", "--timeout", f"{timeout:g}"],
+                          input=json.dumps(access).encode(), timeout=timeout + 15,
+                          check=False, idempotent=True)
+    except DriverError as exc:
+        yield Problem(f"{name} on {host}", str(exc), "check ssh from the front-end to it")
+        return
+    out = proc.stdout.decode(errors="replace").strip().splitlines()
+    if proc.returncode == 0:
+        yield Note(name, f"Ceph answers on {host}")
+    else:
+        err = proc.stderr.decode(errors="replace").strip().splitlines()
+        detail = (out or err or [f"exit {proc.returncode}"])[-1]
+        yield Problem(f"{name} on {host}", detail,
+                      "install one-drivers and the datastore's ceph.conf and key there")
+
+
+def probe_ceph(data: bytes, timeout: float) -> list[Problem]:
+    """``doctor --probe-ceph``: the Ceph check for the access given on stdin (JSON)."""
+    import json
+
+    from one_drivers.core.registry import get_driver
+
+    access = json.loads(data or b"{}")
+    if not isinstance(access, dict):
+        return [Problem("probe", "the access sent is not a JSON object", "update one-drivers")]
+    given = {k: str(v) for k, v in access.items() if k in CEPH_KEYS and v}
+    settings = Settings([get_driver("datastore", "rbd").default_values(), given],
+                        subject="probe")
+    return [p for p in _ceph(f"Ceph on {socket.gethostname()}", settings, timeout)]
 
 
 def _datastore(node: Node, name: str, ds_type: str, template: dict[str, str],
@@ -215,8 +328,8 @@ CHECKS: dict[str, tuple[set[str], Check]] = {
 }
 
 
-def diagnose(node: Node) -> list[Problem]:
-    out: list[Problem] = []
+def diagnose(node: Node) -> list[Problem | Note]:
+    out: list[Problem | Note] = []
     for name, (roles, check) in CHECKS.items():
         if node.role in roles and name not in node.skip:
             out.extend(check(node))

@@ -111,3 +111,40 @@ def test_doctor_as_root_is_not_steered_by_the_users_remotes(lab_env, tmp_path):
     os.chown(conf, 0, 0)
     doctor("--role", "host", "--remotes", str(remotes), "--skip", "ovs", "--timeout", "5")
     assert marker.exists(), "positive control: root's own file is read and would run it"
+
+
+def test_doctor_says_where_each_side_reaches_ceph_and_checks_it_there(lab_env, tmp_path,
+                                                                       monkeypatch):
+    """CEPH_ACCESS/TM_CEPH_ACCESS: the Ceph check runs over ssh on the bridges and hosts the
+    actions would run on, with the datastore's own access; a dead bridge and a denied user
+    are named."""
+    from one_drivers.core.config import Settings
+    from one_drivers.doctor import Node, Note, Problem, _ceph_from_everywhere, ceph_places
+    from one_drivers.lab.documents import lab_ds_template
+
+    cfg = tmp_path / "ssh_config"
+    cfg.write_text(f"Include {lab_env['ONE_DRIVERS_SSH_CONFIG']}\n"
+                   "Host dead-bridge\n  HostName 127.0.0.1\n  Port 9\n  ConnectTimeout 3\n")
+    monkeypatch.setenv("ONE_DRIVERS_SSH_CONFIG", str(cfg))
+    host = lab_env["ONE_LAB_SSH_HOST"]
+    node = Node("frontend", tmp_path, tmp_path, 20, frozenset())
+    template = {**lab_ds_template(lab_env), "CEPH_ACCESS": "bridge", "TM_CEPH_ACCESS": "host",
+                "BRIDGE_LIST": f"{host} dead-bridge"}
+    settings = Settings([template])
+    places = ceph_places(True, True, settings)
+    assert places == {"DS actions": ("the bridges", [host, "dead-bridge"]),
+                      "TM actions": ("the VM's host", [host, "dead-bridge"])}
+    found = list(_ceph_from_everywhere(node, "datastore 1 (ceph)", places, [host], settings))
+    assert Note("datastore 1 (ceph)", f"DS actions reach Ceph from the bridges ({host}, "
+                                      "dead-bridge)") in found
+    assert Note("datastore 1 (ceph)", f"TM actions reach Ceph from the VM's host ({host})"
+                ) in found
+    assert Note("datastore 1 (ceph)", f"Ceph answers on {host}") in found
+    problems = [f for f in found if isinstance(f, Problem)]
+    assert [p.where for p in problems] == ["datastore 1 (ceph) on dead-bridge"], found
+
+    denied = Settings([{**template, "CEPH_USER": "nobody-here"}])
+    found = list(_ceph_from_everywhere(node, "ds", {"TM actions": ("the VM's host", [])},
+                                       [host], denied))
+    (problem,) = [f for f in found if isinstance(f, Problem)]
+    assert problem.where == f"ds on {host}" and "client.nobody-here" in problem.what, found

@@ -11,6 +11,7 @@ import json
 from types import TracebackType
 from typing import Any, NamedTuple
 
+from one_drivers.core import faults
 from one_drivers.core.config import Settings
 from one_drivers.core.errors import (
     ActionFailed,
@@ -107,6 +108,7 @@ class CephSession:
     def __enter__(self) -> CephSession:
         import rados
 
+        faults.point("ceph:connect")  # a test proves where Ceph is reached from
         t = self.timeout("connecting to Ceph")
         try:
             self.cluster = rados.Rados(

@@ -10,44 +10,21 @@ on the front-end sends the file after the document, checked against RESTRICTED_D
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
-import threading
 import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO
 
-from one_drivers.core import log, remote
+from one_drivers.core import log, relay
 from one_drivers.core.contract import Call
-from one_drivers.core.errors import (
-    BackendTimeout,
-    BackendUnavailable,
-    DriverError,
-    MissingAttribute,
-)
+from one_drivers.core.errors import BackendUnavailable, MissingAttribute
 from one_drivers.core.runner import FRAMED_STDIN
 from one_drivers.datastore.rbd.common import ds_settings
-
-ON_BRIDGE = "ONE_DRIVERS_ON_BRIDGE"
-SSH_UNREACHABLE = 255
-CHUNK = 1 << 20
-
-
-class BridgeFailure(DriverError):
-    """The action failed on the bridge: its exit code and its own last line."""
-
-    def __init__(self, line: str, exit_code: int) -> None:
-        super().__init__(line)
-        self.exit_code = exit_code
-
-    def __str__(self) -> str:
-        return self.message
 
 
 def route(call: Call, action: Callable[[Call], str | None]) -> str | None:
     settings = ds_settings(call)
-    if settings.get("CEPH_ACCESS", "local") != "bridge" or os.environ.get(ON_BRIDGE):
+    if settings.get("CEPH_ACCESS", "local") != "bridge" or relay.on_far_side():
         return action(call)
     hosts = (settings.get("BRIDGE_LIST") or "").split()
     if not hosts:
@@ -105,69 +82,9 @@ def _local_source(call: Call) -> int | None:
 
 
 def _run_on(host: str, python: str, call: Call, local_file: int | None) -> str | None:
-    """Run the call on ``host``; None when ssh cannot reach it. The whole exchange, sending
-    the file included, ends at the action's deadline (a stalled bridge is killed then)."""
-    env = [f"{ON_BRIDGE}=1"] + ([f"{FRAMED_STDIN}=1"] if local_file is not None else [])
-    argv = ["env", *env, python, "-m", "one_drivers", call.family, call.driver, call.action,
-            *call.extras["argv"]]
-    proc = remote.popen(host, argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                        stderr=subprocess.PIPE)
-    out: list[bytes] = []
-    err: list[str] = []
-    readers = [threading.Thread(target=lambda: out.append(_read(proc.stdout)), daemon=True),
-               threading.Thread(target=_relay, args=(proc.stderr, err), daemon=True)]
-    for t in readers:
-        t.start()
-    if proc.stdin is None:
-        raise RuntimeError("ssh started without a stdin pipe")
-    watchdog = threading.Timer(call.deadline.remaining(), proc.kill)
-    watchdog.daemon = True
-    watchdog.start()
-    try:
-        framed = local_file is not None
-        proc.stdin.write(call.extras["stdin"].rstrip(b"\n") + (b"\n" if framed else b""))
-        if local_file is not None:
-            while data := os.read(local_file, CHUNK):
-                proc.stdin.write(data)
-        proc.stdin.close()
-    except (BrokenPipeError, ValueError, OSError):
-        pass  # the remote side ended early (or was killed at the deadline): see below
-    try:
-        rc = proc.wait(timeout=max(call.deadline.remaining(), 0.1))
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        rc = proc.wait()
-    finally:
-        watchdog.cancel()
-    if call.deadline.expired:
-        raise BackendTimeout(f"the bridge {host} did not finish within "
-                             f"{call.deadline.seconds:g} s",
-                             hint="check the bridge host and its Ceph access")
-    for t in readers:
-        t.join(5)
-    if rc == SSH_UNREACHABLE and not err:
-        return None
-    if rc == SSH_UNREACHABLE and err and err[-1].startswith(("ssh:", "Connection")):
-        return None
-    if rc == SSH_UNREACHABLE:  # ssh's own failure after connecting: not an action's exit code
-        raise BackendUnavailable(f"cannot reach bridge {host} over ssh ({err[-1]})")
-    if rc != 0:
-        raise BridgeFailure(err[-1] if err else f"failed on bridge {host} (exit {rc})", rc)
-    return b"".join(out).decode()
-
-
-def _read(stream: IO[bytes] | None) -> bytes:
-    return stream.read() if stream is not None else b""
-
-
-def _relay(stream: IO[bytes] | None, lines: list[str]) -> None:
-    """Forward the bridge's progress lines as they come; keep the rest for the error."""
-    if stream is None:
-        return
-    for raw in stream:
-        line = raw.decode(errors="replace").rstrip("\n")
-        if line.startswith(("INFO:", "WARN:", "DEBUG:")):
-            sys.stderr.write(line + "\n")
-            sys.stderr.flush()
-        elif line.strip():
-            lines.append(line)
+    """Run the call on ``host``; None when ssh cannot reach it. A front-end file travels after
+    the document's line (framed stdin)."""
+    framed = local_file is not None
+    payload = call.extras["stdin"].rstrip(b"\n") + (b"\n" if framed else b"")
+    return relay.run_on(host, python, call, payload, send_file=local_file,
+                        env={FRAMED_STDIN: "1"} if framed else None)

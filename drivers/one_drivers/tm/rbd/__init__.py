@@ -39,6 +39,10 @@ DRIVER = Driver(
         "CEPH_CONF": ("/etc/ceph/ceph.conf", "ceph.conf used to find the monitors"),
         "CEPH_USER": ("", "cephx user (the disk's CEPH_USER, inherited from its datastore, wins)"),
         "CEPH_KEY": ("", "keyring or keyfile of CEPH_USER"),
+        "CEPH_ACCESS": ("local", "where Ceph is reached: local (this front-end), host (the VM's "
+                                 "host, BRIDGE_LIST when there is none) or bridge (BRIDGE_LIST)"),
+        "TM_CEPH_ACCESS": ("", "as CEPH_ACCESS, for TM actions only (wins over CEPH_ACCESS)"),
+        "BRIDGE_LIST": ("", "hosts for CEPH_ACCESS=bridge (the datastore's BRIDGE_LIST overrides)"),
         "CEPH_TRASH": ("no", "yes: delete moves disks to the RBD trash"),
         "TRASH_DEFERMENT": ("86400", "seconds a trashed disk is kept"),
         "DELETE_MODE": ("now", "now: delete removes disk and snapshots; deferred: it moves them "
@@ -51,12 +55,13 @@ DRIVER = Driver(
         "LIBVIRT_REMOTE_URI": ("qemu+ssh://{host}/system", "libvirt on another host"),
         "LIBVIRT_TIMEOUT": ("30", "seconds a libvirt connection may take"),
         "FREEZE_TIMEOUT": ("30", "seconds the guest agent gets to freeze or thaw"),
-        "HOST_PYTHON": ("", "one-drivers' interpreter on hosts (.ssh actions; default: this one)"),
+        "HOST_PYTHON": ("", "one-drivers' interpreter on hosts and bridges (default: this one)"),
         "MONITORD_ADDRESS": ("127.0.0.1", "where monitord listens (monitord.conf NETWORK)"),
         "MONITORD_PORT": ("4124", "monitord's UDP port"),
         "ACTION_TIMEOUT": ("1800", "seconds an action may take in total"),
         "CEPH_CALL_TIMEOUT": ("30", "seconds a single Ceph call may take"),
     },
+    router="one_drivers.tm.rbd.placement:route",
     oned_conf={
         "LN_TARGET": "NONE",
         "CLONE_TARGET": "SELF",

@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
-from typing import IO, NamedTuple
+from typing import IO, TYPE_CHECKING, NamedTuple
 
 from one_drivers.ceph.naming import ImageSpec
 from one_drivers.core.config import Settings
 from one_drivers.core.contract import Call, HostPath
 from one_drivers.core.documents import VM, Datastore, Disk
 from one_drivers.core.errors import ActionFailed, BackendUnavailable, BadInput
-from one_drivers.core.oned import Oned
 from one_drivers.core.retry import action_timeout
+
+if TYPE_CHECKING:
+    from one_drivers.tm.rbd.placement import Documents
 
 
 class DiskContext(NamedTuple):
@@ -61,9 +63,11 @@ def send_to_host(where: HostPath, python: str, write: Callable[[IO[bytes]], None
         raise ActionFailed(f"writing {where} failed: {last}")
 
 
-def oned_for(call: Call) -> Oned:
-    return Oned(timeout=call.deadline.cap(call.settings.float("ONED_TIMEOUT", 15),
-                                          "asking oned"))
+def oned_for(call: Call) -> Documents:
+    """oned's documents for this call: asked once, or as the front-end relayed them."""
+    from one_drivers.tm.rbd.placement import documents
+
+    return documents(call)
 
 
 def disk_image(vmid: int, disk: Disk, settings: Settings) -> tuple[ImageSpec, str,
