@@ -48,8 +48,11 @@ def test_ceph_datastores(one: OpenNebula, lab_env: dict[str, str]) -> None:
     ceph = "".join(f'{k}="{v}"\n' for k, v in attrs.items())
     STATE["images"] = one.create("onedatastore", f'NAME="rbd-images"\nDS_MAD="rbd"\n'
                                                   f'TM_MAD="rbd"\nDISK_TYPE="RBD"\n{ceph}')
+    # the system datastore's TM actions (volatile disks, the VM directory) run on the VM's host
+    # over ssh, the image datastore's (clones, snapshots) on the front-end: both modes
     STATE["system"] = one.create("onedatastore", f'NAME="rbd-system"\nTYPE="SYSTEM_DS"\n'
-                                                  f'TM_MAD="rbd"\nDISK_TYPE="RBD"\n{ceph}')
+                                                  f'TM_MAD="rbd"\nDISK_TYPE="RBD"\n{ceph}'
+                                                  'TM_CEPH_ACCESS="host"\n')
     for ds in (STATE["images"], STATE["system"]):
         one.wait(lambda ds=ds: int(text(one, "onedatastore", ds, "TOTAL_MB") or 0) > 0,
                  f"datastore {ds} to be monitored", 180)
@@ -116,7 +119,7 @@ def _vm_failed(one: OpenNebula, vm: int) -> str | None:
     shown = one.xml("onevm", "show", str(vm))
     if shown.findtext("STATE") == VM_ACTIVE and shown.findtext("LCM_STATE") in LCM_STUCK:
         return (f"LCM_STATE {shown.findtext('LCM_STATE')}: "
-                f"{shown.findtext('USER_TEMPLATE/ERROR') or one.log_tail(f'{vm}.log', 15)}")
+                f"{shown.findtext('USER_TEMPLATE/ERROR') or one.log_tail(f'vms/{vm}/vm.log', 15)}")
     return None
 
 
@@ -126,6 +129,8 @@ def _running(one: OpenNebula, vm: int) -> bool:
 
 
 def test_vm_life_cycle(one: OpenNebula, lab_env: dict[str, str]) -> None:
+    oned_log = one.location / "var" / "oned.log"
+    seen = oned_log.stat().st_size if oned_log.exists() else 0
     vm = one.create("onevm", f'''NAME="e2e-vm"
 CPU="0.5"
 VCPU="1"
@@ -143,6 +148,11 @@ SCHED_DS_REQUIREMENTS="ID={STATE['system']}"
     STATE["vm"] = vm
     one.wait(lambda: _running(one, vm), f"VM {vm} to run", 300,
              fail=lambda: _vm_failed(one, vm))
+    with oned_log.open("rb") as log:  # oned logs the TM's INFO lines there, with [TrM][I]
+        log.seek(seen)
+        prolog = log.read().decode(errors="replace")
+    assert f"running mkimage on {HOST} (CEPH_ACCESS=host)" in prolog, prolog
+    assert "running clone on" not in prolog  # the image datastore's: on the front-end
 
 
 def _state(one: OpenNebula, vm: int) -> tuple[str, str]:
