@@ -244,6 +244,10 @@ def _datastore(node: Node, name: str, ds_type: str, template: dict[str, str],
     if ds_type != "1" and not template.get("CEPH_SECRET"):
         yield Problem(name, "no CEPH_SECRET: libvirt cannot open its disks",
                       "set CEPH_SECRET to the UUID of the libvirt secret holding the key")
+    if (template.get("RBD_FORMAT") or "2").strip() != "2":
+        yield Problem(name, f"RBD_FORMAT={template['RBD_FORMAT']}: images can only be made in "
+                            "format 2 (actions that create one refuse)",
+                      "remove RBD_FORMAT from its template, or set it to 2")
     yield from _ceph(name, settings, node.timeout)
 
 

@@ -148,3 +148,17 @@ def test_doctor_says_where_each_side_reaches_ceph_and_checks_it_there(lab_env, t
                                        [host], denied))
     (problem,) = [f for f in found if isinstance(f, Problem)]
     assert problem.where == f"ds on {host}" and "client.nobody-here" in problem.what, found
+
+
+def test_doctor_names_an_rbd_format_it_cannot_honour(lab_env, tmp_path):
+    from one_drivers.core.config import Settings
+    from one_drivers.doctor import Node, Problem, _datastore
+    from one_drivers.lab.documents import lab_ds_template
+
+    node = Node("frontend", tmp_path, tmp_path, 20, frozenset())
+    template = {**lab_ds_template(lab_env), "CEPH_SECRET": "x"}
+    for fmt, named in (("1", True), ("2", False)):  # format 2 is the positive control
+        found = list(_datastore(node, "ds", "0", {**template, "RBD_FORMAT": fmt},
+                                Settings([template])))
+        assert [p.what.split(":")[0] for p in found if isinstance(p, Problem)] == (
+            [f"RBD_FORMAT={fmt}"] if named else []), found

@@ -131,6 +131,27 @@ def test_cp_raw_streams_sparse_and_answers_source_format(lab_env, remotes, ceph_
     assert "already there" in again.stderr
 
 
+def test_rbd_format_1_is_refused_before_anything_is_made(lab_env, remotes, ceph_admin,
+                                                        image_ids, sample):
+    """librbd makes format 2 whatever it is asked: RBD_FORMAT=1 is said, not ignored."""
+    path, data = sample
+    _, ioctx = ceph_admin
+    for fmt in ("1", "qcow2"):
+        iid = image_ids()
+        proc = cp(lab_env, remotes, iid, str(path), ds={"RBD_FORMAT": fmt})
+        assert proc.returncode == 3, proc.stderr
+        assert f"RBD_FORMAT={fmt!r}" in proc.stderr or f"RBD_FORMAT={fmt}:" in proc.stderr
+        assert not {n for n in rbd_names(ioctx) | trash_names(ioctx)
+                    if n.startswith(f"one-{iid}")}
+        mkfs = run_remote(remotes, "datastore/rbd/mkfs", [str(iid)],
+                          ds_doc(lab_env, iid, image={"SIZE": 8}, ds={"RBD_FORMAT": fmt}))
+        assert mkfs.returncode == 3 and "RBD_FORMAT" in mkfs.stderr, mkfs.stderr
+    iid = image_ids()  # positive control: format 2 said explicitly
+    proc = cp(lab_env, remotes, iid, str(path), ds={"RBD_FORMAT": "2"})
+    assert proc.returncode == 0, proc.stderr
+    assert read_image(ioctx, f"one-{iid}") == data
+
+
 @pytest.mark.parametrize("kind", ["gzip", "bzip2", "xz"])
 def test_cp_decompresses(lab_env, remotes, ceph_admin, image_ids, sample, kind):
     path, data = sample

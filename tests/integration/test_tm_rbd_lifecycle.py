@@ -720,3 +720,23 @@ def test_disks_upstreams_ceph_drivers_made_keep_working(world, remotes, ceph_adm
                         img.list_children2()):
                     img.unprotect_snap("snap")
                     img.remove_snap("snap")
+
+
+def test_volatile_disk_with_rbd_format_1_is_refused(world, remotes, ceph_admin, lab_env,
+                                                    tmp_path):
+    _, ioctx = ceph_admin
+    vmid, fmt1_ds = next(_ids), 121
+    world["oned"].record("datastore", fmt1_ds, datastore_doc(lab_env, fmt1_ds, system=True,
+                                                             RBD_FORMAT="1"))
+    record_vm(world, vmid, "localhost")
+    vm_dir = tmp_path / "datastores" / str(fmt1_ds) / str(vmid)
+    refused = run_transfer(remotes, tmp_path, [
+        f"MKIMAGE rbd 32 raw localhost:{vm_dir}/disk.1 {vmid} {fmt1_ds}"])
+    assert refused.returncode != 0 and "RBD_FORMAT=1" in refused.stdout + refused.stderr, (
+        refused.stdout + refused.stderr)
+    assert f"one-sys-{vmid}-1" not in rbd_names(ioctx)
+    made = run_transfer(remotes, tmp_path, [  # positive control: the system datastore as usual
+        f"MKIMAGE rbd 32 raw localhost:{vm_dir}/disk.1 {vmid} {SYS_DS}",
+        f"DELETE rbd localhost:{vm_dir}/disk.1 {vmid} {SYS_DS}"])
+    assert made.returncode == 0, made.stdout + made.stderr
+    assert f"INFO: removed one/one-sys-{vmid}-1" in made.stdout + made.stderr

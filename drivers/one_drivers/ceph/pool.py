@@ -9,6 +9,7 @@ from typing import Any, NamedTuple
 from one_drivers.ceph.rbd_ops import ceph_errors
 from one_drivers.ceph.session import CephAccess, CephSession
 from one_drivers.core.config import Settings
+from one_drivers.core.errors import BadInput
 from one_drivers.core.retry import Deadline
 
 
@@ -36,8 +37,27 @@ class Pool(NamedTuple):
             ioctx.close()
 
 
+def require_format_2(settings: Settings, subject: str) -> None:
+    """RBD_FORMAT as upstream reads it (2 by default). Since Luminous librbd makes format 2
+    whatever it is asked, and every image here is cloned or snapshotted: RBD_FORMAT=1 cannot be
+    honoured, so an action that would create an image says so instead of silently ignoring it."""
+    value = (settings.get("RBD_FORMAT") or "2").strip()
+    if value == "2":
+        return
+    if value == "1":
+        raise BadInput("RBD_FORMAT=1: this Ceph creates only format-2 images (and OpenNebula's "
+                       "clones and snapshots need format 2)", subject=subject,
+                       hint="remove RBD_FORMAT from the datastore, or set it to 2")
+    raise BadInput(f"RBD_FORMAT={value!r} is not an RBD image format (1 or 2)", subject=subject,
+                   hint="remove RBD_FORMAT from the datastore, or set it to 2")
+
+
 @contextmanager
-def rbd_pool(settings: Settings, deadline: Deadline, subject: str) -> Iterator[Pool]:
+def rbd_pool(settings: Settings, deadline: Deadline, subject: str, *,
+             creating: bool = False) -> Iterator[Pool]:
+    """``creating``: the action makes an image, so RBD_FORMAT must be one it can make."""
+    if creating:
+        require_format_2(settings, subject)
     access = CephAccess.from_settings(settings)
     with CephSession(access, deadline, subject=subject,
                      call_timeout=settings.float("CEPH_CALL_TIMEOUT", 30)) as session:

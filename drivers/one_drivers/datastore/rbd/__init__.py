@@ -30,6 +30,7 @@ DRIVER = Driver(
         "NO_DECOMPRESS": ("no", "yes: import gzip/bzip2/xz files as they are"),
         "LIMIT_TRANSFER_BW": ("", "cap on download speed, bytes/s (K, M, G suffixes)"),
         "SUPPORTED_FS": ("ext2,ext3,ext4,xfs", "file systems mkfs may create"),
+        "RBD_FORMAT": ("2", "format of new images: 2 (format 1 cannot be made by this Ceph)"),
         "CEPH_TRASH": ("no", "yes: rm moves images to the RBD trash instead of deleting them"),
         "TRASH_DEFERMENT": ("86400", "seconds a trashed image is kept before trash-purge"),
         "CLONE_MAX_DEPTH": ("5", "clone chains deeper than this are flattened at once"),

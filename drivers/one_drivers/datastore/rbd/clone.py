@@ -25,7 +25,7 @@ def clone(call: Call) -> str:
     # oned passes the source image's SOURCE as the new image's PATH
     src = ImageSpec.parse(image.text("PATH"), settings.get("POOL_NAME"))
     meta = ownership.stamp("image", datastore=call.doc.datastore.id, image=image.id)
-    with rbd_pool(settings, call.deadline, call.subject) as pool, \
+    with rbd_pool(settings, call.deadline, call.subject, creating=True) as pool, \
             ceph_errors(f"cloning {src} to {dst}", call.subject):
         levels = clone_image(pool, src, dst, new_snap=str(image.id), meta=meta,
                              identity={"image": str(image.id)},

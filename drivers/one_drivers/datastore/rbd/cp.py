@@ -159,7 +159,7 @@ def _drain(stream: Any) -> None:
 def cp(call: Call) -> str:
     settings = ds_settings(call)
     dst = target(call, settings)
-    with rbd_pool(settings, call.deadline, call.subject) as pool:
+    with rbd_pool(settings, call.deadline, call.subject, creating=True) as pool:
         build_image(pool, dst, meta=stamp("image", datastore=call.doc.datastore.id,
                                             image=call.doc.image.id), identity=("image",),
                     subject=call.subject, seconds=call.deadline.remaining(),

@@ -32,7 +32,7 @@ def mkfs(call: Call) -> str:
         check_supported(fs, settings.get("SUPPORTED_FS"))
     staging_dir = Path(settings.get("STAGING_DIR", "/var/tmp") or "/var/tmp")
 
-    with rbd_pool(settings, call.deadline, call.subject) as pool:
+    with rbd_pool(settings, call.deadline, call.subject, creating=True) as pool:
 
         def make(name: str, meta: dict[str, str]) -> None:
             create(pool.ioctx, name, size, data_pool=pool.access.data_pool, meta=meta)

@@ -43,6 +43,7 @@ DRIVER = Driver(
                                  "host, BRIDGE_LIST when there is none) or bridge (BRIDGE_LIST)"),
         "TM_CEPH_ACCESS": ("", "as CEPH_ACCESS, for TM actions only (wins over CEPH_ACCESS)"),
         "BRIDGE_LIST": ("", "hosts for CEPH_ACCESS=bridge (the datastore's BRIDGE_LIST overrides)"),
+        "RBD_FORMAT": ("2", "format of new images: 2 (format 1 cannot be made by this Ceph)"),
         "CEPH_TRASH": ("no", "yes: delete moves disks to the RBD trash"),
         "TRASH_DEFERMENT": ("86400", "seconds a trashed disk is kept"),
         "DELETE_MODE": ("now", "now: delete removes disk and snapshots; deferred: it moves them "

@@ -33,10 +33,10 @@ MIB = 1024 * 1024
 LCM_DISK_RESIZE = 62  # a running VM's disk resize: libvirt's block resize grows the image
 
 
-def _pool(call: Call, ctx: DiskContext,
-          pool_name: str | None = None) -> AbstractContextManager[Pool]:
+def _pool(call: Call, ctx: DiskContext, pool_name: str | None = None, *,
+          creating: bool = False) -> AbstractContextManager[Pool]:
     settings = ctx.settings.over({"POOL_NAME": pool_name or ctx.spec.pool})
-    return rbd_pool(settings, call.deadline, call.subject)
+    return rbd_pool(settings, call.deadline, call.subject, creating=creating)
 
 
 def _grow(pool: Pool, name: str, size_mb: int | None) -> None:
@@ -57,8 +57,8 @@ def clone(call: Call) -> None:
     vmid, disk_id = call.args["vmid"], ctx.disk.disk_id
     meta = stamp("clone", vm=vmid, disk=disk_id, datastore=call.args["dsid"],
                  image=ctx.disk.image_id)
-    with _pool(call, ctx) as pool, ceph_errors(f"cloning {ctx.source} to {ctx.spec}",
-                                               call.subject):
+    with _pool(call, ctx, creating=True) as pool, \
+            ceph_errors(f"cloning {ctx.source} to {ctx.spec}", call.subject):
         levels = clone_image(pool, ctx.source, ctx.spec, new_snap=f"vm{vmid}-{disk_id}",
                              meta=meta, identity={"vm": str(vmid), "disk": str(disk_id)},
                              max_depth=ctx.settings.int("CLONE_MAX_DEPTH", 5),
@@ -98,7 +98,7 @@ def _volatile(call: Call, fs_of: Callable[[DiskContext], str | None]) -> None:
         check_supported(fs, ctx.settings.get("SUPPORTED_FS"))
     vmid, disk_id = call.args["vmid"], ctx.disk.disk_id
     staging_dir = Path(ctx.settings.get("STAGING_DIR", "/var/tmp") or "/var/tmp")
-    with _pool(call, ctx) as pool:
+    with _pool(call, ctx, creating=True) as pool:
 
         def make(name: str, meta: dict[str, str]) -> None:
             create(pool.ioctx, name, size, data_pool=pool.access.data_pool, meta=meta)
@@ -232,7 +232,7 @@ def cpds(call: Call) -> None:
         image_id: int | str = int(new.name.removeprefix("one-"))
     except ValueError:
         image_id = new.name
-    with _pool(call, ctx, new.pool) as pool:
+    with _pool(call, ctx, new.pool, creating=True) as pool:
 
         def make(name: str, meta: dict[str, str]) -> None:
             with pool.other(ctx.spec.pool) as src_ioctx, \

@@ -105,7 +105,7 @@ def cpds_ssh(call: Call) -> None:
     ctx = load(call, call.args["src"])
     new = ImageSpec.parse(call.args["new_source"], ctx.spec.pool)
     with rbd_pool(ctx.settings.over({"POOL_NAME": new.pool}), call.deadline,
-                  call.subject) as pool:
+                  call.subject, creating=True) as pool:
 
         def make(name: str, meta: dict[str, str]) -> None:
             create(pool.ioctx, name, 0, data_pool=pool.access.data_pool, meta=meta)
