@@ -183,6 +183,10 @@ CONTRACT: dict[str, dict[str, Signature]] = {
                                      True),
         "snapshot_delete": Signature(_p("deploy_id", "snapshot"), _VMM_XML, docs.VmmActionData,
                                      True),
+        # 7.2: one_vmm_exec passes `<vmid> <host> <command> <stdin>` (no trailer), the command
+        # line split by the host's shell: the driver reads QEMU_GA_EXEC from the document
+        "exec": Signature(_p("vmid:int", "vmm_host", "*given"), _VMM_XML, docs.VmmActionData),
+        "exec_cancel": Signature((), _VMM_XML, docs.VmmActionData, True),
     },
     "vnm": {
         "pre": Signature((), _VNM_VM, docs.VM),

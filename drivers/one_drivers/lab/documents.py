@@ -86,11 +86,12 @@ def domain_xml(env: dict[str, str], vm_id: int, vm_dir: str, console: str, *,
                rbd_disks: Sequence[tuple[str, str]] = (), cdrom: str | None = None,
                nics: Sequence[tuple[str, str, str]] = (), acpi: bool = True,
                memory_mb: int = 192, vcpus: int = 1, max_vcpus: int = 2,
-               kernel_args: str = "") -> str:
+               kernel_args: str = "", guest_agent: bool = False) -> str:
     """A deployment file shaped like the one oned's KVM driver writes, booting the lab guest:
     RBD disks ``(pool/name, target)`` with cephx, a context CD-ROM, OVS NICs
     ``(bridge, mac, target)``, ``one:`` metadata; its serial console on a unix socket at
-    ``console`` (logged to ``console.log`` next to it), which the lab's tests drive."""
+    ``console`` (logged to ``console.log`` next to it), which the lab's tests drive;
+    ``guest_agent``: the QEMU guest agent's channel, as oned writes it for GUEST_AGENT=yes."""
     mon_host, mon_port = env["ONE_LAB_CEPH_MON"].rsplit(":", 1)
     disks = "".join(
         f"<disk type='network' device='disk'><source protocol='rbd' name='{escape(name)}'>"
@@ -118,6 +119,9 @@ def domain_xml(env: dict[str, str], vm_id: int, vm_dir: str, console: str, *,
         + f"<devices>{disks}{ifaces}"
         f"<serial type='unix'><source mode='bind' path='{escape(console)}'/>"
         f"<log file='{escape(console)}.log' append='off'/><target port='0'/></serial>"
-        "</devices><metadata><one:vm xmlns:one='http://opennebula.org/xmlns/libvirt/1.0'>"
+        + ("<channel type='unix'><source mode='bind'/>"
+           "<target type='virtio' name='org.qemu.guest_agent.0'/></channel>"
+           if guest_agent else "")
+        + "</devices><metadata><one:vm xmlns:one='http://opennebula.org/xmlns/libvirt/1.0'>"
         f"<one:system_datastore>{escape(vm_dir)}</one:system_datastore>"
         f"<one:name>vm{vm_id}</one:name></one:vm></metadata></domain>")

@@ -1,9 +1,11 @@
 """A tiny bootable guest built locally from Debian packages.
 
 Debian's cloud kernel (downloaded with ``apt-get download``, unpacked, never installed) plus a
-busybox-static initramfs with the virtio, CD-ROM and ACPI button modules. It boots under TCG to a
-console line in a few seconds, answers the ACPI power button, and can carry a raw disk image for
-RBD import. Built once and cached under the lab directory.
+busybox-static initramfs with the virtio, CD-ROM and ACPI button modules, and Debian's QEMU guest
+agent (also downloaded, with the shared libraries it needs copied from this machine) started on
+the ``org.qemu.guest_agent.0`` channel when the domain has one. It boots under TCG to a console
+line in a few seconds, answers the ACPI power button, and can carry a raw disk image for RBD
+import. Built once and cached under the lab directory (rebuilt when :data:`VERSION` changes).
 """
 
 from __future__ import annotations
@@ -21,6 +23,9 @@ KERNEL_META = "linux-image-cloud-amd64"
 MODULES = ["virtio_pci", "virtio_blk", "virtio_net", "virtio_balloon", "virtio_console",
            "button", "evdev", "ata_piix", "sr_mod", "isofs"]
 READY_LINE = "one-lab-guest: ready"
+AGENT_PACKAGE = "qemu-guest-agent"
+AGENT_CHANNEL = "org.qemu.guest_agent.0"
+VERSION = "2"  # of what the guest carries: a cached guest of another version is rebuilt
 
 INIT = f"""#!/bin/busybox sh
 /bin/busybox --install -s /bin
@@ -36,6 +41,14 @@ chmod +x /etc/acpi/power
 echo 'PWRF power' > /etc/acpid.conf
 # (daemonized, busybox acpid loses the event here: keep it in the foreground, in background)
 (acpid -f -d -c /etc/acpi -a /etc/acpid.conf >/dev/console 2>&1 &)
+ln -s /bin/busybox /sbin/hwclock  # qemu-ga's guest-set-time runs /sbin/hwclock
+for p in /sys/class/virtio-ports/*; do
+  if [ "$(cat $p/name 2>/dev/null)" = {AGENT_CHANNEL} ]; then
+    (/usr/sbin/qemu-ga -m virtio-serial -p /dev/${{p##*/}} -t /tmp -f /tmp/qemu-ga.pid \
+      >/dev/console 2>&1 &)
+    echo "one-lab-guest: guest agent on ${{p##*/}}"
+  fi
+done
 ip link set lo up
 for n in /sys/class/net/eth*; do [ -e "$n" ] && ip link set "${{n##*/}}" up; done
 echo "one-lab-guest: disks: $(ls /sys/block | tr '\\n' ' ')"
@@ -79,8 +92,13 @@ class Guest:
             qcow.replace(self.disk)
         return self.disk
 
+    @property
+    def version_file(self) -> Path:
+        return self.dir / "version"
+
     def built(self) -> bool:
-        return self.kernel.exists() and self.initrd.exists()
+        return (self.kernel.exists() and self.initrd.exists() and self.version_file.exists()
+                and self.version_file.read_text().strip() == VERSION)
 
     def build(self) -> None:
         if self.built():
@@ -97,11 +115,14 @@ class Guest:
             run(["depmod", "-b", str(unpacked), moddir.name], timeout=120)
             rootfs = work / "rootfs"
             self._make_rootfs(rootfs, moddir)
+            self._add_agent(work, rootfs)
             initrd_tmp = work / "initrd.gz"
             self._pack(rootfs, initrd_tmp)
             shutil.copyfile(vmlinuz, self.kernel.with_suffix(".tmp"))
             self.kernel.with_suffix(".tmp").replace(self.kernel)
             initrd_tmp.replace(self.initrd)
+            self.disk.unlink(missing_ok=True)  # made from the old initrd
+            self.version_file.write_text(VERSION + "\n")
 
     def _download_kernel(self, work: Path) -> Path:
         deps = run(["apt-cache", "depends", KERNEL_META], check=False).stdout.decode()
@@ -116,8 +137,29 @@ class Guest:
         run(["apt-get", "download", "-q", match.group(1)], timeout=300, cwd=work)
         return next(work.glob("linux-image-*.deb"))
 
+    @staticmethod
+    def _add_agent(work: Path, rootfs: Path) -> None:
+        """Debian's qemu-ga and the libraries it links, at their paths (the guest has no
+        package manager: the same Debian release's libraries, taken from this machine)."""
+        run(["apt-get", "download", "-q", AGENT_PACKAGE], timeout=300, cwd=work)
+        deb = next(work.glob(f"{AGENT_PACKAGE}_*.deb"))
+        unpacked = work / "agent"
+        run(["dpkg-deb", "-x", str(deb), str(unpacked)], timeout=120)
+        binary = unpacked / "usr" / "sbin" / "qemu-ga"
+        (rootfs / "usr" / "sbin").mkdir(parents=True, exist_ok=True)
+        shutil.copy2(binary, rootfs / "usr" / "sbin" / "qemu-ga")
+        listed = run(["ldd", str(binary)], timeout=60).stdout.decode()
+        libs = re.findall(r"(?:=>\s*)?(/\S+)\s+\(0x", listed)
+        if not libs:
+            raise LabError(f"ldd found no libraries for {binary}: {listed.strip()}")
+        for lib in libs:
+            target = rootfs / lib.lstrip("/")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(lib, target)  # a symlink's target, under the linked name
+            target.chmod(0o755)
+
     def _make_rootfs(self, rootfs: Path, moddir: Path) -> None:
-        for sub in ("bin", "dev", "proc", "sys", "etc", "lib/modules", "tmp", "root"):
+        for sub in ("bin", "sbin", "dev", "proc", "sys", "etc", "lib/modules", "tmp", "root"):
             (rootfs / sub).mkdir(parents=True, exist_ok=True)
         shutil.copy2("/bin/busybox", rootfs / "bin" / "busybox")
         init = rootfs / "init"

@@ -32,9 +32,10 @@ from one_drivers.core.atomic import write_atomic
 from one_drivers.im.libvirt import probes
 from one_drivers.im.libvirt.wire import TCP_TYPES, Message, Sender, load_public_key
 
-GROUPS = ("BEACON_HOST", "SYSTEM_HOST", "MONITOR_HOST", "STATE_VM", "MONITOR_VM", "SYNC_STATE_VM")
+GROUPS = ("BEACON_HOST", "SYSTEM_HOST", "MONITOR_HOST", "STATE_VM", "MONITOR_VM", "SYNC_STATE_VM",
+          "EXEC_VM")
 DEFAULT_PERIODS = {"BEACON_HOST": 30, "SYSTEM_HOST": 600, "MONITOR_HOST": 120, "STATE_VM": 5,
-                   "MONITOR_VM": 30, "SYNC_STATE_VM": 180}
+                   "MONITOR_VM": 30, "SYNC_STATE_VM": 180, "EXEC_VM": 5}
 
 
 PROBE_TIMEOUT = 30.0  # the worker busy longer than this: the host reports libvirt stuck
@@ -119,6 +120,10 @@ class Client:
                                                       "SYSTEM_HOST"} else []
         if "BEACON_HOST" in groups:
             out.append(Message("BEACON_HOST", True, hid, probes.beacon()))
+        if "EXEC_VM" in groups:
+            ended = probes.exec_vm(self.conn)
+            if ended:  # results are sent once, so only when there are some
+                out.append(Message("EXEC_VM", True, hid, ended))
         if "SYSTEM_HOST" in groups:
             out.append(Message("SYSTEM_HOST", True, hid,
                                probes.system_host(self.conn, doms, self.opts.pci_filter,
@@ -210,7 +215,12 @@ class Client:
         if busy > PROBE_TIMEOUT and now - self.stuck_reported >= period:
             self.stuck_reported = now
             self._report(f"libvirt at {self.opts.libvirt_uri} has not answered for {busy:.0f} s")
-        # keep only the newest message of each type while monitord is away
+        # keep only the newest message of each type while monitord is away; EXEC_VM results
+        # are each sent once: they are kept together
+        ended = [m for m in self.queue if m.kind == "EXEC_VM"]
+        if len(ended) > 1:
+            merged = ended[-1]._replace(text="\n".join(m.text for m in ended))
+            self.queue = [m for m in self.queue if m.kind != "EXEC_VM"] + [merged]
         newest = {m.kind: m for m in self.queue}
         self.queue = [m for m in self.queue if newest[m.kind] is m]
         self.flush()

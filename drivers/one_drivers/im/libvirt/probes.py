@@ -390,3 +390,45 @@ def _cpu_model_name() -> str:
         if line.startswith("model name"):
             return line.split(":", 1)[1].strip().replace('"', "")
     return platform.processor() or os.uname().machine
+
+
+def exec_vm(conn: Any, timeout: int = 5) -> str:
+    """EXEC_VM: the commands ``onevm exec`` started that have ended, as OpenNebula keeps them in
+    QEMU_GA_EXEC (STATUS, RETURN_CODE, base64 STDOUT/STDERR); each is reported once, then
+    forgotten on the domain. A guest that lost track of it (its agent restarted) reports ERROR."""
+    import json
+
+    import libvirt
+    import libvirt_qemu
+
+    from one_drivers.vmm.libvirt.guest_agent import record_exec, running_exec
+
+    lines = []
+    for dom in conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE):
+        match = VM_NAME.match(dom.name())
+        pid = running_exec(dom) if match else None
+        if match is None or pid is None:
+            continue
+        request = json.dumps({"execute": "guest-exec-status", "arguments": {"pid": pid}})
+        try:
+            status = json.loads(libvirt_qemu.qemuAgentCommand(dom, request, timeout, 0))["return"]
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() in (libvirt.VIR_ERR_AGENT_UNRESPONSIVE,
+                                        libvirt.VIR_ERR_OPERATION_TIMEOUT):
+                continue  # busy or rebooting: asked again next period
+            status = {"exited": True, "exitcode": -1,
+                      "err-data": base64.b64encode(str(exc).encode()).decode()}
+            fields = {"STATUS": "ERROR"}
+        else:
+            if not status.get("exited"):
+                continue
+            fields = {"STATUS": "DONE"}
+        code = status.get("exitcode")
+        if code is None and status.get("signal") is not None:
+            code = 128 + int(status["signal"])  # as a shell reports a killed command
+        fields.update(RETURN_CODE=str(code if code is not None else -1),
+                      STDOUT=status.get("out-data", ""), STDERR=status.get("err-data", ""))
+        lines.append(f"VM = [ ID={quoted(match.group(1))}, PID={quoted(pid)}, "
+                     + ", ".join(f"{k}={quoted(v)}" for k, v in fields.items()) + " ]")
+        record_exec(dom, None)
+    return "\n".join(lines)

@@ -14,7 +14,7 @@ import time
 import zlib
 from typing import Any, NamedTuple
 
-TCP_TYPES = ("STATE_VM",)
+TCP_TYPES = ("STATE_VM", "EXEC_VM")  # EXEC_VM: a result is sent once, never to a lost datagram
 BACKOFF = (1, 1, 1, 2, 4, 8, 8, 16, 32, 64)  # seconds after consecutive send failures
 
 

@@ -28,6 +28,8 @@ DRIVER = Driver(
         "snapshot_create": f"{_M}.snapshots:snapshot_create",
         "snapshot_revert": f"{_M}.snapshots:snapshot_revert",
         "snapshot_delete": f"{_M}.snapshots:snapshot_delete",
+        "exec": f"{_M}.guest_agent:exec_",
+        "exec_cancel": f"{_M}.guest_agent:exec_cancel",
     },
     defaults={
         "LIBVIRT_URI": ("", "libvirt on this host (default: LIBVIRT_DEFAULT_URI or "
@@ -52,6 +54,8 @@ DRIVER = Driver(
                               "before deploy, comma-separated"),
         "DEPLOY_TWEAKS_DIR": ("", "a directory of executables rewriting the domain XML (stdin to "
                                   "stdout) before deploy, run in name order"),
+        "GUEST_AGENT_TIMEOUT": ("10", "seconds a guest agent command (exec, exec_cancel) may "
+                                      "take"),
         "ACPI_TIMEOUT": ("180", "seconds a guest gets to power off after the ACPI power button "
                                 "(upstream's kvmrc SHUTDOWN_TIMEOUT; here SHUTDOWN_TIMEOUT, like "
                                 "every <ACTION>_TIMEOUT, limits the whole action)"),

@@ -1,0 +1,135 @@
+"""``onevm exec`` (OpenNebula 7.2) against the lab guest's real QEMU guest agent: the VMM's
+exec/exec_cancel as one_vmm_exec runs them, the IM's EXEC_VM as monitord would receive it."""
+
+from __future__ import annotations
+
+import base64
+import re
+import time
+
+import pytest
+
+from one_drivers.core.xmlview import escape
+from tests.integration.test_vmm_libvirt import READY, guest_raw, vm, vmm_remotes  # noqa: F401
+
+pytestmark = pytest.mark.lab
+
+AGENT_UP = "one-lab-guest: guest agent on"
+
+
+def exec_doc(vm, command: str, stdin: bytes = b"") -> str:
+    """The action data with QEMU_GA_EXEC as oned sets it before calling exec."""
+    ga = (f"<QEMU_GA_EXEC><COMMAND>{escape(command)}</COMMAND>"
+          f"<STDIN>{base64.b64encode(stdin).decode()}</STDIN></QEMU_GA_EXEC>")
+    return vm.action_data().replace("<TEMPLATE>", f"<TEMPLATE>{ga}", 1)
+
+
+def reported(lab_env, vm_id: int, timeout: float = 60) -> dict[str, str]:
+    """The EXEC_VM line for this VM, probed as the monitoring client does every period."""
+    import libvirt
+
+    from one_drivers.im.libvirt.probes import exec_vm
+
+    conn = libvirt.open(lab_env["LIBVIRT_DEFAULT_URI"])
+    try:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            for line in exec_vm(conn).splitlines():
+                fields = dict(re.findall(r'(\w+)="([^"]*)"', line))
+                if fields.get("ID") == str(vm_id):
+                    return fields
+            time.sleep(0.5)
+        raise AssertionError(f"no EXEC_VM result for VM {vm_id} within {timeout:g} s")
+    finally:
+        conn.close()
+
+
+def nothing_reported(lab_env, vm_id: int) -> bool:
+    import libvirt
+
+    from one_drivers.im.libvirt.probes import exec_vm
+
+    conn = libvirt.open(lab_env["LIBVIRT_DEFAULT_URI"])
+    try:
+        return f'ID="{vm_id}"' not in exec_vm(conn)
+    finally:
+        conn.close()
+
+
+def agent_up(lab_env, vm, timeout: float = 60) -> None:
+    """Until the guest agent answers a ping (the guest started it: it may not listen yet)."""
+    import libvirt
+    import libvirt_qemu
+
+    vm.console.wait_for(AGENT_UP)
+    conn = libvirt.open(lab_env["LIBVIRT_DEFAULT_URI"])
+    try:
+        dom = conn.lookupByUUIDString(vm.deploy_id)
+        end = time.monotonic() + timeout
+        while True:
+            try:
+                libvirt_qemu.qemuAgentCommand(dom, '{"execute": "guest-ping"}', 2, 0)
+                return
+            except libvirt.libvirtError:
+                if time.monotonic() > end:
+                    raise
+                time.sleep(0.3)
+    finally:
+        conn.close()
+
+
+def b64(text: str) -> str:
+    return base64.b64decode(text).decode()
+
+
+def test_exec_runs_in_the_guest_and_the_im_reports_it_once(vm, lab_env):
+    vm.deploy(guest_agent=True)
+    vm.console.wait_for(READY)
+    agent_up(lab_env, vm)
+    res = vm.run("exec", stdin=exec_doc(vm, "sh -c 'echo hello; echo oops >&2; exit 3'"))
+    assert res.returncode == 0, res.stderr
+    fields = reported(lab_env, vm.id)
+    assert (fields["STATUS"], fields["RETURN_CODE"]) == ("DONE", "3"), fields
+    assert (b64(fields["STDOUT"]), b64(fields["STDERR"])) == ("hello\n", "oops\n")
+    assert nothing_reported(lab_env, vm.id), "a result is reported once"
+
+    res = vm.run("exec", stdin=exec_doc(vm, "cat", b"piped in\n"))  # STDIN reaches it
+    assert res.returncode == 0, res.stderr
+    fields = reported(lab_env, vm.id)
+    assert (fields["RETURN_CODE"], b64(fields["STDOUT"])) == ("0", "piped in\n"), fields
+
+    # a wild command line stays words for the guest, never a shell on the host
+    res = vm.run("exec", stdin=exec_doc(vm, "echo '$(id)' ';' `uname`"))
+    assert res.returncode == 0, res.stderr
+    assert b64(reported(lab_env, vm.id)["STDOUT"]) == "$(id) ; `uname`\n"
+
+
+def test_exec_cancel_kills_the_command_and_a_second_exec_waits(vm, lab_env):
+    vm.deploy(guest_agent=True)
+    vm.console.wait_for(READY)
+    agent_up(lab_env, vm)
+    res = vm.run("exec", stdin=exec_doc(vm, "sleep 600"))
+    assert res.returncode == 0, res.stderr
+    assert vm.console.wait_until_output("ps | grep '[s]leep 600' >/dev/null && echo yes", "yes")
+    second = vm.run("exec", stdin=exec_doc(vm, "true"))
+    assert second.returncode != 0 and "has not been reported yet" in second.stderr
+    assert nothing_reported(lab_env, vm.id)  # still running: nothing to say
+
+    cancel = vm.run("exec_cancel")
+    assert cancel.returncode == 0, cancel.stderr
+    assert vm.console.wait_until_output("ps | grep '[s]leep 600' >/dev/null || echo gone", "gone")
+    assert nothing_reported(lab_env, vm.id)  # cancelled: oned says CANCELLED itself
+    again = vm.run("exec_cancel")  # a re-run converges
+    assert again.returncode == 0 and "no command is running" in again.stderr
+    res = vm.run("exec", stdin=exec_doc(vm, "true"))  # and a new command may start
+    assert res.returncode == 0, res.stderr
+    assert reported(lab_env, vm.id)["RETURN_CODE"] == "0"
+
+
+def test_exec_without_a_guest_agent_says_so(vm):
+    vm.deploy()  # no channel: the guest agent cannot be reached
+    res = vm.run("exec", stdin=exec_doc(vm, "true"))
+    assert res.returncode != 0
+    assert "guest agent" in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr
+    bad = vm.run("exec", stdin=exec_doc(vm, "echo 'unterminated"))
+    assert bad.returncode == 3 and "cannot be split" in bad.stderr
