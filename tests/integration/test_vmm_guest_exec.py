@@ -10,9 +10,12 @@ import time
 import pytest
 
 from one_drivers.core.xmlview import escape
-from tests.integration.test_vmm_libvirt import READY, guest_raw, vm, vmm_remotes  # noqa: F401
+from tests.integration import test_vmm_libvirt as vmm
 
 pytestmark = pytest.mark.lab
+READY = vmm.READY
+# the VMM tests' fixtures: a VM with the lab guest on an RBD disk, the remotes it runs through
+vm, guest_raw, vmm_remotes = vmm.vm, vmm.guest_raw, vmm.vmm_remotes
 
 AGENT_UP = "one-lab-guest: guest agent on"
 
