@@ -13,7 +13,7 @@ from one_drivers.core.xmlview import escape
 from tests.integration import test_vmm_libvirt as vmm
 
 pytestmark = pytest.mark.lab
-READY = vmm.READY
+READY, HOST = vmm.READY, vmm.HOST
 # the VMM tests' fixtures: a VM with the lab guest on an RBD disk, the remotes it runs through
 vm, guest_raw, vmm_remotes = vmm.vm, vmm.guest_raw, vmm.vmm_remotes
 
@@ -136,3 +136,28 @@ def test_exec_without_a_guest_agent_says_so(vm):
     assert "guest agent" in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr
     bad = vm.run("exec", stdin=exec_doc(vm, "echo 'unterminated"))
     assert bad.returncode == 3 and "cannot be split" in bad.stderr
+
+
+def test_restore_sets_the_guests_clock_through_its_agent(vm, lab_env, vmm_remotes):
+    """SYNC_TIME: the guest's clock, set back to 2001 before a save, reads this year after the
+    restore; with SYNC_TIME=no (the positive control) it still reads 2001."""
+    this_year = time.gmtime().tm_year
+    vm.deploy(guest_agent=True)
+    vm.console.wait_for(READY)
+    agent_up(lab_env, vm)
+    conf = vmm_remotes / "etc" / "vmm" / "libvirt" / "libvirt.conf"
+    original = conf.read_text()
+    data = vm.action_data(tm_mad="ssh")
+    checkpoint = vm.dir / "checkpoint"
+    try:
+        for sync, year in (("no", 2001), ("yes", this_year)):
+            conf.write_text(original + f"\nSYNC_TIME={sync}\n")
+            vm.console.run("date -u -s '2001-02-03 04:05:06' >/dev/null")
+            assert vm.console.run("date -u +%Y") == "2001"
+            vm.ok("save", vm.deploy_id, str(checkpoint), HOST, stdin=data)
+            res = vm.run("restore", str(checkpoint), HOST, vm.deploy_id, stdin=data)
+            assert res.returncode == 0, res.stderr
+            assert vm.console.run("date -u +%Y") == str(year), f"SYNC_TIME={sync}"
+            assert ("set the guest's clock" in res.stderr) == (sync == "yes"), res.stderr
+    finally:
+        conf.write_text(original)

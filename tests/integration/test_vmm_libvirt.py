@@ -417,9 +417,11 @@ def test_live_migration_between_two_hosts(vm, two_hosts, lab_env, tmp_path):
         made.append(d)
     vm.dir = here
     vm.console = GuestConsole(here / "console")
-    vm.deploy()
+    vm.deploy(guest_agent=True)
     vm.console.wait_for(READY)
     vm.console.run("echo travelling > /tmp/m")
+    vm.console.wait_for("one-lab-guest: guest agent on")
+    vm.console.run("date -u -s '2001-02-03 04:05:06' >/dev/null")  # SYNC_TIME sets it back
     # a destination that cannot be reached: a clear error, the source untouched
     unreachable = tmp_path / "unreachable"
     install(unreachable, python=sys.executable)
@@ -447,6 +449,8 @@ def test_live_migration_between_two_hosts(vm, two_hosts, lab_env, tmp_path):
         on_dst = GuestConsole(there / "console")
         assert on_dst.run("cat /tmp/m") == "travelling", \
             "the guest answers on the destination, memory intact"
+        assert "set the guest's clock" in res.stderr, res.stderr
+        assert on_dst.run("date -u +%Y") == str(time.gmtime().tm_year), "SYNC_TIME"
         # the snapshot taken before the move reverts there, run on that host as oned does
         on_dst.run("echo moved > /tmp/m")
         host_conf = remotes / "etc" / "vmm" / "libvirt" / "libvirt.conf"

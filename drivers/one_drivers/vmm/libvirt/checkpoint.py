@@ -75,6 +75,9 @@ def restore(call: Call) -> None:
                                + (f" nor in RBD ({_image_name(call)})" if ceph else ""))
             hv.call(hv.conn.restore, path, what="restoring the VM's memory",
                     timeout=call.deadline.remaining())
+            from one_drivers.vmm.libvirt.guest_agent import sync_time
+
+            sync_time(hv, call.args["deploy_id"])
     if ceph is not None:
         _drop_rbd(call, ceph)
         with contextlib.suppress(FileNotFoundError):

@@ -5,7 +5,8 @@
 domain's own libvirt metadata: nothing on the host's file system to race for or swap, and it
 goes with the domain. The monitoring client reads it back (EXEC_VM), asks ``guest-exec-status``
 and reports STATUS/RETURN_CODE/STDOUT/STDERR once the command has ended. ``exec_cancel`` kills
-the process in the guest and forgets it.
+the process in the guest and forgets it. :func:`sync_time` sets the guest's clock after a
+restore or a migration (SYNC_TIME).
 
 The command and its input are read from the action's document, not from the command line
 OpenNebula builds (one_vmm_exec joins them into a line the host's shell splits again).
@@ -22,7 +23,7 @@ from typing import Any
 
 from one_drivers.core import log
 from one_drivers.core.contract import Call
-from one_drivers.core.errors import ActionFailed, BadInput, NotFound
+from one_drivers.core.errors import ActionFailed, BadInput, DriverError, NotFound
 from one_drivers.vmm.libvirt.common import host_hypervisor
 from one_drivers.vmm.libvirt.connection import Hypervisor
 
@@ -66,6 +67,24 @@ def record_exec(dom: Any, pid: int | None) -> None:
     dom.setMetadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT,
                     None if pid is None else f'<exec pid="{pid}"/>',
                     None if pid is None else EXEC_KEY, EXEC_NS, libvirt.VIR_DOMAIN_AFFECT_LIVE)
+
+
+def sync_time(hv: Hypervisor, deploy_id: str) -> None:
+    """SYNC_TIME (yes by default, as upstream's kvmrc): after a restore or a migration the
+    guest's clock is set from the host through the guest agent. Never fatal: a guest without an
+    agent keeps its clock (said in an INFO line); the attempt is bounded by GUEST_AGENT_TIMEOUT."""
+    if not hv.settings.bool("SYNC_TIME", True):
+        return
+    dom = hv.domain(deploy_id)
+    if dom is None:
+        return
+    timeout = hv.settings.float("GUEST_AGENT_TIMEOUT", 10)
+    try:
+        hv.call(dom.setTime, None, hv.lv.VIR_DOMAIN_TIME_SYNC, timeout=timeout,
+                what="setting the guest's clock")
+        log.info("set the guest's clock from the host's (SYNC_TIME)")
+    except DriverError as exc:
+        log.info(f"the guest's clock was not set: {exc}")
 
 
 def _command(call: Call) -> tuple[list[str], str | None]:

@@ -85,6 +85,9 @@ def migrate(call: Call) -> None:
         except DriverError as exc:
             _judge_failure(call, src, dst, dom, exc)
         _redefine_snapshots(dst, a["deploy_id"], xml)
+        from one_drivers.vmm.libvirt.guest_agent import sync_time
+
+        sync_time(dst, a["deploy_id"])
 
 
 def _system_ds_shared(call: Call) -> bool:
