@@ -161,3 +161,57 @@ def test_restore_sets_the_guests_clock_through_its_agent(vm, lab_env, vmm_remote
             assert ("set the guest's clock" in res.stderr) == (sync == "yes"), res.stderr
     finally:
         conf.write_text(original)
+
+
+def test_monitor_vm_carries_what_the_guest_agent_says(vm, lab_env):
+    """OS_* and GUEST_IP(_ADDRESSES) in MONITOR_VM, from the guest's own agent: an address set
+    in the guest shows up; a VM without an agent carries none of these keys."""
+    import subprocess
+    import uuid
+
+    import libvirt
+
+    from one_drivers.im.libvirt.probes import domains, monitor_vm
+    from one_drivers.lab.documents import vm_doc
+
+    bridge, mac, target = f"ga{uuid.uuid4().hex[:6]}", "02:00:00:0d:00:07", f"one-{vm.id}-0"
+    nic = {"NIC_ID": 0, "NETWORK_ID": 1, "VN_MAD": "ovsdb", "BRIDGE": bridge, "MAC": mac,
+           "TARGET": target}
+    vnm_doc = base64.b64encode(vm_doc(vm.id, [], nics=[nic]).encode())
+    vnm = vm.remotes / "vnm" / "ovsdb"
+    pre = subprocess.run([str(vnm / "pre")], input=vnm_doc, capture_output=True, timeout=60,
+                         check=False)
+    assert pre.returncode == 0, pre.stderr
+
+    def keys() -> dict[str, str]:
+        conn = libvirt.open(lab_env["LIBVIRT_DEFAULT_URI"])
+        try:
+            doms = [d for d in domains(conn) if d.vm_id == vm.id]
+            text, _ = monitor_vm(doms, {}, time.time(), guest_agent=True)
+        finally:
+            conn.close()
+        monitor = base64.b64decode(re.search(r'MONITOR="([^"]*)"', text).group(1)).decode()
+        return dict(re.findall(r'^(\w+)="([^"]*)"$', monitor, re.M))
+
+    try:
+        vm.deploy(nics=[(bridge, mac, target)])  # no agent channel: no guest keys
+        vm.console.wait_for(READY)
+        plain = keys()
+        assert "CPU" in plain and not {"OS_ID", "GUEST_IP"} & plain.keys(), plain
+        vm.ok("cancel", vm.deploy_id, HOST)
+
+        vm.deploy(nics=[(bridge, mac, target)], guest_agent=True)
+        vm.console.wait_for(READY)
+        agent_up(lab_env, vm)
+        vm.console.run("ip addr add 10.77.9.5/24 dev eth0")
+        end = time.monotonic() + 30
+        while (got := keys()).get("GUEST_IP") != "10.77.9.5" and time.monotonic() < end:
+            time.sleep(0.5)
+        assert got["GUEST_IP"] == "10.77.9.5" and "10.77.9.5" in got["GUEST_IP_ADDRESSES"], got
+        assert (got["OS_TYPE"], got["OS_MACHINE"]) == ("posix", "x86_64"), got
+        assert got["OS_ID"]  # the guest has no os-release: "unknown", as upstream says
+    finally:
+        vm.close()
+        clean = subprocess.run([str(vnm / "clean"), HOST], input=vnm_doc, capture_output=True,
+                               timeout=60, check=False)
+        assert clean.returncode == 0, clean.stderr

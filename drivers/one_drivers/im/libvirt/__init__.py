@@ -19,6 +19,8 @@ DRIVER = Driver(
                           "or ~/.one-drivers/im; owned by the driver user, 0700, checked)"),
         "PCI_FILTER": ("", "PCI classes reported in SYSTEM_HOST, comma-separated prefixes like "
                            "0300,0302 (* for all; empty: none)"),
+        "GUEST_AGENT_MONITOR": ("yes", "MONITOR_VM carries OS_* and GUEST_IP(_ADDRESSES) from each "
+                                       "VM's guest agent, when it has one connected"),
         "STATE_RESEND_AFTER": ("35", "seconds after which a VM state change is sent once more "
                                      "(oned ignores a VM's state for 30 s after an action on it)"),
         "LIBVIRT_TIMEOUT": ("30", "seconds connecting to libvirt may take"),

@@ -60,6 +60,7 @@ class Options(NamedTuple):
     ds_location: str = DEFAULT_DS_LOCATION
     resend_after: float = RESEND_AFTER
     one_version: str = ""  # OpenNebula's, from the remotes' VERSION file
+    guest_agent: bool = True  # MONITOR_VM carries what each guest agent says
 
 
 class Store:
@@ -147,7 +148,8 @@ class Client:
                 elif text:
                     data["pending"] = {**data["pending"], **by_vm(text)}
             if "MONITOR_VM" in groups:
-                text, data["cpu"] = probes.monitor_vm(doms, data["cpu"], now, disk_sizes)
+                text, data["cpu"] = probes.monitor_vm(doms, data["cpu"], now, disk_sizes,
+                                                      guest_agent=self.opts.guest_agent)
                 out.append(Message("MONITOR_VM", True, hid, text))
             self.store.save()
         return out

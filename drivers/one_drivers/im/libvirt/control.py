@@ -73,7 +73,8 @@ def options(call: Call) -> Options:
                    settings.get("PCI_FILTER") or "",
                    conf.opt("DATASTORE_LOCATION") or DEFAULT_DS_LOCATION,
                    settings.float("STATE_RESEND_AFTER", 35),
-                   one_version(call.extras.get("remotes")))
+                   one_version(call.extras.get("remotes")),
+                   settings.bool("GUEST_AGENT_MONITOR", True))
 
 
 def one_version(remotes: str | None) -> str:

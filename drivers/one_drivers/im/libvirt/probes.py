@@ -51,6 +51,7 @@ class Domain(NamedTuple):
     name: str
     state: str
     stats: dict[str, Any]
+    handle: Any = None  # the libvirt domain (for guest agent questions)
 
 
 STATS = (1 | 2 | 4 | 8 | 16 | 32)  # STATE, CPU_TOTAL, BALLOON, VCPU, INTERFACE, BLOCK
@@ -63,7 +64,7 @@ def domains(conn: Any) -> list[Domain]:
         name, uuid = dom.name(), dom.UUIDString()  # cached in the object: no round trip
         match = VM_NAME.match(name)
         state = one_state(int(stats.get("state.state", 0)), int(stats.get("state.reason", 0)))
-        out.append(Domain(int(match.group(1)) if match else -1, uuid, name, state, stats))
+        out.append(Domain(int(match.group(1)) if match else -1, uuid, name, state, stats, dom))
     return out
 
 
@@ -99,11 +100,44 @@ def state_vm(doms: list[Domain], known: dict[str, dict[str, Any]], *, sync: bool
     return "\n".join(lines), now
 
 
+def guest_agent_keys(dom: Domain) -> dict[str, str]:
+    """What the guest agent says, as upstream's probes name it: OS_ID, OS_TYPE, OS_VERSION,
+    OS_MACHINE and the guest's addresses (GUEST_IP, the first IPv4 or else the first one, and
+    GUEST_IP_ADDRESSES), from one ``guestInfo`` call; nothing for a domain without a connected
+    agent (libvirt answers that at once, without asking the guest)."""
+    import libvirt
+
+    if dom.handle is None or dom.state != "RUNNING":
+        return {}
+    types = libvirt.VIR_DOMAIN_GUEST_INFO_OS | libvirt.VIR_DOMAIN_GUEST_INFO_INTERFACES
+    try:
+        info = dom.handle.guestInfo(types, 0)
+    except libvirt.libvirtError:
+        return {}
+    os_id = str(info.get("os.id") or "unknown")
+    keys = {"OS_ID": os_id, "OS_TYPE": "mswindows" if os_id == "mswindows" else "posix",
+            "OS_VERSION": str(info.get("os.version-id") or "unknown"),
+            "OS_MACHINE": str(info.get("os.machine") or "unknown")}
+    addresses: list[tuple[str, str]] = []
+    for n in range(int(info.get("if.count", 0))):
+        if info.get(f"if.{n}.name") == "lo":
+            continue
+        for m in range(int(info.get(f"if.{n}.addr.count", 0))):
+            kind, addr = info.get(f"if.{n}.addr.{m}.type"), info.get(f"if.{n}.addr.{m}.addr")
+            if kind in ("ipv4", "ipv6") and addr and addr not in ("127.0.0.1", "::1"):
+                addresses.append((kind, str(addr)))
+    if addresses:
+        keys["GUEST_IP"] = next((a for k, a in addresses if k == "ipv4"), addresses[0][1])
+        keys["GUEST_IP_ADDRESSES"] = ",".join(a for _, a in addresses)
+    return keys
+
+
 def monitor_vm(doms: list[Domain], cpu_before: dict[str, list[float]], now: float,
-               disk_sizes: dict[int, dict[int, int]] | None = None
-               ) -> tuple[str, dict[str, list[float]]]:
+               disk_sizes: dict[int, dict[int, int]] | None = None, *,
+               guest_agent: bool = False) -> tuple[str, dict[str, list[float]]]:
     """MONITOR_VM text and the CPU samples to diff against next time; ``disk_sizes``: MB used
-    by the disk files of VMs on local system datastores (:func:`local_disk_sizes`)."""
+    by the disk files of VMs on local system datastores (:func:`local_disk_sizes`);
+    ``guest_agent``: add what each VM's guest agent says (:func:`guest_agent_keys`)."""
     lines = []
     samples: dict[str, list[float]] = {}
     for dom in doms:
@@ -129,6 +163,8 @@ def monitor_vm(doms: list[Domain], cpu_before: dict[str, list[float]], now: floa
                              f'DISKRDIOPS="{blk["rd.reqs"]}"', f'DISKWRIOPS="{blk["wr.reqs"]}"'])
         for disk, size in sorted((disk_sizes or {}).get(dom.vm_id, {}).items()):
             monitor += f"\nDISK_SIZE=[ID={disk}, SIZE={size}]"
+        if guest_agent:  # the guest's own words: quoted like a wild name
+            monitor += "".join(f"\n{k}={quoted(v)}" for k, v in guest_agent_keys(dom).items())
         lines.append(_vm_line(dom, MONITOR=base64.b64encode(monitor.encode()).decode()))
     return "\n".join(lines), samples
 
