@@ -727,3 +727,39 @@ def test_live_migration_copies_the_disks_of_a_local_system_datastore(vm, two_hos
         moved.destroy()
     finally:
         dst.close()
+
+
+def test_a_uefi_guest_gets_its_own_nvram_kept_across_deploys_and_save(vm):
+    """OS/FIRMWARE UEFI: the variable store oned names in the VM's directory is made from the
+    loader's template on the first deploy, the guest boots through OVMF, and the store is the
+    same file after a save/restore and a new deploy (never replaced); a store path outside the
+    VM's directory is refused."""
+    import hashlib
+
+    loader = "/usr/share/OVMF/OVMF_CODE_4M.fd"
+    nvram = vm.dir / f"vm{vm.id}_VARS.fd"
+    template = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
+    assert not nvram.exists()
+    vm.deploy(uefi_loader=loader)
+    assert nvram.read_bytes() == template.read_bytes(), "made from the loader's template"
+    vm.console.wait_for(READY, timeout=180)
+    assert vm.console.run("[ -d /sys/firmware/efi ] && echo uefi") == "uefi", "booted by OVMF"
+    written = (vm.dir / "deployment.0").read_text()
+    assert f"<nvram>{nvram}</nvram>" in written
+    inode = nvram.stat().st_ino
+    checkpoint = vm.dir / "checkpoint"
+    data = vm.action_data(tm_mad="ssh")
+    vm.ok("save", vm.deploy_id, str(checkpoint), HOST, stdin=data)
+    digest = hashlib.sha256(nvram.read_bytes()).hexdigest()
+    vm.ok("restore", str(checkpoint), HOST, vm.deploy_id, stdin=data)
+    vm.console.run("echo alive")
+    vm.ok("cancel", vm.deploy_id, HOST)
+    assert hashlib.sha256(nvram.read_bytes()).hexdigest() == digest
+    vm.deploy(uefi_loader=loader)  # a new deploy keeps the guest's store
+    assert nvram.stat().st_ino == inode
+    vm.ok("cancel", vm.deploy_id, HOST)
+
+    outside = vm.domain(uefi_loader=loader).replace(f"<nvram>{nvram}", "<nvram>/tmp/x_VARS.fd")
+    res = vm.run("deploy", str(vm.dir / "deployment.1"), HOST, stdin=outside)
+    assert res.returncode == 3 and "is not in the VM's directory" in res.stderr, res.stderr
+    assert not Path("/tmp/x_VARS.fd").exists()

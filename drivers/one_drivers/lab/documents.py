@@ -86,12 +86,14 @@ def domain_xml(env: dict[str, str], vm_id: int, vm_dir: str, console: str, *,
                rbd_disks: Sequence[tuple[str, str]] = (), cdrom: str | None = None,
                nics: Sequence[tuple[str, str, str]] = (), acpi: bool = True,
                memory_mb: int = 192, vcpus: int = 1, max_vcpus: int = 2,
-               kernel_args: str = "", guest_agent: bool = False) -> str:
+               kernel_args: str = "", guest_agent: bool = False,
+               uefi_loader: str = "") -> str:
     """A deployment file shaped like the one oned's KVM driver writes, booting the lab guest:
     RBD disks ``(pool/name, target)`` with cephx, a context CD-ROM, OVS NICs
     ``(bridge, mac, target)``, ``one:`` metadata; its serial console on a unix socket at
     ``console`` (logged to ``console.log`` next to it), which the lab's tests drive;
-    ``guest_agent``: the QEMU guest agent's channel, as oned writes it for GUEST_AGENT=yes."""
+    ``guest_agent``: the QEMU guest agent's channel, as oned writes it for GUEST_AGENT=yes;
+    ``uefi_loader``: a UEFI guest, the loader and per-VM NVRAM as oned writes them."""
     mon_host, mon_port = env["ONE_LAB_CEPH_MON"].rsplit(":", 1)
     disks = "".join(
         f"<disk type='network' device='disk'><source protocol='rbd' name='{escape(name)}'>"
@@ -114,7 +116,10 @@ def domain_xml(env: dict[str, str], vm_id: int, vm_dir: str, console: str, *,
         "<os><type arch='x86_64' machine='pc'>hvm</type>"
         f"<kernel>{env['ONE_LAB_GUEST_KERNEL']}</kernel>"
         f"<initrd>{env['ONE_LAB_GUEST_INITRD']}</initrd>"
-        f"<cmdline>console=ttyS0 panic=-1 quiet {escape(kernel_args)}</cmdline></os>"
+        f"<cmdline>console=ttyS0 panic=-1 quiet {escape(kernel_args)}</cmdline>"
+        + (f"<loader readonly='yes' type='pflash' secure='no'>{escape(uefi_loader)}</loader>"
+           f"<nvram>{escape(vm_dir)}/vm{vm_id}_VARS.fd</nvram>" if uefi_loader else "")
+        + "</os>"
         + ("<features><acpi/></features>" if acpi else "")
         + f"<devices>{disks}{ifaces}"
         f"<serial type='unix'><source mode='bind' path='{escape(console)}'/>"

@@ -56,6 +56,8 @@ DRIVER = Driver(
                                   "stdout) before deploy, run in name order"),
         "GUEST_AGENT_TIMEOUT": ("10", "seconds a guest agent command (exec, exec_cancel) may "
                                       "take"),
+        "OVMF_NVRAM": ("", "UEFI variable store template for new VMs (default: the VARS file "
+                           "that goes with the loader, from Debian's ovmf)"),
         "SYNC_TIME": ("yes", "set the guest's clock through its agent after restore and "
                              "migration"),
         "ACPI_TIMEOUT": ("180", "seconds a guest gets to power off after the ACPI power button "

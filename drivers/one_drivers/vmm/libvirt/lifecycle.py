@@ -14,6 +14,7 @@ from one_drivers.core.errors import ActionFailed, NotFound
 from one_drivers.vmm.libvirt.common import SHUTOFF, host_hypervisor, resolved
 from one_drivers.vmm.libvirt.connection import Hypervisor
 from one_drivers.vmm.libvirt.deployment import check_emulator, prepare
+from one_drivers.vmm.libvirt.firmware import ensure_nvram
 from one_drivers.vmm.libvirt.snapshots import redefine_snapshots
 
 DESTROY_RESERVE = 15.0  # seconds of the action kept for destroying a guest that ignored ACPI
@@ -27,6 +28,7 @@ def deploy(call: Call) -> str:
     check_emulator(root)
     xml = ET.tostring(root, encoding="unicode")
     _write(call.args["deployment_file"], xml)
+    ensure_nvram(root, os.path.dirname(call.args["deployment_file"]), settings)
     name = root.findtext("name") or ""
     with host_hypervisor(call) as hv:
         existing = hv.domain(root.findtext("uuid") or name)
