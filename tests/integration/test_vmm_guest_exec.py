@@ -10,6 +10,7 @@ import time
 import pytest
 
 from one_drivers.core.xmlview import escape
+from one_drivers.lab.console import GuestConsole
 from tests.integration import test_vmm_libvirt as vmm
 
 pytestmark = pytest.mark.lab
@@ -215,3 +216,50 @@ def test_monitor_vm_carries_what_the_guest_agent_says(vm, lab_env):
         clean = subprocess.run([str(vnm / "clean"), HOST], input=vnm_doc, capture_output=True,
                                timeout=60, check=False)
         assert clean.returncode == 0, clean.stderr
+
+
+def test_restore_follows_the_vms_directory(vm, lab_env, tmp_path):
+    """A VM saved on one system datastore comes back from its checkpoint on another (oned moved
+    its directory): the restored domain's paths (its console here) are in the new directory."""
+    import shutil
+
+    vm.deploy()
+    vm.console.wait_for(READY)
+    vm.console.run("echo kept > /tmp/mark")
+    data = vm.action_data(tm_mad="ssh")
+    vm.ok("save", vm.deploy_id, str(vm.dir / "checkpoint"), HOST, stdin=data)
+    moved = tmp_path / "other-datastore" / str(vm.id)
+    shutil.copytree(vm.dir, moved, ignore=shutil.ignore_patterns("console*"))
+    shutil.rmtree(vm.dir)
+    res = vm.run("restore", str(moved / "checkpoint"), HOST, vm.deploy_id, stdin=data)
+    assert res.returncode == 0, res.stderr
+    assert f"the VM's directory moved from {vm.dir} to {moved}" in res.stderr
+    assert GuestConsole(moved / "console").run("cat /tmp/mark") == "kept"
+    vm.dir = moved
+
+
+def test_restore_wakes_a_guest_suspended_to_ram(vm, lab_env):
+    import libvirt
+
+    pm = "<pm><suspend-to-mem enabled='yes'/></pm>"
+    vm.deploy_id = vm.ok("deploy", str(vm.dir / "deployment.0"), HOST,
+                         stdin=vm.domain(guest_agent=True).replace("<devices>", pm + "<devices>"))
+    vm.console.wait_for(READY)
+    agent_up(lab_env, vm)
+    conn = libvirt.open(lab_env["LIBVIRT_DEFAULT_URI"])
+    try:
+        dom = conn.lookupByUUIDString(vm.deploy_id)
+        dom.pMSuspendForDuration(libvirt.VIR_NODE_SUSPEND_TARGET_MEM, 0, 0)
+        end = time.monotonic() + 60
+        while dom.state()[0] != libvirt.VIR_DOMAIN_PMSUSPENDED and time.monotonic() < end:
+            time.sleep(0.3)
+        assert dom.state()[0] == libvirt.VIR_DOMAIN_PMSUSPENDED
+        res = vm.run("restore", str(vm.dir / "checkpoint"), HOST, vm.deploy_id)
+        assert res.returncode == 0 and "woken up" in res.stderr, res.stderr
+        end = time.monotonic() + 60
+        while dom.state()[0] != libvirt.VIR_DOMAIN_RUNNING and time.monotonic() < end:
+            time.sleep(0.3)
+        assert dom.state()[0] == libvirt.VIR_DOMAIN_RUNNING
+    finally:
+        conn.close()
+    assert vm.console.run("echo awake") == "awake"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import xml.etree.ElementTree as ET
 from typing import Any
 
 from one_drivers.core import log
@@ -18,7 +19,7 @@ from one_drivers.core.config import Settings
 from one_drivers.core.contract import Call
 from one_drivers.core.documents import VmmActionData
 from one_drivers.core.errors import NotFound
-from one_drivers.vmm.libvirt.common import SHUTOFF, host_hypervisor, resolved
+from one_drivers.vmm.libvirt.common import PMSUSPENDED, SHUTOFF, host_hypervisor, resolved
 
 
 def _data(call: Call) -> VmmActionData:
@@ -61,11 +62,20 @@ def save(call: Call) -> None:
 
 
 def restore(call: Call) -> None:
+    """The VM from its checkpoint, where the checkpoint now is: paths of the VM's directory in
+    the saved domain are moved to the checkpoint's directory (the VM may come back on another
+    system datastore), its snapshots are redefined, its clock set (SYNC_TIME). A guest that is
+    only power-management suspended (S3) is woken up instead."""
     path = call.args["checkpoint_file"]
     ceph = _ceph_settings(call)
     with host_hypervisor(call) as hv:
         dom = hv.domain(call.args["deploy_id"])
-        if dom is not None and hv.state(dom) not in (None, SHUTOFF):
+        state = hv.state(dom) if dom is not None else None
+        if dom is not None and state == PMSUSPENDED:
+            hv.call(dom.pMWakeup, 0, what="waking the suspended guest")
+            log.info(f"domain {call.args['deploy_id']} was suspended (S3): woken up")
+            return
+        if dom is not None and state not in (None, SHUTOFF):
             log.info(f"domain {call.args['deploy_id']} already runs: restored before")
         else:
             if ceph is not None and _in_rbd(call, ceph):
@@ -73,15 +83,34 @@ def restore(call: Call) -> None:
             if not os.path.exists(path):
                 raise NotFound(f"no checkpoint at {path}"
                                + (f" nor in RBD ({_image_name(call)})" if ceph else ""))
-            hv.call(hv.conn.restore, path, what="restoring the VM's memory",
-                    timeout=call.deadline.remaining())
+            xml = relocated(hv.call(hv.conn.saveImageGetXMLDesc, path, 0,
+                                    what="reading the checkpoint's domain"),
+                            os.path.dirname(os.path.abspath(path)))
+            dom = hv.call(hv.conn.restoreFlags, path, xml, 0, what="restoring the VM's memory",
+                          timeout=call.deadline.remaining())
             from one_drivers.vmm.libvirt.guest_agent import sync_time
+            from one_drivers.vmm.libvirt.snapshots import redefine_snapshots
 
+            dom = hv.require(call.args["deploy_id"])
+            redefine_snapshots(hv, dom, ET.fromstring(xml))  # noqa: S314 - libvirt's own XML
             sync_time(hv, call.args["deploy_id"])
     if ceph is not None:
         _drop_rbd(call, ceph)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
+
+
+def relocated(xml: str, vm_dir: str) -> str:
+    """The saved domain with its VM directory (``one:system_datastore``) moved to ``vm_dir``:
+    every path under the old directory now under the new one."""
+    from one_drivers.vmm.libvirt.deployment import system_datastore_dir
+
+    old = system_datastore_dir(ET.fromstring(xml))  # noqa: S314 - libvirt's own XML
+    if not old or os.path.normpath(old) == os.path.normpath(vm_dir):
+        return xml
+    old, new = os.path.normpath(old), os.path.normpath(vm_dir)
+    log.info(f"the VM's directory moved from {old} to {new}: its paths follow")
+    return xml.replace(f">{old}<", f">{new}<").replace(f"{old}/", f"{new}/")
 
 
 def _pool(call: Call, ceph: Settings) -> Any:
