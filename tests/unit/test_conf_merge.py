@@ -43,7 +43,7 @@ IM_MAD = [ NAME = "kvm", EXECUTABLE = "one_im_ssh", ARGUMENTS = "-r 3 -t 15 -w 9
 def test_merge_adds_lists_and_blocks_and_keeps_the_rest():
     reg = registration()
     out = merge(ONED, reg, "oned.conf")
-    assert 'ARGUMENTS  = "-t 15 -d dummy,fs,ceph,rbd -s shared,ssh,ceph,rbd"' in out
+    assert 'ARGUMENTS  = "-t 15 -d dummy,fs,ceph,rbd,rbdbackup -s shared,ssh,ceph,rbd"' in out
     assert 'ARGUMENTS  = "-t 15 -d dummy,shared,ssh,ceph,rbd"' in out
     assert "PORT = 2633" in out and 'NAME = "ceph", LN_TARGET = "NONE"' in out
     assert 'NAME = "kvm", EXECUTABLE = "one_vmm_exec"' in out, "the operator's kvm untouched"

@@ -56,7 +56,7 @@ def test_oned_conf_registers_every_driver():
     text = oned_conf.render()
     assert 'DS_MAD_CONF = [\n    NAME                = "rbd"' in text
     assert 'MARKETPLACE_ACTIONS = "export"' in text
-    assert "DATASTORE_MAD: add 'rbd' to ARGUMENTS -d list" in text
+    assert "DATASTORE_MAD: add 'rbd,rbdbackup' to ARGUMENTS -d list" in text
     assert '"drivers": [' in oned_conf.render_json()
     assert 'VN_MAD_CONF = [\n    NAME        = "ovsdb",\n    BRIDGE_TYPE = "openvswitch"' in text
     vm_mad = next(b["attrs"] for b in reg["blocks"] if b["section"] == "VM_MAD")

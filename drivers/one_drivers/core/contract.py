@@ -122,9 +122,12 @@ _PROBE = Signature(_p("im_mad", "host_id:int", "hostname"), Stdin.XML, docs.Moni
 
 CONTRACT: dict[str, dict[str, Signature]] = {
     "datastore": {
-        name: _DS
-        for name in ("cp", "mkfs", "clone", "rm", "stat", "monitor", "snap_delete", "snap_revert",
-                     "snap_flatten", "export")
+        **{name: _DS
+           for name in ("cp", "mkfs", "clone", "rm", "stat", "monitor", "snap_delete",
+                        "snap_revert", "snap_flatten", "export", "increment_flatten")},
+        # backup datastores: run by the VMM MAD with the TM's BACKUP line, stdin plain XML
+        "backup": Signature(_p("vm_dir:hostpath", "disks", "deploy_id", "bj_id", "vmid:int",
+                               "dsid:int"), Stdin.ANY_XML, docs.DsActionData),
     },
     "tm": {
         "clone": Signature(_p("src:hostpath", "dst:hostpath", "vmid:int", "dsid:int")),
@@ -334,6 +337,8 @@ def subject_of(call: Call) -> str:
     """The object an error message names first."""
     a = call.args
     if call.family == "datastore":
+        if "vmid" in a:  # a backup datastore's backup: about a VM
+            return f"VM {a['vmid']} backup"
         what = "datastore" if call.action == "monitor" else "image"
         return f"{what} {a['id']}"
     if call.family == "tm":

@@ -75,6 +75,11 @@ class DsActionData(XmlView):
     def datastore(self) -> Datastore:
         return self.child("DATASTORE", Datastore)
 
+    @property
+    def vm(self) -> VM:
+        """The VM a backup datastore action is about (``backup``)."""
+        return self.child("VM", VM)
+
 
 # -- the VM document --------------------------------------------------------------------------
 

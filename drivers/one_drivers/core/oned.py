@@ -18,7 +18,7 @@ import socket
 import time
 import xml.etree.ElementTree as ET
 
-from one_drivers.core.documents import VM, Datastore
+from one_drivers.core.documents import VM, Datastore, Image
 from one_drivers.core.errors import (
     ActionFailed,
     BackendTimeout,
@@ -67,6 +67,10 @@ class Oned:
         text = self.call("one.datastore.info", self.session, ds_id, True)
         return Datastore(parse_xml(text, what=f"oned's answer for datastore {ds_id}",
                                    root="DATASTORE"))
+
+    def image(self, image_id: int) -> Image:
+        text = self.call("one.image.info", self.session, image_id, True)
+        return Image(parse_xml(text, what=f"oned's answer for image {image_id}", root="IMAGE"))
 
     # -- the wire ---------------------------------------------------------------------------
     def call(self, method: str, *params: Param) -> str:

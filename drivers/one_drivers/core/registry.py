@@ -16,7 +16,8 @@ from one_drivers.core.errors import UsageError
 
 # family -> driver name -> package. Adding a driver means adding a line here.
 PACKAGES: dict[str, dict[str, str]] = {
-    "datastore": {"rbd": "one_drivers.datastore.rbd"},
+    "datastore": {"rbd": "one_drivers.datastore.rbd",
+                  "rbdbackup": "one_drivers.datastore.rbdbackup"},
     "tm": {"rbd": "one_drivers.tm.rbd"},
     "vnm": {"ovsdb": "one_drivers.vnm.ovsdb"},
     "vmm": {"libvirt": "one_drivers.vmm.libvirt"},

@@ -1,7 +1,7 @@
 """A small oned stand-in for the lab: serves recorded VM and datastore XML over XML-RPC.
 
-``one.vm.info`` and ``one.datastore.info`` answer as oned does (``[ok, xml-or-message, code]``)
-from ``<dir>/vm/<id>.xml`` and ``<dir>/datastore/<id>.xml``, read on every call so tests can record
+``one.vm.info``, ``one.datastore.info`` and ``one.image.info`` answer as oned does (``[ok,
+xml-or-message, code]``) from ``<dir>/<kind>/<id>.xml``, read on every call so tests can record
 documents while it runs; the session must match the lab's one_auth.
 """
 
@@ -89,7 +89,7 @@ def serve(directory: Path, port: int) -> None:
                     AUTHENTICATION]
         path = directory / kind / f"{int(obj_id)}.xml"
         if not path.exists():
-            what = "virtual machine" if kind == "vm" else "datastore"
+            what = {"vm": "virtual machine"}.get(kind, kind)
             return [False, f"[{method}] Error getting {what} [{obj_id}].", NO_EXISTS]
         return [True, path.read_text(), 0]
 
@@ -106,6 +106,8 @@ def serve(directory: Path, port: int) -> None:
     server.register_function(
         lambda s, i, d=False: info("datastore", "one.datastore.info", s, i, d),
         "one.datastore.info")
+    server.register_function(lambda s, i, d=False: info("image", "one.image.info", s, i, d),
+                             "one.image.info")
     server.serve_forever()
 
 

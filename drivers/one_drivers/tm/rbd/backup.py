@@ -1,0 +1,127 @@
+"""prebackup / postbackup (and their ``_live`` forms) for ``rbd`` disks.
+
+prebackup takes ``one_backup_<n>`` on every disk the backup covers, all while the guest's file
+systems are frozen (FS_FREEZE=AGENT) or the guest paused (SUSPEND) on the host where it runs, so
+the disks agree with each other. A snapshot ``n`` left by an earlier, failed attempt is taken
+again (it was never part of a backup); older backup snapshots other than the base ``n - 1`` of
+an increment are dropped. Nothing is copied here: the backup datastore reads the snapshots.
+
+postbackup keeps what the next backup needs and nothing else: after a success, in INCREMENT mode
+the new snapshot (the next increment's base), in FULL mode none; after a failure the new snapshot
+goes and the previous base stays, so a failed backup never breaks the chain (#7937). User disk
+snapshots are never touched (#8090).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+from one_drivers.ceph import backups
+from one_drivers.ceph.rbd_ops import ceph_errors, open_image
+from one_drivers.core import faults, log
+from one_drivers.core.contract import Call, HostPath
+from one_drivers.core.errors import ActionFailed
+from one_drivers.tm.rbd.common import DiskContext, load
+
+
+def _disks(call: Call) -> list[DiskContext]:
+    from one_drivers.tm.rbd.placement import documents
+
+    docs = documents(call)
+    docs.vms[call.args["vmid"]] = call.doc  # the VM as oned gave it on stdin
+    where: HostPath = call.args["vm_dir"]
+    out = []
+    for disk_id in backups.disk_ids(call.args["disks"]):
+        out.append(load(call, HostPath(where.host, f"{where.path.rstrip('/')}/disk.{disk_id}")))
+    return out
+
+
+def _pool(call: Call, ctx: DiskContext) -> Any:
+    from one_drivers.ceph.pool import rbd_pool
+
+    return rbd_pool(ctx.settings.over({"POOL_NAME": ctx.spec.pool}), call.deadline,
+                    call.subject)
+
+
+def _take(call: Call, disks: list[DiskContext], n: int, keep_base: int | None) -> None:
+    for ctx in disks:
+        with _pool(call, ctx) as pool, \
+                ceph_errors(f"taking backup snapshot {n} of {ctx.spec}", call.subject), \
+                open_image(pool.ioctx, ctx.spec.name) as image:
+            for old, name in backups.backup_snaps(image).items():
+                if old != keep_base:  # an earlier attempt's n, or an abandoned chain's
+                    image.remove_snap(name)
+            image.create_snap(backups.snap_name(n))
+        faults.point("prebackup:snapshot")
+        log.info(f"{ctx.spec}@{backups.snap_name(n)} taken")
+
+
+@contextlib.contextmanager
+def _quiesced(call: Call) -> Iterator[None]:
+    """FS_FREEZE of the backup: the guest's file systems frozen through its agent (AGENT) or
+    the guest paused (SUSPEND) while the snapshots are taken; thawed on every path."""
+    from one_drivers.tm.rbd.snapshots import _domain
+
+    how = (call.doc.opt("BACKUPS/BACKUP_CONFIG/FS_FREEZE") or "NONE").upper()
+    deploy_id = call.args["deploy_id"]
+    if how not in ("AGENT", "SUSPEND") or deploy_id in ("", "-"):
+        yield
+        return
+    from one_drivers.core.retry import call_with_timeout
+
+    host = call.args["vm_dir"].host
+    timeout = call.deadline.cap(call.settings.float("FREEZE_TIMEOUT", 30), "freezing")
+    dom = _domain(call, host, deploy_id)
+    done = False
+    try:
+        if how == "AGENT":
+            call_with_timeout(dom.fsFreeze, timeout=timeout, what="the guest's fsfreeze")
+        else:
+            call_with_timeout(dom.suspend, timeout=timeout, what="pausing the guest")
+        done = True
+        log.info(f"{'froze' if how == 'AGENT' else 'paused'} {deploy_id} for the snapshots")
+    except Exception as exc:  # crash-consistent then, as upstream when it cannot freeze
+        log.info(f"backup snapshots without FS_FREEZE={how}: {exc}")
+    try:
+        yield
+    finally:
+        if done:
+            thaw = dom.fsThaw if how == "AGENT" else dom.resume
+            call_with_timeout(thaw, timeout=timeout, what="thawing the guest")
+
+
+def prebackup(call: Call) -> None:
+    p = backups.plan(call.doc)
+    disks = _disks(call)
+    if not all((ctx.settings.get("DISK_TYPE") or "RBD").upper() == "RBD" for ctx in disks):
+        raise ActionFailed("only RBD disks can be backed up by tm/rbd")
+    with _quiesced(call):
+        _take(call, disks, p.n, p.last if p.increment else None)
+
+
+prebackup_live = prebackup
+
+
+def postbackup(call: Call) -> None:
+    p = backups.plan(call.doc)
+    bad = backups.failed(call.doc)
+    for ctx in _disks(call):
+        with _pool(call, ctx) as pool, \
+                ceph_errors(f"dropping backup snapshots of {ctx.spec}", call.subject), \
+                open_image(pool.ioctx, ctx.spec.name) as image:
+            snaps = backups.backup_snaps(image)
+            if bad:  # keep the chain's base, drop what this attempt made
+                keep = {p.last} if p.increment else set()
+            elif p.incremental:  # the newest is the next increment's base
+                keep = {max(snaps)} if snaps else set()
+            else:
+                keep = set()
+            for n, name in snaps.items():
+                if n not in keep:
+                    image.remove_snap(name)
+        log.info(f"{ctx.spec}: backup snapshots kept: {sorted(keep) or 'none'}")
+
+
+postbackup_live = postbackup
