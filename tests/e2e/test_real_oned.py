@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import subprocess
 import time
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
@@ -171,6 +172,63 @@ def test_live_disk_snapshot(one: OpenNebula, ceph_admin) -> None:
     _, ioctx = ceph_admin
     with rbd.Image(ioctx, f"one-{STATE['os']}-{vm}-0", read_only=True) as image:
         assert "0" in {s["name"] for s in image.list_snaps()}
+
+
+def _backup_image(one: OpenNebula, vm: int) -> ET.Element | None:
+    ids = [e.text for e in one.xml("onevm", "show", str(vm)).iterfind("BACKUPS/BACKUP_IDS/ID")]
+    return one.xml("oneimage", "show", str(ids[-1])) if ids and ids[-1] else None
+
+
+def test_live_backups_full_then_incremental(one: OpenNebula, lab_env: dict[str, str],
+                                            ceph_admin) -> None:
+    """onevm backup of the running VM (INCREMENT mode) into an rbdbackup datastore, twice:
+    oned keeps one BACKUP image whose increments are our snapshots 0 and 1, and deleting it
+    removes the chain from Ceph."""
+    import rbd
+
+    attrs = {"POOL_NAME": lab_env["ONE_LAB_CEPH_POOL"], "CEPH_USER": lab_env["ONE_LAB_CEPH_USER"],
+             "CEPH_CONF": lab_env["CEPH_CONF"], "CEPH_KEY": lab_env["ONE_LAB_CEPH_KEYRING"]}
+    ds = one.create("onedatastore", 'NAME="e2e-backups"\nTYPE="BACKUP_DS"\nDS_MAD="rbdbackup"\n'
+                    'TM_MAD="-"\n' + "".join(f'{k}="{v}"\n' for k, v in attrs.items()))
+    one.wait(lambda: int(text(one, "onedatastore", ds, "TOTAL_MB") or 0) > 0,
+             "the backup datastore to be monitored", 180)
+    vm = STATE["vm"]
+    _, ioctx = ceph_admin
+    # oned refuses INCREMENT mode to a VM with disk snapshots (and disk snapshots to a VM in it)
+    one.run(["onevm", "disk-snapshot-delete", str(vm), "0", "0"])
+    one.wait(lambda: _running(one, vm) and one.xml("onevm", "show", str(vm)).find(
+        "SNAPSHOTS[DISK_ID='0']/SNAPSHOT") is None, "the disk snapshot to go", 120,
+        fail=lambda: _vm_failed(one, vm))
+    one.run(["onevm", "backupmode", str(vm), "INCREMENT"])
+    try:
+        for n in (0, 1):
+            one.run(["onevm", "backup", str(vm), "-d", str(ds)])
+
+            def done(n: int = n) -> bool:
+                image = _backup_image(one, vm)
+                return (_running(one, vm) and image is not None
+                        and image.findtext("STATE") == IMAGE_READY
+                        and len(image.findall("BACKUP_INCREMENTS/INCREMENT")) == n + 1)
+
+            one.wait(done, f"backup {n}", 300, fail=lambda: _vm_failed(one, vm)
+                     or one.xml("onevm", "show", str(vm)).findtext("USER_TEMPLATE/ERROR"))
+        image = _backup_image(one, vm)
+        assert image is not None
+        sources = [i.findtext("SOURCE") or "" for i in
+                   image.iterfind("BACKUP_INCREMENTS/INCREMENT")]
+        assert [s.rsplit("@", 1)[1] for s in sources] == ["0", "1"], sources
+        base = sources[0].split("/", 1)[1].split("@")[0]
+        for disk in (0, 1):  # the OS clone and the persistent data disk; volatile excluded
+            with rbd.Image(ioctx, f"{base}-{disk}", read_only=True) as chain:
+                assert {s["name"] for s in chain.list_snaps()} == {"0", "1"}
+        with rbd.Image(ioctx, f"one-{STATE['os']}-{vm}-0", read_only=True) as disk0:
+            kept = {s["name"] for s in disk0.list_snaps() if s["name"].startswith("one_backup")}
+        assert kept == {"one_backup_1"}, "only the next increment's base"
+        one.run(["oneimage", "delete", str(image.findtext("ID"))])
+        one.wait(lambda: not {n for n in rbd_names(ioctx) if n.startswith(base)},
+                 "the backup chain to go from Ceph", 120)
+    finally:
+        one.cli("onedatastore", "delete", str(ds))
 
 
 def test_poweroff_and_resume(one: OpenNebula) -> None:
