@@ -56,18 +56,30 @@ def _disk_settings(call: Call, vm: VM, disk: Disk) -> Settings:
     return base.over(disk)
 
 
+COPY_THREADS = 8  # chunks in flight: librbd releases the GIL, and Ceph serves them in parallel
+
+
 def _copy(src: Any, dst: Any, extents: list[tuple[int, int, bool]]) -> int:
-    """Write ``extents`` of ``src`` into ``dst``: data where it exists, holes discarded."""
-    written = 0
+    """Write ``extents`` of ``src`` into ``dst``: data where it exists, holes discarded.
+    Chunks travel COPY_THREADS at a time (one at a time, each read then written, is bound by
+    the round trips, not by Ceph)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    chunks = []
     for off, length, present in extents:
         if not present:
             dst.discard(off, length)
             continue
-        for pos in range(off, off + length, CHUNK):
-            data = src.read(pos, min(CHUNK, off + length - pos))
-            dst.write(data, pos)
-            written += len(data)
-    return written
+        chunks += [(pos, min(CHUNK, off + length - pos))
+                   for pos in range(off, off + length, CHUNK)]
+
+    def one(chunk: tuple[int, int]) -> int:
+        data = src.read(*chunk)
+        dst.write(data, chunk[0])
+        return len(data)
+
+    with ThreadPoolExecutor(COPY_THREADS) as pool:
+        return sum(pool.map(one, chunks))
 
 
 def _extents(src: Any, since: str | None) -> list[tuple[int, int, bool]]:
