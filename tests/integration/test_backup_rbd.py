@@ -205,7 +205,7 @@ def test_a_failed_or_crashed_backup_keeps_the_chain(vm, lab_env, remotes, ceph_a
     assert backup_id.endswith("@1")
     assert read_image(ioctx, *backup_image(backup_id)) == state
     assert read_image(ioctx, *backup_image(first)) != state  # the full one is untouched
-    rm_backup(lab_env, remotes, first)
+    assert rm_backup(lab_env, remotes, first).returncode == 0
 
 
 def test_full_mode_makes_a_new_image_each_time_and_keeps_no_snapshot(lab_env, remotes,
