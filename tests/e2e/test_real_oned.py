@@ -224,6 +224,20 @@ def test_live_backups_full_then_incremental(one: OpenNebula, lab_env: dict[str, 
         with rbd.Image(ioctx, f"one-{STATE['os']}-{vm}-0", read_only=True) as disk0:
             kept = {s["name"] for s in disk0.list_snaps() if s["name"].startswith("one_backup")}
         assert kept == {"one_backup_1"}, "only the next increment's base"
+        # onevm restore in place, from the first increment, of the powered-off VM
+        from tests.helpers import read_image
+
+        one.run(["onevm", "poweroff", str(vm)])
+        one.wait(lambda: _state(one, vm)[0] == VM_POWEROFF, "POWEROFF", 120,
+                 fail=lambda: _vm_failed(one, vm))
+        one.run(["onevm", "restore", str(vm), str(image.findtext("ID")), "--increment", "0"])
+        one.wait(lambda: _state(one, vm) == (VM_POWEROFF, "0") and read_image(
+            ioctx, f"one-{STATE['os']}-{vm}-0") == read_image(ioctx, f"{base}-0", "0"),
+                 "the in-place restore", 180, fail=lambda: _vm_failed(one, vm) or one.xml(
+                     "onevm", "show", str(vm)).findtext("USER_TEMPLATE/ERROR"))
+        one.run(["onevm", "resume", str(vm)])
+        one.wait(lambda: _running(one, vm), "RUNNING from the restored disks", 180,
+                 fail=lambda: _vm_failed(one, vm))
         one.run(["oneimage", "delete", str(image.findtext("ID"))])
         one.wait(lambda: not {n for n in rbd_names(ioctx) if n.startswith(base)},
                  "the backup chain to go from Ceph", 120)

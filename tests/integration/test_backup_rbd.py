@@ -75,13 +75,22 @@ class Vm:
                 assert fmt == "raw"
         if self.mode == "INCREMENT":
             if self.chain_image < 0:  # oned makes the BACKUP image, SOURCE = the first id
-                self.chain_image = next(_ids)
-                self.oned.record("image", self.chain_image,
-                                 f"<IMAGE><ID>{self.chain_image}</ID><NAME>bk</NAME>"
-                                 f"<SOURCE>{backup_id}</SOURCE><SIZE>1</SIZE><TYPE>6</TYPE>"
-                                 "<TEMPLATE/></IMAGE>")
+                self.chain_image, self.increments = next(_ids), []
+            self.increments.append(backup_id)
+            incs = "".join(f"<INCREMENT><ID>{i}</ID><SOURCE>{src}</SOURCE></INCREMENT>"
+                           for i, src in enumerate(self.increments))
+            self.oned.record("image", self.chain_image,
+                             f"<IMAGE><ID>{self.chain_image}</ID><NAME>bk</NAME>"
+                             f"<SOURCE>{self.increments[0]}</SOURCE><SIZE>1</SIZE><TYPE>6</TYPE>"
+                             f"<BACKUP_INCREMENTS>{incs}</BACKUP_INCREMENTS><TEMPLATE/></IMAGE>")
             self.last += 1
         return backup_id, int(size)
+
+    def restore(self, increment: int, env=None):
+        argv = [f"localhost:/var/lib/one/datastores/{SYS_DS}/{self.id}", str(self.id),
+                str(self.chain_image), str(increment), "-1"]
+        self.oned.record("vm", self.id, self.doc())
+        return run_remote(self.remotes, "tm/rbd/restore", argv, "", base64_stdin=False, env=env)
 
     def write(self, offset: int, data: bytes) -> None:
         import rbd
@@ -226,3 +235,34 @@ def test_full_mode_makes_a_new_image_each_time_and_keeps_no_snapshot(lab_env, re
         assert not {n for n in rbd_names(ioctx) if n.startswith(f"one-backup-{vm.id}-")}
     finally:
         vm.remove()
+
+
+def test_restore_in_place_clones_the_backup_and_survives_a_crash(vm, lab_env, remotes,
+                                                                  ceph_admin):
+    """onevm restore: the powered-off VM's disk becomes the backup's snapshot (a clone: instant
+    at any size), whichever increment is asked; a kill between moving the old disk aside and
+    putting the clone in place is finished by a re-run."""
+    import rbd
+
+    _, ioctx = ceph_admin
+    states = []
+    for step in range(3):
+        vm.write(step * MIB, os.urandom(MIB))
+        states.append(read_image(ioctx, vm.image))
+        vm.backup()
+    vm.write(0, b"after every backup")
+    for inc, expected in ((1, states[1]), (-1, states[2]), (0, states[0])):
+        res = vm.restore(inc)
+        assert res.returncode == 0, res.stderr
+        assert read_image(ioctx, vm.image) == expected, f"increment {inc}"
+    with rbd.Image(ioctx, vm.image, read_only=True) as disk:
+        assert disk.get_parent_image_spec()["snap_name"] == "0", "a clone of the backup"
+    killed = vm.restore(1, env={**os.environ, CRASH_AT: "restore:moved-aside"})
+    assert killed.returncode == KILLED
+    assert vm.image not in rbd_names(ioctx), "killed with the old disk aside"
+    again = vm.restore(1)
+    assert again.returncode == 0, again.stderr
+    assert read_image(ioctx, vm.image) == states[1]
+    assert not {n for n in rbd_names(ioctx) if n.startswith(vm.image + ".")}, "nothing left"
+    missing = vm.restore(7)
+    assert missing.returncode == 3 and "has no increment 7" in missing.stderr

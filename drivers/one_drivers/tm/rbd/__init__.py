@@ -31,6 +31,7 @@ DRIVER = Driver(
         "prebackup_live": f"{_M}.backup:prebackup_live",
         "postbackup": f"{_M}.backup:postbackup",
         "postbackup_live": f"{_M}.backup:postbackup_live",
+        "restore": f"{_M}.restore:restore",
         "clone.ssh": f"{_M}.ssh_mode:clone_ssh",
         "ln.ssh": f"{_M}.ssh_mode:ln_ssh",
         "mvds.ssh": f"{_M}.ssh_mode:mvds_ssh",
