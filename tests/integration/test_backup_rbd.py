@@ -266,3 +266,48 @@ def test_restore_in_place_clones_the_backup_and_survives_a_crash(vm, lab_env, re
     assert not {n for n in rbd_names(ioctx) if n.startswith(vm.image + ".")}, "nothing left"
     missing = vm.restore(7)
     assert missing.returncode == 3 and "has no increment 7" in missing.stderr
+
+
+def test_backup_cancel_stops_the_running_backup_and_leaves_nothing(vm, remotes, ceph_admin,
+                                                                   tmp_path):
+    """backup_cancel as oned runs it (``host:dir deploy_id``, the VM on stdin) while a full
+    backup holds at a point (its staging image complete, not yet renamed): the backup ends,
+    its staging image goes, postbackup with BACKUP_RESULT=FAILURE drops the new snapshot. With
+    nothing running, cancel is a no-op (the positive control is the first cancel's effect)."""
+    import subprocess
+    import time
+
+    from one_drivers.core.faults import PAUSE_AT
+
+    _, ioctx = ceph_admin
+    vm.write(0, os.urandom(2 * MIB))
+    assert vm.tm("prebackup").returncode == 0
+    marker = tmp_path / "paused"
+    data = f"<DS_DRIVER_ACTION_DATA>{backup_ds(vm.env)}{vm.doc()}</DS_DRIVER_ACTION_DATA>"
+    argv = [str(remotes / "datastore/rbdbackup/backup"),
+            f"localhost:/var/lib/one/datastores/{SYS_DS}/{vm.id}", "0", "-", "-", str(vm.id),
+            str(SYS_DS)]
+    proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE,
+                            env={**os.environ, PAUSE_AT: f"build:made={marker}"})
+    assert proc.stdin is not None
+    proc.stdin.write(data.encode())
+    proc.stdin.close()
+    end = time.monotonic() + 60
+    while not marker.exists() and proc.poll() is None and time.monotonic() < end:
+        time.sleep(0.05)
+    assert marker.exists(), "the backup reached the point"
+    staging = {n for n in rbd_names(ioctx) if n.startswith(f"one-backup-{vm.id}-")}
+    assert staging and all(n.endswith(".one-drivers-tmp") for n in staging), staging
+    cancel = run_remote(remotes, "datastore/rbdbackup/backup_cancel",
+                        [f"localhost:/var/lib/one/datastores/{SYS_DS}/{vm.id}", "-"],
+                        vm.doc(), base64_stdin=False)
+    assert cancel.returncode == 0 and "stopped the backup" in cancel.stderr, cancel.stderr
+    assert proc.wait(timeout=60) != 0
+    assert not {n for n in rbd_names(ioctx) if n.startswith(f"one-backup-{vm.id}-")}
+    assert vm.tm("postbackup", failed=True).returncode == 0
+    assert vm.backup_snaps() == []
+    again = run_remote(remotes, "datastore/rbdbackup/backup_cancel",
+                       [f"localhost:/var/lib/one/datastores/{SYS_DS}/{vm.id}", "-"], vm.doc(),
+                       base64_stdin=False)
+    assert again.returncode == 0 and "no backup of VM" in again.stderr, again.stderr

@@ -128,6 +128,7 @@ CONTRACT: dict[str, dict[str, Signature]] = {
         # backup datastores: run by the VMM MAD with the TM's BACKUP line, stdin plain XML
         "backup": Signature(_p("vm_dir:hostpath", "disks", "deploy_id", "bj_id", "vmid:int",
                                "dsid:int"), Stdin.ANY_XML, docs.DsActionData),
+        "backup_cancel": Signature(_p("vm_dir:hostpath", "deploy_id"), Stdin.ANY_XML, docs.VM),
     },
     "tm": {
         "clone": Signature(_p("src:hostpath", "dst:hostpath", "vmid:int", "dsid:int")),
@@ -339,6 +340,8 @@ def subject_of(call: Call) -> str:
     if call.family == "datastore":
         if "vmid" in a:  # a backup datastore's backup: about a VM
             return f"VM {a['vmid']} backup"
+        if call.action == "backup_cancel":
+            return "a VM's backup"
         what = "datastore" if call.action == "monitor" else "image"
         return f"{what} {a['id']}"
     if call.family == "tm":

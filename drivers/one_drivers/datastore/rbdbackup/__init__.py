@@ -17,6 +17,7 @@ DRIVER = Driver(
         "backup": f"{_M}.backup:backup",
         "increment_flatten": f"{_M}.backup:increment_flatten",
         "rm": f"{_M}.backup:rm",
+        "backup_cancel": f"{_M}.running:backup_cancel",
         "monitor": "one_drivers.datastore.rbd.monitor:monitor",
     },
     defaults={
@@ -25,6 +26,8 @@ DRIVER = Driver(
         "CEPH_USER": ("", "cephx user of the backup cluster (without 'client.')"),
         "CEPH_KEY": ("", "keyring or keyfile of CEPH_USER"),
         "EC_POOL_NAME": ("", "erasure-coded data pool for backup images"),
+        "BACKUP_RUN_DIR": ("~/.one-drivers/backups", "where running backups are recorded (private "
+                                                      "to the driver's user), for backup_cancel"),
         "ONED_TIMEOUT": ("15", "seconds a document lookup in oned may take"),
         "ACTION_TIMEOUT": ("86400", "seconds an action may take in total (a full backup of a "
                                     "large disk is long)"),

@@ -33,6 +33,7 @@ from one_drivers.core.documents import VM, Disk
 from one_drivers.core.errors import ActionFailed, BadInput
 from one_drivers.core.oned import Oned
 from one_drivers.core.xmlview import XmlView
+from one_drivers.datastore.rbdbackup import running
 
 MIB = 1 << 20
 
@@ -78,8 +79,11 @@ def _copy(src: Any, dst: Any, extents: list[tuple[int, int, bool]]) -> int:
         dst.write(data, chunk[0])
         return len(data)
 
-    with ThreadPoolExecutor(COPY_THREADS) as pool:
+    pool = ThreadPoolExecutor(COPY_THREADS)
+    try:
         return sum(pool.map(one, chunks))
+    finally:  # stopped (a cancel): the chunks not started yet are dropped, not written
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _extents(src: Any, since: str | None) -> list[tuple[int, int, bool]]:
@@ -122,8 +126,9 @@ def backup(call: Call) -> str:
     chain = _chain(call, plan, settings.get("POOL_NAME", "one-backups") or "one-backups")
     snap, base = backups.snap_name(plan.n), backups.snap_name(plan.n - 1)
     total = 0
-    with rbd_pool(settings.over({"POOL_NAME": chain.pool}), call.deadline, call.subject,
-                  creating=True) as bpool:
+    with running.registered(call.settings, vmid), \
+            rbd_pool(settings.over({"POOL_NAME": chain.pool}), call.deadline, call.subject,
+                     creating=True) as bpool:
         if not plan.increment:
             _sweep_staging(bpool, vmid)
         for disk_id in backups.disk_ids(call.args["disks"]):
