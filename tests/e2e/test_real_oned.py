@@ -77,11 +77,15 @@ def test_doctor_on_the_front_end(one: OpenNebula, lab_env: dict[str, str]) -> No
 
 def _image(one: OpenNebula, template: str) -> int:
     iid = one.create("oneimage", template, "-d", str(STATE["images"]))
+    _wait_image_ready(one, iid)
+    return iid
+
+
+def _wait_image_ready(one: OpenNebula, iid: int) -> None:
     one.wait(lambda: text(one, "oneimage", iid, "STATE") == IMAGE_READY,
              f"image {iid} to be READY", 300,
              fail=lambda: text(one, "oneimage", iid, "TEMPLATE/ERROR") or None
              if text(one, "oneimage", iid, "STATE") == IMAGE_ERROR else None)
-    return iid
 
 
 def test_images_cp_and_mkfs(one: OpenNebula, lab_env: dict[str, str], ceph_admin) -> None:
@@ -238,6 +242,26 @@ def test_live_backups_full_then_incremental(one: OpenNebula, lab_env: dict[str, 
         one.run(["onevm", "resume", str(vm)])
         one.wait(lambda: _running(one, vm), "RUNNING from the restored disks", 180,
                  fail=lambda: _vm_failed(one, vm))
+        # oneimage restore: new images in the image datastore and a VM template
+        out = one.run(["oneimage", "restore", str(image.findtext("ID")), "-d",
+                       str(STATE["images"]), "--increment", "1", "--no_ip"])
+        template = one.xml("onetemplate", "list")
+        made = [t for t in template.iterfind("VMTEMPLATE")
+                if (t.findtext("NAME") or "").endswith(f"-{image.findtext('ID')}-1")]
+        assert made, out
+        tid = int(made[-1].findtext("ID") or -1)
+        disk_images = [int(d.findtext("IMAGE_ID") or -1)
+                       for d in made[-1].iterfind("TEMPLATE/DISK") if d.findtext("IMAGE_ID")]
+        assert len(disk_images) == 2, out
+        for iid in disk_images:
+            _wait_image_ready(one, iid)
+        restored = text(one, "oneimage", disk_images[0], "SOURCE").split("/", 1)[1]
+        assert read_image(ioctx, restored) == read_image(ioctx, f"{base}-0", "1")
+        one.run(["onetemplate", "delete", str(tid)])
+        for iid in disk_images:
+            one.run(["oneimage", "delete", str(iid)])
+            one.wait(lambda iid=iid: one.cli("oneimage", "show", str(iid)) is None,
+                     f"restored image {iid} to go", 120)
         one.run(["oneimage", "delete", str(image.findtext("ID"))])
         one.wait(lambda: not {n for n in rbd_names(ioctx) if n.startswith(base)},
                  "the backup chain to go from Ceph", 120)

@@ -86,8 +86,9 @@ def www(tmp_path: Path):
     server.shutdown()
 
 
-def _cp(env, remotes, iid, path, secret_dir: Path, **ds):
-    doc = ds_doc(env, iid, image={"PATH": path, "SIZE": 1},
+def _cp(env, remotes, iid, path, secret_dir: Path, *, owner=(0, 0), template=None, **ds):
+    doc = ds_doc(env, iid, image={"PATH": path, "SIZE": 1, "UID": owner[0], "GID": owner[1]},
+                 image_template=template,
                  ds={"RESTRICTED_DIRS": str(secret_dir), "SAFE_DIRS": "/var/tmp", **ds})
     return run_remote(remotes, "datastore/rbd/cp", [str(iid)], doc, timeout=120)
 
@@ -209,6 +210,47 @@ def test_rbd_sources_read_only_allowed_pools_with_the_datastores_own_credentials
                tmp_path / "none", RBD_SOURCE_POOLS=f"one {pool}")
     assert proc.returncode == 0, proc.stderr
     assert read_image(ioctx, f"one-{iid}")[:16] == SECRET[:16]
+
+
+def test_a_tenant_cannot_import_another_tenants_disk_from_rbd(
+        lab_env, remotes, ceph_admin, image_ids, tmp_path):  # noqa: F811
+    """PATH is a tenant's text: rbd:// of the datastore's own pool would name any image there
+    (another tenant's OS disk, a VM's disk, a backup). Only the oneadmin group imports from RBD
+    (the positive control), or a source a driver granted for that image; a grant for another
+    source, another image name, a forged or an expired one is refused."""
+    import time
+
+    from one_drivers.ceph import grants
+
+    _, ioctx = ceph_admin
+    victim = image_ids()
+    doc = ds_doc(lab_env, victim, image={"PATH": str(tmp_path / "v.raw"), "SIZE": 1},
+                 ds={"SAFE_DIRS": str(tmp_path)})
+    (tmp_path / "v.raw").write_bytes(SECRET + bytes(MIB - len(SECRET)))
+    assert run_remote(remotes, "datastore/rbd/cp", [str(victim)], doc).returncode == 0
+    url = f"rbd://host/one/one-{victim}"
+    tenant = (7, 100)
+    iid = image_ids()
+    refused = _cp(lab_env, remotes, iid, url, tmp_path / "none", owner=tenant)
+    assert refused.returncode == 5 and "only the oneadmin group" in refused.stderr
+    assert f"one-{iid}" not in rbd_names(ioctx)
+    stat = run_remote(remotes, "datastore/rbd/stat", [str(iid)],
+                      ds_doc(lab_env, iid, image={"PATH": url, "UID": 7, "GID": 100}))
+    assert stat.returncode == 5, "not even its size"
+    name = f"img{iid}"
+    past = int(time.time()) - 10
+    expired = f"{past}.{grants._mac(grants._key(), url, name, past)}"
+    for bad in (grants.grant(url + "@x", name), grants.grant(url, "another"), "1.deadbeef",
+                expired):
+        proc = _cp(lab_env, remotes, iid, url, tmp_path / "none", owner=tenant,
+                   template={"RBD_SOURCE_GRANT": bad})
+        assert proc.returncode == 5, (bad, proc.stderr)
+    granted = _cp(lab_env, remotes, iid, url, tmp_path / "none", owner=tenant,
+                  template={"RBD_SOURCE_GRANT": grants.grant(url, name)})
+    assert granted.returncode == 0, granted.stderr
+    assert read_image(ioctx, f"one-{iid}")[:16] == SECRET[:16]
+    admin = _cp(lab_env, remotes, image_ids(), url, tmp_path / "none")  # oneadmin's group
+    assert admin.returncode == 0, admin.stderr
 
 
 class _Trickle(http.server.BaseHTTPRequestHandler):

@@ -124,7 +124,8 @@ CONTRACT: dict[str, dict[str, Signature]] = {
     "datastore": {
         **{name: _DS
            for name in ("cp", "mkfs", "clone", "rm", "stat", "monitor", "snap_delete",
-                        "snap_revert", "snap_flatten", "export", "increment_flatten")},
+                        "snap_revert", "snap_flatten", "export", "increment_flatten",
+                        "restore")},
         # backup datastores: run by the VMM MAD with the TM's BACKUP line, stdin plain XML
         "backup": Signature(_p("vm_dir:hostpath", "disks", "deploy_id", "bj_id", "vmid:int",
                                "dsid:int"), Stdin.ANY_XML, docs.DsActionData),

@@ -33,8 +33,9 @@ def ds_doc(env: dict[str, str], image_id: int | None = None, *, ds_id: int = 100
     datastore monitor)."""
     parts = ["<DS_DRIVER_ACTION_DATA>"]
     if image_id is not None:
-        fields = {"ID": image_id, "NAME": f"img{image_id}", "TYPE": 2, "PERSISTENT": 0,
-                  "FORMAT": "raw", "STATE": 4, "DATASTORE_ID": ds_id, **(image or {})}
+        fields = {"ID": image_id, "UID": 0, "GID": 0, "NAME": f"img{image_id}", "TYPE": 2,
+                  "PERSISTENT": 0, "FORMAT": "raw", "STATE": 4, "DATASTORE_ID": ds_id,
+                  **(image or {})}
         parts.append(f"<IMAGE>{elements(fields)}"
                      f"<TEMPLATE>{elements(image_template or {})}</TEMPLATE></IMAGE>")
     parts.append(f"<DATASTORE><ID>{ds_id}</ID><NAME>lab_rbd</NAME><DS_MAD>rbd</DS_MAD>"

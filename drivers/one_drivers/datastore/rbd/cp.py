@@ -37,6 +37,7 @@ from one_drivers.core.retry import Deadline
 from one_drivers.datastore.rbd.common import answer, ds_settings, target
 from one_drivers.datastore.rbd.sources import (
     Opened,
+    Requester,
     open_source,
     refuse_references,
     sniff_format,
@@ -103,7 +104,8 @@ def import_source(pool: Pool, name: str, meta: dict[str, str], call: Call,
     image = call.doc.image
     sums = Checksums(image.template.get("MD5"), image.template.get("SHA1"))
     src = open_source(image.text("PATH"), settings, call.deadline, call.subject,
-                      tap=sums.update, data=call.extras.get("data"))
+                      tap=sums.update, data=call.extras.get("data"),
+                      requester=Requester.of(image))
     path = src.label  # credentials in a URL never reach a message or the log
     data_pool = pool.access.data_pool
     try:

@@ -24,7 +24,7 @@ import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, NamedTuple
 
 from one_drivers.ceph.naming import ImageSpec
 from one_drivers.ceph.session import CephAccess, CephSession
@@ -35,6 +35,7 @@ from one_drivers.core.errors import (
     BackendUnavailable,
     BadInput,
     NotFound,
+    PermissionDenied,
 )
 from one_drivers.core.retry import Deadline
 
@@ -226,12 +227,36 @@ class Tap:
         self.raw.close()
 
 
+class Requester(NamedTuple):
+    """Who an image is imported for: the image's owner, its name, and a driver's grant."""
+
+    uid: int | None
+    gid: int | None
+    name: str
+    grant: str | None
+
+    @property
+    def admin(self) -> bool:
+        return self.uid == 0 or self.gid == 0  # oneadmin, or the oneadmin group
+
+    @classmethod
+    def of(cls, image: Any) -> Requester:
+        def num(key: str) -> int | None:
+            value = image.opt(key)
+            return int(value) if value is not None and value.lstrip("-").isdigit() else None
+
+        return cls(num("UID"), num("GID"), image.opt("NAME") or "",
+                   image.template.get("RBD_SOURCE_GRANT"))
+
+
 def open_source(path: str, settings: Settings, deadline: Deadline, subject: str,
                 tap: Callable[[bytes], None] | None = None,
-                data: IO[bytes] | None = None) -> Opened:
+                data: IO[bytes] | None = None, *,
+                requester: Requester | None = None) -> Opened:
     """Open ``path`` for reading, decompressing unless NO_DECOMPRESS; ``tap`` sees the bytes
     as fetched (before decompression). ``data`` is the file's content when a front-end sent it
-    along (BRIDGE_LIST mode): the path was checked there."""
+    along (BRIDGE_LIST mode): the path was checked there. ``requester``: for whom (an
+    ``rbd://`` source is the oneadmin group's, or granted by a driver)."""
     timeout = deadline.cap(settings.float("SOURCE_TIMEOUT", 60), "opening the source")
     closer: list[Any] = []
     local_fd: int | None = None
@@ -239,7 +264,7 @@ def open_source(path: str, settings: Settings, deadline: Deadline, subject: str,
     if scheme in ("http", "https"):
         raw, size = _open_http(path, timeout, deadline, closer)
     elif scheme == "rbd":
-        raw, size = _open_rbd(path, settings, deadline, subject, closer)
+        raw, size = _open_rbd(path, settings, deadline, subject, closer, requester)
     elif scheme in ("", "file") and data is not None:
         raw, size = data, None
     elif scheme in ("", "file"):
@@ -361,10 +386,19 @@ def _open_http(url: str, timeout: float, deadline: Deadline,
 
 
 def _open_rbd(url: str, settings: Settings, deadline: Deadline, subject: str,
-              closer: list[Any]) -> tuple[IO[bytes], int]:
+              closer: list[Any], requester: Requester | None) -> tuple[IO[bytes], int]:
+    from one_drivers.ceph import grants
+
     spec = parse_rbd_url(url)
     allowed = allowed_source_pools(settings)
-    if spec.pool not in allowed:
+    granted = requester is not None and grants.valid(requester.grant, url, requester.name)
+    if not granted and not (requester is not None and requester.admin):
+        # a tenant's PATH: any image of the pool (another tenant's disk) could be named
+        raise PermissionDenied(f"rbd:// source {spec}: only the oneadmin group may import from "
+                               "RBD directly",
+                               hint="other users import files or URLs; a driver grants a "
+                                    "restore its own source")
+    if not granted and spec.pool not in allowed:
         raise BadInput(f"rbd:// source {spec} is in pool {spec.pool}, which this datastore may "
                        f"not read from (RBD_SOURCE_POOLS: {' '.join(allowed)})",
                        hint="an administrator can add the pool to RBD_SOURCE_POOLS")

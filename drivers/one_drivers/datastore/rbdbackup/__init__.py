@@ -18,6 +18,7 @@ DRIVER = Driver(
         "increment_flatten": f"{_M}.backup:increment_flatten",
         "rm": f"{_M}.backup:rm",
         "backup_cancel": f"{_M}.running:backup_cancel",
+        "restore": f"{_M}.restore:restore",
         "monitor": "one_drivers.datastore.rbd.monitor:monitor",
     },
     defaults={

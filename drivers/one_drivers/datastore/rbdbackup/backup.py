@@ -156,7 +156,24 @@ def backup(call: Call) -> str:
                     src_io.close()
             faults.point("backup:disk-done")
             log.info(f"disk {disk_id}: {spec}@{snap} -> {target}@{plan.n}")
+        _keep_template(bpool, chain, vm)
     return f"{chain} {max(1, math.ceil(total / MIB))} raw"
+
+
+VM_META = "one_drivers_vm_{n}"  # the VM's template at backup n, for a restore to new images
+
+
+def _keep_template(pool: Pool, chain: BackupId, vm: VM) -> None:
+    """The VM's TEMPLATE as it was at this backup, on the chain's first image (what a restore
+    to new images makes the VM template from); a backup's own metadata, not snapshotted."""
+    import xml.etree.ElementTree as ET
+
+    first = sorted(backups.chain_images(pool.ioctx, chain.base))[:1]
+    template = vm.elem.find("TEMPLATE")
+    if not first or template is None:
+        return
+    with open_image(pool.ioctx, first[0]) as image:
+        image.metadata_set(VM_META.format(n=chain.n), ET.tostring(template, encoding="unicode"))
 
 
 def _full(pool: Pool, target: ImageSpec, src: Any, n: int, call: Call,
