@@ -53,8 +53,9 @@ def test_a_lab_in_its_own_namespace_recovers_from_a_crash_and_down_leaves_nothin
     nothing running."""
     root = tmp_path / "lab2"
     (root / "guest").mkdir(parents=True)
-    for key in ("ONE_LAB_GUEST_KERNEL", "ONE_LAB_GUEST_INITRD"):  # reuse the built guest
-        shutil.copy(lab_env[key], root / "guest")
+    built = Path(lab_env["ONE_LAB_GUEST_KERNEL"]).parent  # reuse the built guest (no network
+    for name in ("vmlinuz", "initrd.gz", "version"):     # in the namespace to build one)
+        shutil.copy(built / name, root / "guest")
     ns = f"one-lab2-{os.getpid() % 10000}"
     subprocess.run(["ip", "netns", "add", ns], check=True, timeout=30)
     subprocess.run(["ip", "-n", ns, "link", "set", "lo", "up"], check=True, timeout=30)
