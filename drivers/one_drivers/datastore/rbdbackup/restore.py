@@ -3,9 +3,10 @@
 oned sends the BACKUP image, its datastore, DESTINATION_DS_ID and the request's options
 (USERNAME, NAME, NO_IP, NO_NIC, INCREMENT_ID, DISK_ID). For each disk of the chosen increment an
 image is allocated in the destination datastore through oned's XML-RPC with
-``PATH="rbd://<pool>/one-backup-<vm>-<chain>-<disk>@<n>"`` and a grant for exactly that source
-(:mod:`one_drivers.ceph.grants`: its datastore's ``cp`` reads it, with that datastore's own Ceph
-user, for whoever owns the image, without opening the backup pool to every user); then, unless one
+``PATH="rbd://backup/<pool>/one-backup-<vm>-<chain>-<disk>@<n>"`` and a grant for exactly that
+source (:mod:`one_drivers.ceph.grants`: its datastore's ``cp`` reads it, with that datastore's
+own Ceph user, for whoever owns the image, without opening the backup pool to every user); then,
+unless one
 disk only was asked for, a VM template made from the VM's template as it was at that backup,
 its disks pointing at the new images (NICs kept unless NO_NIC; their addresses dropped with
 NO_IP). Everything is given to the user who asked (USERNAME). The answer is
@@ -117,7 +118,7 @@ def restore(call: Call) -> str:
             disk = (vm_tmpl.find(f"DISK[DISK_ID='{disk_id}']") if vm_tmpl is not None
                     else None)
             attrs = {"NAME": f"{base_name}-{image.id}-{inc}-disk-{disk_id}",
-                     "PATH": f"rbd://{chain.pool}/{chain.image(disk_id)}@{chain.n}",
+                     "PATH": f"rbd://backup/{chain.pool}/{chain.image(disk_id)}@{chain.n}",
                      "TYPE": (disk.findtext("IMAGE_TYPE") or "OS") if disk is not None
                      else "DATABLOCK",
                      "FORMAT": "raw"}
