@@ -74,17 +74,22 @@ class Vm:
                 backup_id, size, fmt = proc.stdout.split()
                 assert fmt == "raw"
         if self.mode == "INCREMENT":
-            if self.chain_image < 0:  # oned makes the BACKUP image, SOURCE = the first id
-                self.chain_image, self.increments = next(_ids), []
-            self.increments.append(backup_id)
-            incs = "".join(f"<INCREMENT><ID>{i}</ID><SOURCE>{src}</SOURCE></INCREMENT>"
-                           for i, src in enumerate(self.increments))
-            self.oned.record("image", self.chain_image,
-                             f"<IMAGE><ID>{self.chain_image}</ID><NAME>bk</NAME>"
-                             f"<SOURCE>{self.increments[0]}</SOURCE><SIZE>1</SIZE><TYPE>6</TYPE>"
-                             f"<BACKUP_INCREMENTS>{incs}</BACKUP_INCREMENTS><TEMPLATE/></IMAGE>")
-            self.last += 1
+            self.committed(backup_id)
         return backup_id, int(size)
+
+    def committed(self, backup_id: str) -> None:
+        """What oned does after a successful INCREMENT backup: the BACKUP image (SOURCE = the
+        chain's first id) gets the increment, LAST_INCREMENT_ID moves on."""
+        if self.chain_image < 0:
+            self.chain_image, self.increments = next(_ids), []
+        self.increments.append(backup_id)
+        incs = "".join(f"<INCREMENT><ID>{i}</ID><SOURCE>{src}</SOURCE></INCREMENT>"
+                       for i, src in enumerate(self.increments))
+        self.oned.record("image", self.chain_image,
+                         f"<IMAGE><ID>{self.chain_image}</ID><NAME>bk</NAME>"
+                         f"<SOURCE>{self.increments[0]}</SOURCE><SIZE>1</SIZE><TYPE>6</TYPE>"
+                         f"<BACKUP_INCREMENTS>{incs}</BACKUP_INCREMENTS><TEMPLATE/></IMAGE>")
+        self.last += 1
 
     def restore(self, increment: int, env=None):
         argv = [f"localhost:/var/lib/one/datastores/{SYS_DS}/{self.id}", str(self.id),
