@@ -316,3 +316,46 @@ def test_backup_cancel_stops_the_running_backup_and_leaves_nothing(vm, remotes, 
                        [f"localhost:/var/lib/one/datastores/{SYS_DS}/{vm.id}", "-"], vm.doc(),
                        base64_stdin=False)
     assert again.returncode == 0 and "no backup of VM" in again.stderr, again.stderr
+
+
+def test_a_backup_restored_to_a_new_image_is_a_clone_of_its_snapshot(vm, lab_env, remotes,
+                                                                      ceph_admin):
+    """What `oneimage restore` makes the image datastore's cp do: PATH rbd://...@n with a grant,
+    for the user who asked: a clone (instant at any size), the data the backup holds; with a
+    checksum to verify, the data is read and checked instead (the positive control)."""
+    import hashlib
+
+    import rbd
+
+    from one_drivers.ceph import grants
+
+    _, ioctx = ceph_admin
+    vm.write(0, os.urandom(2 * MIB))
+    backup_id, _ = vm.backup()
+    name, snap = backup_image(backup_id)
+    url = f"rbd://backup/{backup_id.split('/', 1)[0]}/{name}@{snap}"
+    data = read_image(ioctx, name, snap)
+    made = []
+    try:
+        for checksum in (None, hashlib.md5(data).hexdigest()):
+            iid = next(_ids)
+            made.append(iid)
+            template = {"RBD_SOURCE_GRANT": grants.grant(url, f"img{iid}")}
+            if checksum:
+                template["MD5"] = checksum
+            doc = ds_doc(lab_env, iid, image={"PATH": url, "UID": 7, "GID": 100},
+                         image_template=template)
+            proc = run_remote(remotes, "datastore/rbd/cp", [str(iid)], doc)
+            assert proc.returncode == 0, proc.stderr
+            assert read_image(ioctx, f"one-{iid}") == data
+            with rbd.Image(ioctx, f"one-{iid}", read_only=True) as image:
+                try:
+                    parent = image.get_parent_image_spec()["image_name"]
+                except rbd.ImageNotFound:
+                    parent = None
+            assert parent == (None if checksum else name), (checksum, parent)
+    finally:
+        for iid in made:
+            run_remote(remotes, "datastore/rbd/rm", [str(iid)],
+                       ds_doc(lab_env, iid, image={"SOURCE": f"one/one-{iid}"}))
+        assert rm_backup(lab_env, remotes, backup_id).returncode == 0

@@ -18,9 +18,10 @@ from typing import Any
 
 from one_drivers.ceph import qemu_img
 from one_drivers.ceph.build import build_image
+from one_drivers.ceph.naming import ImageSpec
 from one_drivers.ceph.ownership import stamp
 from one_drivers.ceph.pool import Pool, rbd_pool
-from one_drivers.ceph.rbd_ops import create, open_image
+from one_drivers.ceph.rbd_ops import clone, create, open_image
 from one_drivers.ceph.stream import (
     CHUNK,
     Progress,
@@ -39,6 +40,7 @@ from one_drivers.datastore.rbd.sources import (
     Opened,
     Requester,
     open_source,
+    parse_rbd_url,
     refuse_references,
     sniff_format,
 )
@@ -115,6 +117,14 @@ def import_source(pool: Pool, name: str, meta: dict[str, str], call: Call,
         log.info(f"importing {path} ({fmt}{', ' + src.compression if src.compression else ''})"
                  f" into {pool.name}/{name}")
         rate = parse_rate(settings.get("LIMIT_TRANSFER_BW"))
+        snapshot = _rbd_snapshot(image.text("PATH"))
+        if fmt == "raw" and snapshot is not None and not sums.expected and not src.compression:
+            # a snapshot in this very cluster (read with the datastore's own user): a clone,
+            # in a moment whatever the size (a backup restored to a new image)
+            with pool.other(snapshot.pool) as src_ioctx:
+                clone(src_ioctx, snapshot, pool.ioctx, name, data_pool=data_pool, meta=meta)
+            log.info(f"{pool.name}/{name}: a copy-on-write clone of {snapshot}")
+            return
         if fmt == "raw" and src.local_fd is not None and src.size is not None:
             sums.reset()  # the whole file is read again below, holes skipped
             create(pool.ioctx, name, src.size, data_pool=data_pool, meta=meta)
@@ -151,6 +161,15 @@ def import_source(pool: Pool, name: str, meta: dict[str, str], call: Call,
                 os.close(staged)
     finally:
         src.close()
+
+
+def _rbd_snapshot(path: str) -> ImageSpec | None:
+    """The RBD snapshot an ``rbd://`` PATH names (None for anything else, or a whole image:
+    a clone needs a snapshot, and another's image is not ours to snapshot)."""
+    if not path.lower().startswith("rbd://"):
+        return None
+    spec = parse_rbd_url(path)
+    return spec if spec.snap else None
 
 
 def _drain(stream: Any) -> None:
