@@ -171,6 +171,17 @@ def test_full_then_increments_each_restorable_and_only_changes_travel(vm, lab_en
     ids.append(backup_id)
     assert read_image(ioctx, *backup_image(backup_id)) == states[-1]
 
+    # ls, as upstream's TM restore asks: the VM and the backup IMAGE, no common root (the
+    # datastore too here; without it the driver's configuration names the Ceph access)
+    import json
+
+    image_xml = (vm.oned.dir / "image" / f"{vm.chain_image}.xml").read_text()
+    listed = run_remote(remotes, "datastore/rbdbackup/ls", ["-i", "1"],
+                        vm.doc() + image_xml + backup_ds(lab_env), base64_stdin=False)
+    assert listed.returncode == 0, listed.stderr
+    name1, _ = backup_image(ids[1])
+    assert json.loads(listed.stdout) == {"0": f"rbd://backup/{ids[1].split('/')[0]}/{name1}@1"}
+
     # KEEP_LAST=2: increments 0 and 1 go, 2 becomes the full one, nothing is copied
     doc = ds_doc(lab_env, vm.chain_image, ds_id=BACKUP_DS, image={"SOURCE": ids[0], "TYPE": 6})
     incs = "".join(f"<INCREMENT><ID>{i}</ID><SOURCE>{s}</SOURCE></INCREMENT>"

@@ -26,6 +26,7 @@ class Stdin:
     XML = "XML"  # VMM (decoded action data), auth, IM configuration
     DOMAIN_XML = "libvirt domain XML"  # VMM deploy: kept verbatim for libvirt
     ANY_XML = "XML or base64 XML"  # TM backup actions: both shapes are seen in the wild
+    XML_PARTS = "XML elements, one after another"  # backup ls: a VM and an IMAGE, no root
 
 
 # NamedTuples, not dataclasses: importing dataclasses costs ~6 ms of every action's start-up.
@@ -130,6 +131,8 @@ CONTRACT: dict[str, dict[str, Signature]] = {
         "backup": Signature(_p("vm_dir:hostpath", "disks", "deploy_id", "bj_id", "vmid:int",
                                "dsid:int"), Stdin.ANY_XML, docs.DsActionData),
         "backup_cancel": Signature(_p("vm_dir:hostpath", "deploy_id"), Stdin.ANY_XML, docs.VM),
+        # upstream's TM restore: `ls -i <increment>`, the VM and the backup IMAGE on stdin
+        "ls": Signature(_p("*options"), Stdin.XML_PARTS),
     },
     "tm": {
         "clone": Signature(_p("src:hostpath", "dst:hostpath", "vmid:int", "dsid:int")),
@@ -311,6 +314,8 @@ def read_document(sig: Signature, stdin: IO[bytes] | None, args: dict[str, Any],
     if sig.stdin is Stdin.DOMAIN_XML:
         parse_xml(data, what=what, root="domain")
         return None, data.decode("utf-8", "replace")
+    if sig.stdin is Stdin.XML_PARTS:
+        return XmlView(parse_xml(b"<PARTS>" + data + b"</PARTS>", what=what, root="PARTS")), None
     elem = parse_xml(data, what=what, root=root)
     if sig.document is None:
         return XmlView(elem), None
@@ -341,7 +346,7 @@ def subject_of(call: Call) -> str:
     if call.family == "datastore":
         if "vmid" in a:  # a backup datastore's backup: about a VM
             return f"VM {a['vmid']} backup"
-        if call.action == "backup_cancel":
+        if call.action in ("backup_cancel", "ls"):
             return "a VM's backup"
         what = "datastore" if call.action == "monitor" else "image"
         return f"{what} {a['id']}"

@@ -19,6 +19,7 @@ DRIVER = Driver(
         "rm": f"{_M}.backup:rm",
         "backup_cancel": f"{_M}.running:backup_cancel",
         "restore": f"{_M}.restore:restore",
+        "ls": f"{_M}.restore:ls",
         "monitor": "one_drivers.datastore.rbd.monitor:monitor",
     },
     defaults={

@@ -182,3 +182,42 @@ def _vm_template(oned: Oned, vm: ET.Element, by_disk: dict[int, int], opts: XmlV
         return int(oned.call("one.template.allocate", oned.session, text))
     except ValueError:
         raise ActionFailed("oned did not answer a template id") from None
+
+
+def ls(call: Call) -> str:
+    """``ls -i <increment>`` (-1: the last), the VM and the backup IMAGE on stdin: where each
+    disk of that increment is, as JSON ``{"<disk id>": "rbd://backup/<pool>/<image>@<n>"}``
+    (what upstream's TM restore asks a backup datastore)."""
+    import json
+
+    from one_drivers.core.documents import Datastore, Image
+
+    opts = list(call.args.get("options") or [])
+    inc = -1
+    if "-i" in opts:
+        at = opts.index("-i")
+        try:
+            inc = int(opts[at + 1])
+        except (IndexError, ValueError):
+            raise BadInput("ls expects -i <increment id>") from None
+    found = call.doc.elem.find("IMAGE")
+    if found is None:
+        raise BadInput("ls needs the backup IMAGE on stdin")
+    image = Image(found)
+    sources = {int(i.opt("ID") or -1): i.opt("SOURCE") or ""
+               for i in image.children("BACKUP_INCREMENTS/INCREMENT", XmlView)}
+    if not sources and image.source:
+        sources = {BackupId.parse(image.source).n: image.source}
+    inc = max(sources) if inc < 0 and sources else inc
+    if inc not in sources:
+        raise BadInput(f"backup image {image.id} has no increment {inc}")
+    chain = BackupId.parse(sources[inc])
+    settings = call.settings  # the driver's configuration, and the datastore's when it is sent
+    ds = call.doc.elem.find("DATASTORE")
+    if ds is not None:
+        settings = settings.over(Datastore(ds).template)
+    with rbd_pool(settings.over({"POOL_NAME": chain.pool}), call.deadline,
+                  call.subject) as pool, ceph_errors(f"listing backup {chain}", call.subject):
+        names = sorted(backups.chain_images(pool.ioctx, chain.base))
+    return json.dumps({n.rsplit("-", 1)[1]: f"rbd://backup/{chain.pool}/{n}@{chain.n}"
+                       for n in names})
