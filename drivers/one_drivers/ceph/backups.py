@@ -98,6 +98,21 @@ class BackupId(NamedTuple):
         return cls(match["pool"], match["base"], int(match["n"]))
 
 
+def increment(image: Any, wanted: int) -> BackupId:
+    """The backup id of increment ``wanted`` (-1: the last) of a BACKUP image document (its
+    BACKUP_INCREMENTS, or its SOURCE for a full backup)."""
+    from one_drivers.core.xmlview import XmlView
+
+    sources = {int(i.opt("ID") or -1): i.opt("SOURCE") or ""
+               for i in image.children("BACKUP_INCREMENTS/INCREMENT", XmlView)}
+    if not sources and image.source:
+        sources = {BackupId.parse(image.source).n: image.source}
+    n = max(sources) if wanted < 0 and sources else wanted
+    if n not in sources:
+        raise BadInput(f"backup image {image.id} has no increment {n}")
+    return BackupId.parse(sources[n])
+
+
 def chain_images(ioctx: Any, base: str) -> Iterator[str]:
     """The per-disk images of a chain (``<base>-<disk>``) in the pool."""
     import rbd

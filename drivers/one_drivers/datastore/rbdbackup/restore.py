@@ -18,7 +18,6 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 
 from one_drivers.ceph import backups, grants
-from one_drivers.ceph.backups import BackupId
 from one_drivers.ceph.pool import rbd_pool
 from one_drivers.ceph.rbd_ops import ceph_errors, open_image
 from one_drivers.core import log
@@ -80,14 +79,8 @@ def restore(call: Call) -> str:
     username = opts.opt("USERNAME") or ""
     wanted_inc = int(opts.opt("INCREMENT_ID") or -1)
     wanted_disk = int(opts.opt("DISK_ID") or -1)
-    sources = {int(i.opt("ID") or -1): i.opt("SOURCE") or ""
-               for i in image.children("BACKUP_INCREMENTS/INCREMENT", XmlView)}
-    if not sources and image.source:
-        sources = {BackupId.parse(image.source).n: image.source}
-    inc = max(sources) if wanted_inc < 0 and sources else wanted_inc
-    if inc not in sources:
-        raise BadInput(f"backup image {image.id} has no increment {inc}")
-    chain = BackupId.parse(sources[inc])
+    chain = backups.increment(image, wanted_inc)
+    inc = chain.n
     settings = call.settings.over(doc.datastore.template)
     with rbd_pool(settings.over({"POOL_NAME": chain.pool}), call.deadline, call.subject) as pool, \
             ceph_errors(f"reading backup {chain}", call.subject):
@@ -204,14 +197,7 @@ def ls(call: Call) -> str:
     if found is None:
         raise BadInput("ls needs the backup IMAGE on stdin")
     image = Image(found)
-    sources = {int(i.opt("ID") or -1): i.opt("SOURCE") or ""
-               for i in image.children("BACKUP_INCREMENTS/INCREMENT", XmlView)}
-    if not sources and image.source:
-        sources = {BackupId.parse(image.source).n: image.source}
-    inc = max(sources) if inc < 0 and sources else inc
-    if inc not in sources:
-        raise BadInput(f"backup image {image.id} has no increment {inc}")
-    chain = BackupId.parse(sources[inc])
+    chain = backups.increment(image, inc)
     settings = call.settings  # the driver's configuration, and the datastore's when it is sent
     ds = call.doc.elem.find("DATASTORE")
     if ds is not None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 from typing import Any
 
 from one_drivers.ceph import backups, ownership
-from one_drivers.ceph.backups import BackupId
 from one_drivers.ceph.cloning import release_parent
 from one_drivers.ceph.naming import ImageSpec, staging_name
 from one_drivers.ceph.pool import Pool, rbd_pool
@@ -28,7 +27,6 @@ from one_drivers.ceph.rbd_ops import (
 from one_drivers.core import faults, log
 from one_drivers.core.contract import Call, HostPath
 from one_drivers.core.errors import ActionFailed, BadInput
-from one_drivers.core.xmlview import XmlView
 from one_drivers.tm.rbd.common import load, oned_for
 
 OLD_SUFFIX = ".one-drivers-old"
@@ -39,15 +37,8 @@ def restore(call: Call) -> None:
     if oned is None:
         raise BadInput("restore needs oned")
     backup = oned.image(call.args["backup_image_id"])
-    sources = {int(i.opt("ID") or -1): i.opt("SOURCE") or ""
-               for i in backup.children("BACKUP_INCREMENTS/INCREMENT", XmlView)}
-    if not sources and backup.source:
-        sources = {BackupId.parse(backup.source).n: backup.source}
-    inc = call.args["increment_id"]
-    inc = max(sources) if inc < 0 and sources else inc
-    if inc not in sources:
-        raise BadInput(f"backup image {backup.id} has no increment {inc}")
-    chain = BackupId.parse(sources[inc])
+    chain = backups.increment(backup, call.args["increment_id"])
+    inc = chain.n
     where: HostPath = call.args["vm_dir"]
     wanted = call.args["disk_id"]
     vm = oned_for(call).vm(call.args["vmid"])
