@@ -206,7 +206,8 @@ def _increment(pool: Pool, target: ImageSpec, src: Any, base: str, n: int, call:
                                     "VM's incremental chain)")
         _take_over(dst, target)
         dirty: list[int] = []  # an interrupted run wrote after n - 1: start again from it
-        dst.diff_iterate(0, dst.size(), str(n - 1), lambda off, ln, ex: dirty.append(off))
+        dst.diff_iterate(0, dst.size(), str(n - 1), lambda off, ln, ex: dirty.append(off),
+                         whole_object=True)  # whether, not where: the object map answers
         if dirty:
             log.info(f"{target}: rolling back an interrupted increment to {n - 1}")
             dst.rollback_to_snap(str(n - 1))
