@@ -111,3 +111,48 @@ def test_only_the_driver_configuration_chooses_the_bridge_program_and_a_stall_ex
     assert marker.exists(), "positive control: the configuration's program did run"
     assert stalled.returncode == 4, stalled.stderr
     assert "did not finish within 4 s" in last_line(stalled.stderr)
+
+
+def test_a_granted_rbd_source_imports_through_a_bridge_for_a_tenant(lab_env, remotes, ceph_admin,
+                                                                    bridge_env, tmp_path):
+    """A restore to new images into a BRIDGE_LIST datastore: the grant is checked on the
+    front-end (the key is its own: the bridge here has another) and the bridge reads that one
+    source; without the grant the tenant is refused there (the control)."""
+    import rbd
+
+    from one_drivers.ceph import grants
+
+    _, ioctx = ceph_admin
+    src = f"grant-src-{os.getpid()}"
+    rbd.RBD().create(ioctx, src, MIB)
+    with rbd.Image(ioctx, src) as image:
+        image.write(b"granted data", 0)
+        image.create_snap("1")
+    env = {**bridge_env, "ONE_DRIVERS_GRANT_KEY": str(tmp_path / "fe-grant.key")}
+    url = f"rbd://backup/one/{src}@1"
+    bridge = {"CEPH_ACCESS": "bridge", "BRIDGE_LIST": lab_env["ONE_LAB_SSH_HOST"]}
+    made = []
+    try:
+        for grant in (None, "yes"):
+            iid = 780_000_000 + os.getpid() % 100_000 + len(made)
+            made.append(iid)
+            template = {"RBD_SOURCE_GRANT": grants.grant(url, f"img{iid}")} if grant else None
+            if grant:  # the grant is minted with the front-end's key
+                os.environ["ONE_DRIVERS_GRANT_KEY"] = env["ONE_DRIVERS_GRANT_KEY"]
+                template = {"RBD_SOURCE_GRANT": grants.grant(url, f"img{iid}")}
+                del os.environ["ONE_DRIVERS_GRANT_KEY"]
+            doc = ds_doc(lab_env, iid, image={"PATH": url, "UID": 7, "GID": 100},
+                         image_template=template, ds=bridge)
+            proc = run_remote(remotes, "datastore/rbd/cp", [str(iid)], doc, env=env)
+            if grant:
+                assert proc.returncode == 0, proc.stderr
+                assert read_image(ioctx, f"one-{iid}")[:12] == b"granted data"
+            else:
+                assert proc.returncode == 5 and "only the oneadmin group" in proc.stderr
+    finally:
+        for iid in made:
+            run_remote(remotes, "datastore/rbd/rm", [str(iid)],
+                       ds_doc(lab_env, iid, image={"SOURCE": f"one/one-{iid}"}))
+        with rbd.Image(ioctx, src) as image:
+            image.remove_snap("1")
+        rbd.RBD().remove(ioctx, src)

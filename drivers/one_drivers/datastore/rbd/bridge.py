@@ -20,6 +20,7 @@ from one_drivers.core.contract import Call
 from one_drivers.core.errors import BackendUnavailable, MissingAttribute
 from one_drivers.core.runner import FRAMED_STDIN
 from one_drivers.datastore.rbd.common import ds_settings
+from one_drivers.datastore.rbd.sources import GRANTED_SOURCE
 
 
 def route(call: Call, action: Callable[[Call], str | None]) -> str | None:
@@ -34,6 +35,7 @@ def route(call: Call, action: Callable[[Call], str | None]) -> str | None:
         return action(call)  # nothing of Ceph: answer here
     # the program started over ssh: only the driver's own configuration may choose it
     python = call.settings.get("BRIDGE_PYTHON") or sys.executable
+    granted = _granted_source(call)
     local_file = _local_source(call)
     first = call.doc.image.id % len(hosts) if call.doc.elem.find("IMAGE") is not None else 0
     tried = []
@@ -41,7 +43,7 @@ def route(call: Call, action: Callable[[Call], str | None]) -> str | None:
         for host in hosts[first:] + hosts[:first]:
             if local_file is not None:
                 os.lseek(local_file, 0, os.SEEK_SET)
-            outcome = _run_on(host, python, call, local_file)
+            outcome = _run_on(host, python, call, local_file, granted)
             if outcome is None:
                 log.info(f"bridge {host} is unreachable, trying the next one")
                 tried.append(host)
@@ -81,10 +83,29 @@ def _local_source(call: Call) -> int | None:
     return open_local(local, ds_settings(call))
 
 
-def _run_on(host: str, python: str, call: Call, local_file: int | None) -> str | None:
+def _granted_source(call: Call) -> str | None:
+    """An ``rbd://`` PATH granted by a driver to this image, checked here (the grant key is the
+    front-end's, not the bridge's): the bridge is told it was, for that source only."""
+    if call.action not in ("cp", "stat") or call.doc.elem.find("IMAGE") is None:
+        return None
+    from one_drivers.ceph import grants
+    from one_drivers.datastore.rbd.sources import Requester
+
+    image = call.doc.image
+    path = image.opt("PATH") or ""
+    requester = Requester.of(image)
+    if path.lower().startswith("rbd://") and grants.valid(requester.grant, path, requester.name):
+        return path
+    return None
+
+
+def _run_on(host: str, python: str, call: Call, local_file: int | None,
+            granted: str | None = None) -> str | None:
     """Run the call on ``host``; None when ssh cannot reach it. A front-end file travels after
     the document's line (framed stdin)."""
     framed = local_file is not None
     payload = call.extras["stdin"].rstrip(b"\n") + (b"\n" if framed else b"")
-    return relay.run_on(host, python, call, payload, send_file=local_file,
-                        env={FRAMED_STDIN: "1"} if framed else None)
+    env = {FRAMED_STDIN: "1"} if framed else {}
+    if granted:
+        env[GRANTED_SOURCE] = granted
+    return relay.run_on(host, python, call, payload, send_file=local_file, env=env or None)

@@ -28,6 +28,7 @@ from typing import IO, Any, NamedTuple
 
 from one_drivers.ceph.naming import ImageSpec
 from one_drivers.ceph.session import CephAccess, CephSession
+from one_drivers.core import relay
 from one_drivers.core.config import Settings
 from one_drivers.core.errors import (
     ActionFailed,
@@ -227,6 +228,9 @@ class Tap:
         self.raw.close()
 
 
+GRANTED_SOURCE = "ONE_DRIVERS_GRANTED_SOURCE"  # set by a front-end relaying to a bridge
+
+
 class Requester(NamedTuple):
     """Who an image is imported for: the image's owner, its name, and a driver's grant."""
 
@@ -391,8 +395,10 @@ def _open_rbd(url: str, settings: Settings, deadline: Deadline, subject: str,
 
     spec = parse_rbd_url(url)
     allowed = allowed_source_pools(settings)
-    # requester None: oned's size probe (stat), which names no owner; only a size leaves it
-    granted = requester is None or grants.valid(requester.grant, url, requester.name)
+    # requester None: oned's size probe (stat), which names no owner; only a size leaves it.
+    # On a bridge the grant was checked by the front-end (its key), which says so for this URL.
+    granted = (requester is None or grants.valid(requester.grant, url, requester.name)
+               or (relay.on_far_side() and os.environ.get(GRANTED_SOURCE) == url))
     if not granted and not (requester is not None and requester.admin):
         # a tenant's PATH: any image of the pool (another tenant's disk) could be named
         raise PermissionDenied(f"rbd:// source {spec}: only the oneadmin group may import from "
