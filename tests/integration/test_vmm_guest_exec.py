@@ -82,14 +82,19 @@ def agent_up(lab_env, vm, timeout: float = 60) -> None:
         conn.close()
 
 
+def deploy_with_agent(vm, lab_env) -> None:
+    """The lab guest with its agent's channel, booted and its agent answering."""
+    vm.deploy(guest_agent=True)
+    vm.console.wait_for(READY)
+    agent_up(lab_env, vm)
+
+
 def b64(text: str) -> str:
     return base64.b64decode(text).decode()
 
 
 def test_exec_runs_in_the_guest_and_the_im_reports_it_once(vm, lab_env):
-    vm.deploy(guest_agent=True)
-    vm.console.wait_for(READY)
-    agent_up(lab_env, vm)
+    deploy_with_agent(vm, lab_env)
     res = vm.run("exec", stdin=exec_doc(vm, "sh -c 'echo hello; echo oops >&2; exit 3'"))
     assert res.returncode == 0, res.stderr
     fields = reported(lab_env, vm.id)
@@ -109,9 +114,7 @@ def test_exec_runs_in_the_guest_and_the_im_reports_it_once(vm, lab_env):
 
 
 def test_exec_cancel_kills_the_command_and_a_second_exec_waits(vm, lab_env):
-    vm.deploy(guest_agent=True)
-    vm.console.wait_for(READY)
-    agent_up(lab_env, vm)
+    deploy_with_agent(vm, lab_env)
     res = vm.run("exec", stdin=exec_doc(vm, "sleep 600"))
     assert res.returncode == 0, res.stderr
     assert vm.console.wait_until_output("ps | grep '[s]leep 600' >/dev/null && echo yes", "yes")
@@ -143,9 +146,7 @@ def test_restore_sets_the_guests_clock_through_its_agent(vm, lab_env, vmm_remote
     """SYNC_TIME: the guest's clock, set back to 2001 before a save, reads this year after the
     restore; with SYNC_TIME=no (the positive control) it still reads 2001."""
     this_year = time.gmtime().tm_year
-    vm.deploy(guest_agent=True)
-    vm.console.wait_for(READY)
-    agent_up(lab_env, vm)
+    deploy_with_agent(vm, lab_env)
     conf = vmm_remotes / "etc" / "vmm" / "libvirt" / "libvirt.conf"
     original = conf.read_text()
     data = vm.action_data(tm_mad="ssh")

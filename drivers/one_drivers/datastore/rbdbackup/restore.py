@@ -33,7 +33,7 @@ KEPT = ("NAME", "CPU", "VCPU", "MEMORY", "OS", "FEATURES", "GRAPHICS", "INPUT", 
         "DISK_DEFAULT", "MEMORY_UNIT_COST", "TOPOLOGY", "NUMA_NODE")
 NIC_ADDRESSES = ("IP", "IP6", "IP6_GLOBAL", "IP6_ULA", "MAC", "IP6_LINK")
 NIC_RUNTIME = ("BRIDGE", "BRIDGE_TYPE", "TARGET", "NIC_ID", "VN_MAD", "VLAN_ID", "PHYDEV",
-               "AR_ID", "SECURITY_GROUPS", "CLUSTER_ID", "NETWORK_ID_", "NAME", "ADDRESS")
+               "AR_ID", "SECURITY_GROUPS", "CLUSTER_ID", "NAME", "ADDRESS")
 
 
 def _attr(name: str, value: str) -> str:

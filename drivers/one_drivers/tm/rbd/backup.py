@@ -38,24 +38,42 @@ def _disks(call: Call) -> list[DiskContext]:
     return out
 
 
-def _pool(call: Call, ctx: DiskContext) -> Any:
+def _open_disks(call: Call, disks: list[DiskContext],
+                stack: contextlib.ExitStack) -> list[tuple[DiskContext, Any]]:
+    """Each disk's image, open; disks reached the same way share one Ceph session."""
     from one_drivers.ceph.pool import rbd_pool
+    from one_drivers.ceph.session import CephAccess
 
-    return rbd_pool(ctx.settings.over({"POOL_NAME": ctx.spec.pool}), call.deadline,
-                    call.subject)
+    pools: dict[CephAccess, Any] = {}
+    out = []
+    for ctx in disks:
+        settings = ctx.settings.over({"POOL_NAME": ctx.spec.pool})
+        access = CephAccess.from_settings(settings)
+        if access not in pools:
+            pools[access] = stack.enter_context(rbd_pool(settings, call.deadline,
+                                                         call.subject))
+        with ceph_errors(f"opening {ctx.spec}", call.subject):
+            out.append((ctx, stack.enter_context(open_image(pools[access].ioctx,
+                                                            ctx.spec.name))))
+    return out
 
 
 def _take(call: Call, disks: list[DiskContext], n: int, keep_base: int | None) -> None:
-    for ctx in disks:
-        with _pool(call, ctx) as pool, \
-                ceph_errors(f"taking backup snapshot {n} of {ctx.spec}", call.subject), \
-                open_image(pool.ioctx, ctx.spec.name) as image:
-            for old, name in backups.backup_snaps(image).items():
-                if old != keep_base:  # an earlier attempt's n, or an abandoned chain's
-                    image.remove_snap(name)
-            image.create_snap(backups.snap_name(n))
-        faults.point("prebackup:snapshot")
-        log.info(f"{ctx.spec}@{backups.snap_name(n)} taken")
+    """Everything is opened and an earlier attempt's snapshots dropped first: the guest stays
+    frozen only while the snapshots are taken."""
+    with contextlib.ExitStack() as stack:
+        opened = _open_disks(call, disks, stack)
+        for ctx, image in opened:
+            with ceph_errors(f"dropping stale backup snapshots of {ctx.spec}", call.subject):
+                for old, name in backups.backup_snaps(image).items():
+                    if old != keep_base:  # an earlier attempt's n, or an abandoned chain's
+                        image.remove_snap(name)
+        with _quiesced(call):
+            for ctx, image in opened:
+                with ceph_errors(f"taking backup snapshot {n} of {ctx.spec}", call.subject):
+                    image.create_snap(backups.snap_name(n))
+                faults.point("prebackup:snapshot")
+                log.info(f"{ctx.spec}@{backups.snap_name(n)} taken")
 
 
 @contextlib.contextmanager
@@ -97,8 +115,7 @@ def prebackup(call: Call) -> None:
     disks = _disks(call)
     if not all((ctx.settings.get("DISK_TYPE") or "RBD").upper() == "RBD" for ctx in disks):
         raise ActionFailed("only RBD disks can be backed up by tm/rbd")
-    with _quiesced(call):
-        _take(call, disks, p.n, p.last if p.increment else None)
+    _take(call, disks, p.n, p.last if p.increment else None)
 
 
 prebackup_live = prebackup
@@ -107,21 +124,20 @@ prebackup_live = prebackup
 def postbackup(call: Call) -> None:
     p = backups.plan(call.doc)
     bad = backups.failed(call.doc)
-    for ctx in _disks(call):
-        with _pool(call, ctx) as pool, \
-                ceph_errors(f"dropping backup snapshots of {ctx.spec}", call.subject), \
-                open_image(pool.ioctx, ctx.spec.name) as image:
-            snaps = backups.backup_snaps(image)
-            if bad:  # keep the chain's base, drop what this attempt made
-                keep = {p.last} if p.increment else set()
-            elif p.incremental:  # the newest is the next increment's base
-                keep = {max(snaps)} if snaps else set()
-            else:
-                keep = set()
-            for n, name in snaps.items():
-                if n not in keep:
-                    image.remove_snap(name)
-        log.info(f"{ctx.spec}: backup snapshots kept: {sorted(keep) or 'none'}")
+    with contextlib.ExitStack() as stack:
+        for ctx, image in _open_disks(call, _disks(call), stack):
+            with ceph_errors(f"dropping backup snapshots of {ctx.spec}", call.subject):
+                snaps = backups.backup_snaps(image)
+                if bad:  # keep the chain's base, drop what this attempt made
+                    keep = {p.last} if p.increment else set()
+                elif p.incremental:  # the newest is the next increment's base
+                    keep = {max(snaps)} if snaps else set()
+                else:
+                    keep = set()
+                for n, name in snaps.items():
+                    if n not in keep:
+                        image.remove_snap(name)
+            log.info(f"{ctx.spec}: backup snapshots kept: {sorted(keep) or 'none'}")
 
 
 postbackup_live = postbackup
