@@ -88,13 +88,14 @@ def domain_xml(env: dict[str, str], vm_id: int, vm_dir: str, console: str, *,
                nics: Sequence[tuple[str, str, str]] = (), acpi: bool = True,
                memory_mb: int = 192, vcpus: int = 1, max_vcpus: int = 2,
                kernel_args: str = "", guest_agent: bool = False,
-               uefi_loader: str = "") -> str:
+               uefi_loader: str = "", tpm_model: str = "") -> str:
     """A deployment file shaped like the one oned's KVM driver writes, booting the lab guest:
     RBD disks ``(pool/name, target)`` with cephx, a context CD-ROM, OVS NICs
     ``(bridge, mac, target)``, ``one:`` metadata; its serial console on a unix socket at
     ``console`` (logged to ``console.log`` next to it), which the lab's tests drive;
     ``guest_agent``: the QEMU guest agent's channel, as oned writes it for GUEST_AGENT=yes;
-    ``uefi_loader``: a UEFI guest, the loader and per-VM NVRAM as oned writes them."""
+    ``uefi_loader``: a UEFI guest, the loader and per-VM NVRAM as oned writes them;
+    ``tpm_model``: a virtual TPM as oned writes it for TPM/MODEL (libvirt's emulator backend)."""
     mon_host, mon_port = env["ONE_LAB_CEPH_MON"].rsplit(":", 1)
     disks = "".join(
         f"<disk type='network' device='disk'><source protocol='rbd' name='{escape(name)}'>"
@@ -128,6 +129,8 @@ def domain_xml(env: dict[str, str], vm_id: int, vm_dir: str, console: str, *,
         + ("<channel type='unix'><source mode='bind'/>"
            "<target type='virtio' name='org.qemu.guest_agent.0'/></channel>"
            if guest_agent else "")
+        + (f"<tpm model='{escape(tpm_model)}'><backend type='emulator' version='2.0'/></tpm>"
+           if tpm_model else "")
         + "</devices><metadata><one:vm xmlns:one='http://opennebula.org/xmlns/libvirt/1.0'>"
         f"<one:system_datastore>{escape(vm_dir)}</one:system_datastore>"
         f"<one:name>vm{vm_id}</one:name></one:vm></metadata></domain>")

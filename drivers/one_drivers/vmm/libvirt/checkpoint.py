@@ -86,8 +86,12 @@ def restore(call: Call) -> None:
             xml = relocated(hv.call(hv.conn.saveImageGetXMLDesc, path, 0,
                                     what="reading the checkpoint's domain"),
                             os.path.dirname(os.path.abspath(path)))
-            dom = hv.call(hv.conn.restoreFlags, path, xml, 0, what="restoring the VM's memory",
-                          timeout=call.deadline.remaining())
+            from one_drivers.vmm.libvirt.tpm import served, served_by
+
+            swtpm = served_by(ET.fromstring(xml))  # noqa: S314 - libvirt's own XML
+            with served(swtpm, call.deadline):
+                dom = hv.call(hv.conn.restoreFlags, path, xml, 0,
+                              what="restoring the VM's memory", timeout=call.deadline.remaining())
             from one_drivers.vmm.libvirt.guest_agent import sync_time
             from one_drivers.vmm.libvirt.snapshots import redefine_snapshots
 

@@ -16,6 +16,7 @@ from one_drivers.vmm.libvirt.connection import Hypervisor
 from one_drivers.vmm.libvirt.deployment import check_emulator, prepare
 from one_drivers.vmm.libvirt.firmware import ensure_nvram
 from one_drivers.vmm.libvirt.snapshots import redefine_snapshots
+from one_drivers.vmm.libvirt.tpm import adopt, served
 
 DESTROY_RESERVE = 15.0  # seconds of the action kept for destroying a guest that ignored ACPI
 
@@ -26,16 +27,19 @@ def deploy(call: Call) -> str:
     settings = resolved(call.settings)
     root = prepare(call.raw_stdin or "", settings)
     check_emulator(root)
+    vm_dir = os.path.dirname(call.args["deployment_file"])
+    swtpm = adopt(root, vm_dir)
     xml = ET.tostring(root, encoding="unicode")
     _write(call.args["deployment_file"], xml)
-    ensure_nvram(root, os.path.dirname(call.args["deployment_file"]), settings)
+    ensure_nvram(root, vm_dir, settings)
     name = root.findtext("name") or ""
     with host_hypervisor(call) as hv:
         existing = hv.domain(root.findtext("uuid") or name)
         if existing is not None and hv.state(existing) not in (None, SHUTOFF):
             log.info(f"domain {name} is already running: nothing to create")
             return str(existing.UUIDString())
-        dom = hv.call(hv.conn.createXML, xml, 0, what=f"creating domain {name}")
+        with served(swtpm, call.deadline):
+            dom = hv.call(hv.conn.createXML, xml, 0, what=f"creating domain {name}")
         redefine_snapshots(hv, dom, root)
         return str(dom.UUIDString())
 

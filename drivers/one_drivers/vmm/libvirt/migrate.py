@@ -16,10 +16,11 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from typing import Any
 
-from one_drivers.core import log
+from one_drivers.core import log, remote
 from one_drivers.core.config import Settings
 from one_drivers.core.contract import Call
 from one_drivers.core.errors import ActionFailed, BadInput, DriverError
+from one_drivers.vmm.libvirt import tpm
 from one_drivers.vmm.libvirt.common import PAUSED, RUNNING, host_hypervisor, resolved
 from one_drivers.vmm.libvirt.connection import Hypervisor
 from one_drivers.vmm.libvirt.snapshots import redefine_snapshots
@@ -79,15 +80,38 @@ def migrate(call: Call) -> None:
             flags |= src.lv.VIR_MIGRATE_NON_SHARED_DISK
             params[src.lv.VIR_MIGRATE_PARAM_MIGRATE_DISKS] = local
             log.info(f"copying the local disks {', '.join(local)} with the migration")
+        swtpm = _tpm_on_destination(call, xml)
         try:
             src.call(dom.migrate3, dst.conn, params, flags, what=f"migrating to {a['dst_host']}",
                      timeout=call.deadline.remaining())
         except DriverError as exc:
-            _judge_failure(call, src, dst, dom, exc)
+            try:
+                _judge_failure(call, src, dst, dom, exc)
+            except DriverError:
+                if swtpm is not None:
+                    tpm.stop(swtpm, a["dst_host"], call.deadline)
+                raise
         _redefine_snapshots(dst, a["deploy_id"], xml)
         from one_drivers.vmm.libvirt.guest_agent import sync_time
 
         sync_time(dst, a["deploy_id"])
+
+
+def _tpm_on_destination(call: Call, xml: str) -> tpm.Swtpm | None:
+    """The VM's swtpm started on the destination, its state directory there made; QEMU brings
+    the TPM's state with the migration. A directory both hosts see (a shared system datastore)
+    is refused: swtpm 0.7 cannot hand its state files over between two hosts."""
+    swtpm = tpm.served_by(ET.fromstring(xml))  # noqa: S314 - libvirt's own XML
+    if swtpm is None:
+        return None
+    host = call.args["dst_host"]
+    if remote.holds(host, ["test", "-e", swtpm.socket],
+                    timeout=call.deadline.cap(30, "looking at the destination")):
+        raise ActionFailed(f"the VM's TPM directory {swtpm.state_dir} is shared with {host}",
+                           hint="a VM with a TPM migrates live between hosts with a VM "
+                                "directory of their own (Ceph or ssh system datastore)")
+    tpm.start(swtpm, call.deadline, host)
+    return swtpm
 
 
 def _system_ds_shared(call: Call) -> bool:

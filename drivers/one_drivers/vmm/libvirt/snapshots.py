@@ -152,8 +152,13 @@ def snapshot_revert(call: Call) -> None:
             for disk, image in images:
                 image.rollback_to_snap(rbd_snap_name(name))
                 log.info(f"{disk['pool']}/{disk['image']} rolled back to {rbd_snap_name(name)}")
-        hv.call(hv.conn.restore, record["memory"], what=f"restoring the memory of {name}",
-                timeout=call.deadline.remaining())
+        from one_drivers.vmm.libvirt.tpm import served, served_by
+
+        saved = hv.call(hv.conn.saveImageGetXMLDesc, record["memory"], 0,
+                        what=f"reading the domain saved with {name}")
+        with served(served_by(_parse(saved)), call.deadline):
+            hv.call(hv.conn.restore, record["memory"], what=f"restoring the memory of {name}",
+                    timeout=call.deadline.remaining())
         restored = hv.require(call.args["deploy_id"])
         if hv.state(restored) == PAUSED:  # it was paused when the snapshot was taken
             hv.call(restored.resume, what="resuming the guest")
