@@ -25,6 +25,7 @@ MON_V1_PORT = 16789
 OSD_PORTS = (16800, 16899)
 POOL = "one"
 DATA_POOL = "one-data"  # a separate data pool (EC_POOL_NAME); replicated, one OSD has no EC
+MARKET_POOL = "one-market"  # the rbd marketplace's apps
 RBD_USER = "one"
 PG_NUM = 16
 DATA_PG_NUM = 8
@@ -36,7 +37,8 @@ CAPS = {
     "mgr.x": {"mon": "allow profile mgr", "osd": "allow *", "mds": "allow *"},
     # what production gives OpenNebula: RBD on its pool, nothing else
     f"client.{RBD_USER}": {"mon": "profile rbd",
-                           "osd": f"profile rbd pool={POOL}, profile rbd pool={DATA_POOL}",
+                           "osd": f"profile rbd pool={POOL}, profile rbd pool={DATA_POOL}, "
+                                  f"profile rbd pool={MARKET_POOL}",
                            "mgr": f"profile rbd pool={POOL}"},
 }
 
@@ -84,6 +86,7 @@ class CephLab:
             "CEPH_CONF": str(self.conf),
             "ONE_LAB_CEPH_POOL": POOL,
             "ONE_LAB_CEPH_DATA_POOL": DATA_POOL,
+            "ONE_LAB_CEPH_MARKET_POOL": MARKET_POOL,
             "ONE_LAB_CEPH_USER": RBD_USER,
             "ONE_LAB_CEPH_KEYRING": str(self.user_keyring),
             "ONE_LAB_CEPH_MON": f"{self.address}:{self.mon_v1}",
@@ -216,7 +219,8 @@ osd_data = {d}/osd/0
             self.mon_command(cluster, {"prefix": "osd set-require-min-compat-client",
                                        "version": "mimic", "yes_i_really_mean_it": True})
             for pool, pgs, app in (("device_health_metrics", 1, "mgr_devicehealth"),
-                                   (POOL, PG_NUM, "rbd"), (DATA_POOL, DATA_PG_NUM, "rbd")):
+                                   (POOL, PG_NUM, "rbd"), (DATA_POOL, DATA_PG_NUM, "rbd"),
+                                   (MARKET_POOL, DATA_PG_NUM, "rbd")):
                 self.mon_command(cluster, {"prefix": "osd pool create", "pool": pool,
                                            "pg_num": pgs, "pgp_num": pgs})
                 self.mon_command(cluster, {"prefix": "osd pool application enable",
@@ -238,7 +242,7 @@ osd_data = {d}/osd/0
 
         cluster = self.admin()
         try:
-            for pool in (POOL, DATA_POOL):
+            for pool in (POOL, DATA_POOL, MARKET_POOL):
                 with cluster.open_ioctx(pool) as ioctx:
                     rbd.RBD().pool_init(ioctx, True)
         finally:
@@ -267,7 +271,8 @@ osd_data = {d}/osd/0
         except Exception:
             return False
         return bool(h["health"] == "HEALTH_OK" and h["osds_up"] == 1
-                    and h["pgs"] >= PG_NUM + DATA_PG_NUM + 1
+                    # a cluster from before the market pool has fewer: rebuilt
+                    and h["pgs"] >= PG_NUM + 2 * DATA_PG_NUM + 1
                     and h["active_clean"] == h["pgs"])
 
     def wait_healthy(self, timeout: float) -> None:

@@ -22,10 +22,10 @@ from typing import Any
 
 from one_drivers.ceph import backups, ownership
 from one_drivers.ceph.backups import BackupId
+from one_drivers.ceph.copying import copy_extents, extents
 from one_drivers.ceph.naming import ImageSpec, staging_name
 from one_drivers.ceph.pool import Pool, rbd_pool
 from one_drivers.ceph.rbd_ops import ceph_errors, open_image, remove_image
-from one_drivers.ceph.stream import CHUNK
 from one_drivers.core import faults, log
 from one_drivers.core.config import Settings
 from one_drivers.core.contract import Call
@@ -55,41 +55,6 @@ def _disk_settings(call: Call, vm: VM, disk: Disk) -> Settings:
     if disk.source is None:  # volatile: POOL_NAME and access of the system datastore
         base = base.over(_oned(call).datastore(call.args["dsid"]).template)
     return base.over(disk)
-
-
-COPY_THREADS = 8  # chunks in flight: librbd releases the GIL, and Ceph serves them in parallel
-
-
-def _copy(src: Any, dst: Any, extents: list[tuple[int, int, bool]]) -> int:
-    """Write ``extents`` of ``src`` into ``dst``: data where it exists, holes discarded.
-    Chunks travel COPY_THREADS at a time (one at a time, each read then written, is bound by
-    the round trips, not by Ceph)."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    chunks = []
-    for off, length, present in extents:
-        if not present:
-            dst.discard(off, length)
-            continue
-        chunks += [(pos, min(CHUNK, off + length - pos))
-                   for pos in range(off, off + length, CHUNK)]
-
-    def one(chunk: tuple[int, int]) -> int:
-        data = src.read(*chunk)
-        dst.write(data, chunk[0])
-        return len(data)
-
-    pool = ThreadPoolExecutor(COPY_THREADS)
-    try:
-        return sum(pool.map(one, chunks))
-    finally:  # stopped (a cancel): the chunks not started yet are dropped, not written
-        pool.shutdown(wait=True, cancel_futures=True)
-
-
-def _extents(src: Any, since: str | None) -> list[tuple[int, int, bool]]:
-    out: list[tuple[int, int, bool]] = []
-    src.diff_iterate(0, src.size(), since, lambda off, n, present: out.append((off, n, present)))
-    return [e for e in out if e[2]] if since is None else out
 
 
 def _sweep_staging(pool: Pool, vmid: int) -> None:
@@ -185,7 +150,7 @@ def _full(pool: Pool, target: ImageSpec, src: Any, n: int, call: Call,
     def make(name: str, stamp: dict[str, str]) -> None:
         create(pool.ioctx, name, src.size(), data_pool=pool.access.data_pool, meta=stamp)
         with open_image(pool.ioctx, name) as dst:
-            written[0] = _copy(src, dst, _extents(src, None))
+            written[0] = copy_extents(src, dst, extents(src))
             dst.create_snap(str(n))
 
     build_image(pool, target, meta=meta, identity=("vm", "disk", "chain"), make=make,
@@ -213,7 +178,7 @@ def _increment(pool: Pool, target: ImageSpec, src: Any, base: str, n: int, call:
             dst.rollback_to_snap(str(n - 1))
         if src.size() > dst.size():
             dst.resize(src.size())
-        written = _copy(src, dst, _extents(src, base))
+        written = copy_extents(src, dst, extents(src, base))
         faults.point("backup:increment-written")
         dst.create_snap(str(n))
     return written
@@ -250,7 +215,7 @@ def increment_flatten(call: Call) -> str:
                         if s["name"].isdigit() and int(s["name"]) < first.n:
                             img.remove_snap(s["name"])
                 with open_image(pool.ioctx, name, snapshot=str(first.n), read_only=True) as img:
-                    size += sum(n for _, n, _ in _extents(img, None))
+                    size += sum(n for _, n, _ in extents(img))
     chain = ",".join(f"{i}:{src}" for i, src in kept)
     return f"{max(1, math.ceil(size / MIB))} {chain}"
 
