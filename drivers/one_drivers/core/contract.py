@@ -368,7 +368,8 @@ def subject_of(call: Call) -> str:
         vm_id = vm.opt("ID") if isinstance(vm, XmlView) else None
         return f"VM {vm_id}" if vm_id else "VM"
     if call.family == "market":
-        return f"marketplace object {a['id']}"
+        return f"marketplace {a['id']}" if call.action == "monitor" else \
+            f"marketplace app {a['id']}"
     if call.family == "ipam":
         return f"IPAM request {a['request_id']}"
     if call.family == "auth":

@@ -22,6 +22,7 @@ PACKAGES: dict[str, dict[str, str]] = {
     "vnm": {"ovsdb": "one_drivers.vnm.ovsdb"},
     "vmm": {"libvirt": "one_drivers.vmm.libvirt"},
     "im": {"libvirt": "one_drivers.im.libvirt"},
+    "market": {"rbd": "one_drivers.market.rbd"},
 }
 
 ActionFn = Callable[[Call], "str | None"]

@@ -39,6 +39,7 @@ from one_drivers.datastore.rbd.common import answer, ds_settings, target
 from one_drivers.datastore.rbd.sources import (
     Opened,
     Requester,
+    market_of,
     open_source,
     parse_rbd_url,
     refuse_references,
@@ -104,10 +105,15 @@ def stage_to_file(src: Opened, settings: Settings, image_id: int, deadline: Dead
 def import_source(pool: Pool, name: str, meta: dict[str, str], call: Call,
                   settings: Settings) -> None:
     image = call.doc.image
-    sums = Checksums(image.template.get("MD5"), image.template.get("SHA1"))
+    market = market_of(call.doc)
+    # an app of a market on another Ceph cluster is streamed: its catalogue checksum is checked
+    cloned_app = market is not None and same_cluster(market, settings)
+    sums = Checksums(image.template.get("MD5") or (
+        image.template.get("FROM_APP_MD5") if market is not None and not cloned_app else None),
+        image.template.get("SHA1"))
     src = open_source(image.text("PATH"), settings, call.deadline, call.subject,
                       tap=sums.update, data=call.extras.get("data"),
-                      requester=Requester.of(image))
+                      requester=Requester.of(image), market=market)
     path = src.label  # credentials in a URL never reach a message or the log
     data_pool = pool.access.data_pool
     try:
@@ -118,6 +124,8 @@ def import_source(pool: Pool, name: str, meta: dict[str, str], call: Call,
                  f" into {pool.name}/{name}")
         rate = parse_rate(settings.get("LIMIT_TRANSFER_BW"))
         snapshot = _rbd_snapshot(image.text("PATH"))
+        if market is not None and not cloned_app:
+            snapshot = None  # another cluster's: its data is streamed below
         if fmt == "raw" and snapshot is not None and not sums.expected and not src.compression:
             # a snapshot in this very cluster (read with the datastore's own user): a clone,
             # in a moment whatever the size (a backup restored to a new image)
@@ -170,6 +178,16 @@ def _rbd_snapshot(path: str) -> ImageSpec | None:
         return None
     spec = parse_rbd_url(path)
     return spec if spec.snap else None
+
+
+def same_cluster(market: Settings, settings: Settings) -> bool:
+    """Whether a market's apps are in the datastore's own Ceph cluster (the same ceph.conf):
+    then an app is cloned, read by the datastore's user (which must be allowed to read the
+    market's pool, as its hosts' QEMU reads the clone's parent there)."""
+    def conf(s: Settings) -> str:
+        return os.path.realpath(s.get("CEPH_CONF") or "/etc/ceph/ceph.conf")
+
+    return conf(market) == conf(settings)
 
 
 def _drain(stream: Any) -> None:

@@ -253,14 +253,31 @@ class Requester(NamedTuple):
                    image.template.get("RBD_SOURCE_GRANT"))
 
 
+def market_of(doc: Any) -> Settings | None:
+    """The ``rbd`` marketplace an image is exported from, with its Ceph access: oned adds the
+    MARKETPLACE to cp's document only for an image made from an app (FROM_APP), whose PATH it
+    set to the app's SOURCE itself (MarketPlaceApp::to_template): a tenant cannot put it
+    there."""
+    from one_drivers.core.registry import get_driver
+    from one_drivers.core.xmlview import Template
+
+    if doc.opt("MARKETPLACE/MARKET_MAD") != "rbd" or not doc.image.template.get("FROM_APP"):
+        return None
+    market = doc.child("MARKETPLACE", Template)
+    base = Settings([get_driver("market", "rbd").default_values()], subject=doc.subject)
+    return base.over(market.child("TEMPLATE", Template, required=False))
+
+
 def open_source(path: str, settings: Settings, deadline: Deadline, subject: str,
                 tap: Callable[[bytes], None] | None = None,
                 data: IO[bytes] | None = None, *,
-                requester: Requester | None = None) -> Opened:
+                requester: Requester | None = None, market: Settings | None = None) -> Opened:
     """Open ``path`` for reading, decompressing unless NO_DECOMPRESS; ``tap`` sees the bytes
     as fetched (before decompression). ``data`` is the file's content when a front-end sent it
     along (BRIDGE_LIST mode): the path was checked there. ``requester``: for whom (an
-    ``rbd://`` source is the oneadmin group's, or granted by a driver)."""
+    ``rbd://`` source is the oneadmin group's, or granted by a driver); ``market``: the rbd
+    marketplace an app is exported from (any user may export an app oned lets them use; it is
+    read with the market's own Ceph access and must be an app's snapshot there)."""
     timeout = deadline.cap(settings.float("SOURCE_TIMEOUT", 60), "opening the source")
     closer: list[Any] = []
     local_fd: int | None = None
@@ -268,7 +285,7 @@ def open_source(path: str, settings: Settings, deadline: Deadline, subject: str,
     if scheme in ("http", "https"):
         raw, size = _open_http(path, timeout, deadline, closer)
     elif scheme == "rbd":
-        raw, size = _open_rbd(path, settings, deadline, subject, closer, requester)
+        raw, size = _open_rbd(path, settings, deadline, subject, closer, requester, market)
     elif scheme in ("", "file") and data is not None:
         raw, size = data, None
     elif scheme in ("", "file"):
@@ -390,10 +407,18 @@ def _open_http(url: str, timeout: float, deadline: Deadline,
 
 
 def _open_rbd(url: str, settings: Settings, deadline: Deadline, subject: str,
-              closer: list[Any], requester: Requester | None) -> tuple[IO[bytes], int]:
+              closer: list[Any], requester: Requester | None,
+              market: Settings | None = None) -> tuple[IO[bytes], int]:
     from one_drivers.ceph import grants
+    from one_drivers.market.rbd import apps
 
     spec = parse_rbd_url(url)
+    if market is not None:
+        market_pool = market.get("POOL_NAME") or ""
+        if spec.pool != market_pool or not apps.is_app_snapshot(spec):
+            raise PermissionDenied(f"{spec} is not an app of the marketplace (pool "
+                                   f"{market_pool})", hint="export the app again")
+        return _open_app(spec, market, deadline, subject, closer)
     allowed = allowed_source_pools(settings)
     # requester None: oned's size probe (stat), which names no owner; only a size leaves it.
     # On a bridge the grant was checked by the front-end (its key), which says so for this URL.
@@ -421,6 +446,29 @@ def _open_rbd(url: str, settings: Settings, deadline: Deadline, subject: str,
     except rbd.ImageNotFound:
         raise NotFound(f"source {spec} does not exist") from None
     closer.append(image)
+    reader = RbdReader(image)
+    return reader, reader.size  # type: ignore[return-value]
+
+
+def _open_app(spec: Any, market: Settings, deadline: Deadline, subject: str,
+              closer: list[Any]) -> tuple[IO[bytes], int]:
+    """An app's snapshot, read as the market's Ceph user; only an image our market stamped
+    as an app (a SOURCE cannot name any other image of that pool)."""
+    import rbd
+
+    from one_drivers.ceph import ownership
+
+    session = CephSession(CephAccess.from_settings(market), deadline, subject=subject).__enter__()
+    closer.append(session)
+    ioctx = session.cluster.open_ioctx(spec.pool)
+    closer.append(ioctx)
+    try:
+        image = rbd.Image(ioctx, spec.name, snapshot=spec.snap, read_only=True)
+    except rbd.ImageNotFound:
+        raise NotFound(f"the app {spec} does not exist") from None
+    closer.append(image)
+    if ownership.read(image).get("kind") != "app":
+        raise PermissionDenied(f"{spec} is not a one-drivers app", hint="export the app again")
     reader = RbdReader(image)
     return reader, reader.size  # type: ignore[return-value]
 

@@ -1,0 +1,1 @@
+"""Marketplace (MARKET_MAD) drivers."""

@@ -1,0 +1,265 @@
+"""``import``, ``delete`` and ``monitor`` of the ``rbd`` marketplace (layout: :mod:`.apps`).
+
+import runs after the datastore's ``export`` (ours answers ``rbd://host/pool/one-<id>``): the
+image's allocated extents are copied from the datastore's pool (read with the datastore's own
+Ceph user, possibly another cluster) into the market's pool (written with the market's), under
+a staging name, snapshotted ``app`` and protected, stamped, then renamed: nothing is staged on a
+disk and nothing is downloaded. A crash leaves at most a staging image, which the app's delete
+(or a later import of the same app) removes.
+
+delete removes the app's image, only when our stamp says it is an app; while datastore images
+cloned from it live it goes to the RBD trash instead, and ``monitor`` collects it once they are
+gone. monitor answers the pool's usage (quota-aware, as the datastore monitor) and, with
+LIST_APPS=yes, every app of the pool as ``APP="<base64 template>"``.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import secrets
+import socket
+import time
+
+from one_drivers.ceph import ownership
+from one_drivers.ceph.naming import ImageSpec, staging_name
+from one_drivers.ceph.pool import Pool, rbd_pool
+from one_drivers.ceph.rbd_ops import ceph_errors, children, create, open_image
+from one_drivers.core import faults, log
+from one_drivers.core.config import Settings
+from one_drivers.core.contract import Call
+from one_drivers.core.errors import ActionFailed, BadInput
+from one_drivers.core.xmlview import Template
+from one_drivers.market.rbd import apps
+
+MIB = 1 << 20
+
+
+def _settings(call: Call) -> Settings:
+    """Defaults < driver config file < the market's template."""
+    return call.settings.over(call.doc.marketplace.child("TEMPLATE", Template, required=False))
+
+
+def _market_ids(call: Call) -> dict[str, str]:
+    market = call.doc.marketplace
+    return {"market": market.opt("ID") or "", "zone": market.opt("ZONE_ID") or "0"}
+
+
+def _source_settings(call: Call, spec: ImageSpec) -> Settings:
+    """How to read the exported image: its datastore's Ceph access (driver defaults, then the
+    datastore's template), in the pool the export named."""
+    from one_drivers.core.registry import get_driver
+
+    base = Settings([get_driver("datastore", "rbd").default_values()], subject=call.subject)
+    datastore = call.doc.child("DATASTORE", Template, required=False)
+    return base.over(datastore.child("TEMPLATE", Template, required=False)).over(
+        {"POOL_NAME": spec.pool})
+
+
+def _entry(call: Call, size_mb: int, md5: str) -> dict[str, str]:
+    app = call.doc.app
+    template = app.child("TEMPLATE", Template, required=False)
+    entry = {key: app.opt(key) or template.get(key) or ""
+             for key in ("NAME", "DESCRIPTION", "VERSION", "APPTEMPLATE64", "PUBLISHER", "TAGS",
+                         "VMTEMPLATE64")}
+    entry.update({"TYPE": "IMAGE", "FORMAT": "raw", "SIZE": str(size_mb), "MD5": md5,
+                  "REGTIME": str(int(time.time())), "ORIGIN_ID": "-1",
+                  "IMPORT_ID": str(call.args["id"])})
+    return {k: v for k, v in entry.items() if v}
+
+
+def import_app(call: Call) -> str:
+    from one_drivers.ceph.build import build_image
+    from one_drivers.ceph.copying import copy_extents, extents
+    from one_drivers.datastore.rbd.sources import parse_rbd_url
+
+    settings = _settings(call)
+    app_id = int(call.args["id"])
+    source = call.doc.text("IMPORT_SOURCE")
+    if not source.lower().startswith("rbd://"):
+        raise BadInput(f"the rbd market takes apps from rbd datastores; {source!r} is not an "
+                       "rbd:// export", hint="create the app from an image of an rbd datastore")
+    md5 = call.doc.text("MD5")
+    src = parse_rbd_url(source)
+    ids = _market_ids(call)
+    with rbd_pool(settings, call.deadline, call.subject, creating=True) as market:
+        _sweep(market, app_id, ids)
+        name = apps.image_name(app_id, secrets.token_hex(4))
+        dst = ImageSpec(market.name, name)
+        meta = ownership.stamp("app", app=app_id, **ids)
+        with rbd_pool(_source_settings(call, src), call.deadline, call.subject) as origin, \
+                ceph_errors(f"reading {src}", call.subject), \
+                open_image(origin.ioctx, src.name, snapshot=src.snap, read_only=True) as image:
+            size = image.size()
+            entry = _entry(call, -(-size // MIB), md5)
+
+            def make(staging: str, stamp: dict[str, str]) -> None:
+                create(market.ioctx, staging, size, data_pool=market.access.data_pool,
+                       meta=stamp)
+                with open_image(market.ioctx, staging) as app_image:
+                    copied = copy_extents(image, app_image, extents(image))
+                    faults.point("market:copied")
+                    apps.write_entry(app_image, entry)
+                    app_image.create_snap(apps.APP_SNAP)
+                    app_image.protect_snap(apps.APP_SNAP)
+                log.info(f"copied {copied >> 20} MiB of {src} into {market.name}/{staging}")
+
+            with ceph_errors(f"making the app image {dst}", call.subject):
+                build_image(market, dst, meta=meta, identity=("app", "market", "zone"),
+                            subject=call.subject, seconds=call.deadline.remaining(), make=make)
+            faults.point("market:built")
+    host = settings.get("EXPORT_HOST") or socket.getfqdn()
+    return (f'SOURCE="{apps.source_url(host, dst)}"\nMD5="{md5}"\n'
+            f'SIZE="{entry["SIZE"]}"\nFORMAT="raw"\n')
+
+
+def _sweep(market: Pool, app_id: int, ids: dict[str, str], *, finished: bool = False) -> int:
+    """Remove what an interrupted import of this app left: staging images stamped for this
+    zone's and market's app id; with ``finished`` (a delete of an app oned has no SOURCE for:
+    the import ended before oned heard of it) its finished image too."""
+    import rbd
+
+    from one_drivers.ceph.build import drop_staging
+
+    prefix, suffix = f"one-app-{app_id}-", staging_name("")
+    wanted = {**ids, "app": str(app_id)}
+    dropped = 0
+    for name in rbd.RBD().list(market.ioctx):
+        staging = name.endswith(suffix)
+        if not name.startswith(prefix) or not (staging or finished):
+            continue
+        with open_image(market.ioctx, name, read_only=True) as image:
+            meta = ownership.read(image)
+        if meta.get("kind") != "app" or any(meta.get(k) != v for k, v in wanted.items()):
+            continue
+        if staging:
+            drop_staging(market, name)
+        elif not _remove(market, name):
+            raise ActionFailed(f"{market.name}/{name} has clones: not removed")
+        dropped += 1
+    return dropped
+
+
+def _app_spec(call: Call, market: Pool) -> ImageSpec | None:
+    from one_drivers.datastore.rbd.sources import parse_rbd_url
+
+    source = call.doc.app.opt("SOURCE")
+    if not source:
+        return None
+    spec = parse_rbd_url(source)
+    if spec.pool != market.name or not apps.is_app_snapshot(spec):
+        raise ActionFailed(f"{spec} is not an app of this market (pool {market.name}): "
+                           "not removed", hint="remove it by hand if it is really an app")
+    return ImageSpec(spec.pool, spec.name)
+
+
+def delete(call: Call) -> None:
+    import rbd
+
+    settings = _settings(call)
+    app_id = int(call.args["id"])
+    with rbd_pool(settings, call.deadline, call.subject) as market, \
+            ceph_errors("removing the app", call.subject):
+        spec = _app_spec(call, market)
+        if spec is None:  # an import that failed: what it left, if anything
+            n = _sweep(market, app_id, _market_ids(call), finished=True)
+            log.info(f"app {app_id} has no SOURCE: removed {n} image(s) an import left")
+            return
+        try:
+            image = rbd.Image(market.ioctx, spec.name)
+        except rbd.ImageNotFound:
+            log.info(f"{spec} is already gone")
+            return
+        try:
+            if ownership.read(image).get("kind") != "app":
+                raise ActionFailed(f"{spec} is not stamped as a one-drivers app: not removed",
+                                   hint="remove it by hand if it is really an app")
+            busy = apps.APP_SNAP in {s["name"] for s in image.list_snaps()} and \
+                children(image, apps.APP_SNAP)
+        finally:
+            image.close()
+        if busy:
+            rbd.RBD().trash_move(market.ioctx, spec.name, 0)
+            log.info(f"{spec} has datastore images cloned from it: hidden in the RBD trash "
+                     "until they are gone (collected by the market's monitor)")
+            return
+        _remove(market, spec.name)
+
+
+def _remove(market: Pool, name: str, image_id: str | None = None) -> bool:
+    """Unprotect and remove the app snapshot, then the image (by name, or by trash id);
+    False when a clone appeared meanwhile (the image stays, or stays in the trash)."""
+    import rbd
+
+    image = rbd.Image(market.ioctx, name if image_id is None else None, image_id=image_id)
+    try:
+        for snap in image.list_snaps():
+            if children(image, snap["name"]):
+                return False
+            if image.is_protected_snap(snap["name"]):
+                image.unprotect_snap(snap["name"])
+            image.remove_snap(snap["name"])
+    finally:
+        image.close()
+    faults.point("market:snapshot-removed")
+    try:
+        if image_id is None:
+            rbd.RBD().remove(market.ioctx, name)
+        else:
+            rbd.RBD().trash_remove(market.ioctx, image_id, True)
+    except rbd.ImageNotFound:
+        pass
+    log.info(f"removed the app image {market.name}/{name}")
+    return True
+
+
+def collect_hidden(market: Pool) -> int:
+    """Remove the apps hidden in the trash by delete whose last clone has gone."""
+    import rbd
+
+    removed = 0
+    for entry in rbd.RBD().trash_list(market.ioctx):
+        if entry.get("source", "USER") != "USER" or not apps.is_app_name(entry["name"]):
+            continue
+        with contextlib.suppress(rbd.ImageNotFound, rbd.ImageBusy):
+            if _remove(market, entry["name"], image_id=entry["id"]):
+                removed += 1
+    return removed
+
+
+def monitor(call: Call) -> str:
+    from one_drivers.datastore.rbd.monitor import capacity
+
+    settings = _settings(call)
+    with rbd_pool(settings, call.deadline, call.subject) as market:
+        df = market.session.mon_command({"prefix": "df", "detail": "detail"},
+                                        "the pool usage query")
+        out = capacity(df, market.name, market.access.data_pool).render()
+        with ceph_errors("collecting deleted apps", call.subject):
+            collect_hidden(market)
+        if settings.bool("LIST_APPS", False):
+            with ceph_errors("listing the apps", call.subject):
+                host = settings.get("EXPORT_HOST") or socket.getfqdn()
+                out += "".join(f'APP="{line}"\n' for line in _listed(market, host))
+    return out
+
+
+def _listed(market: Pool, host: str) -> list[str]:
+    import rbd
+
+    lines = []
+    for name in sorted(rbd.RBD().list(market.ioctx)):
+        if not apps.is_app_name(name):
+            continue
+        try:
+            with open_image(market.ioctx, name, read_only=True) as image:
+                if ownership.read(image).get("kind") != "app":
+                    continue
+                entry = apps.read_entry(image)
+        except rbd.ImageNotFound:  # removed while listing
+            continue
+        entry["SOURCE"] = apps.source_url(host, ImageSpec(market.name, name))
+        lines.append(base64.b64encode(apps.template_line(entry).encode()).decode())
+    return lines
+
+

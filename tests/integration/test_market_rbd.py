@@ -1,0 +1,352 @@
+"""The ``rbd`` marketplace against the lab's Ceph, run as oned's one_market MAD runs it: the
+datastore's ``export`` first, then ``market/rbd/import <base64 XML> <app id>`` (no stdin); an
+app exported into a datastore by DS ``cp`` with the document oned builds for FROM_APP images
+(the MARKETPLACE added, PATH set to the app's SOURCE); delete and monitor."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import itertools
+import os
+import random
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from one_drivers.core.faults import KILLED
+from one_drivers.core.xmlview import escape
+from one_drivers.lab.documents import datastore_doc, ds_doc, elements
+from tests.helpers import last_line, read_image, run_remote
+
+pytestmark = pytest.mark.lab
+MIB = 1 << 20
+MARKET_ID, ZONE = 300, 0
+_ids = itertools.count(random.randint(10_000, 90_000) * 10 + 7)
+
+
+def market_xml(env, **template) -> str:
+    tmpl = {"POOL_NAME": env["ONE_LAB_CEPH_MARKET_POOL"], "CEPH_USER": env["ONE_LAB_CEPH_USER"],
+            "CEPH_KEY": env["ONE_LAB_CEPH_KEYRING"], "CEPH_CONF": env["CEPH_CONF"],
+            "EXPORT_HOST": "front", **template}
+    return (f"<MARKETPLACE><ID>{MARKET_ID}</ID><NAME>ceph-apps</NAME><MARKET_MAD>rbd"
+            f"</MARKET_MAD><ZONE_ID>{ZONE}</ZONE_ID><TEMPLATE>{elements(tmpl)}</TEMPLATE>"
+            "</MARKETPLACE>")
+
+
+def app_xml(app_id: int, *, source: str = "", name: str = "") -> str:
+    return (f"<MARKETPLACEAPP><ID>{app_id}</ID><UID>3</UID><NAME>{escape(name or f'app{app_id}')}"
+            f"</NAME><ZONE_ID>{ZONE}</ZONE_ID><ORIGIN_ID>0</ORIGIN_ID><SOURCE>{escape(source)}"
+            "</SOURCE><TYPE>1</TYPE><DESCRIPTION>a \"quoted\" one</DESCRIPTION><VERSION>1.2"
+            "</VERSION><TEMPLATE><PUBLISHER>lab</PUBLISHER><TAGS>linux</TAGS>"
+            "<VMTEMPLATE64>Q1BVPTE=</VMTEMPLATE64></TEMPLATE></MARKETPLACEAPP>")
+
+
+def market(remotes, action: str, doc: str, obj_id: int, env=None):
+    """One market action as one_market runs it: the document base64 in argv, no stdin."""
+    proc = subprocess.run([str(remotes / "market" / "rbd" / action),
+                           base64.b64encode(doc.encode()).decode(), str(obj_id)],
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=300,
+                          check=False, env={**os.environ, **(env or {})})
+    return proc
+
+
+def answer(text: str) -> dict[str, str]:
+    return dict(re.findall(r'^(\w+)="([^"]*)"$', text, re.M))
+
+
+class World:
+    def __init__(self, env, remotes, ioctx, market_ioctx) -> None:
+        self.env, self.remotes, self.ioctx, self.mioctx = env, remotes, ioctx, market_ioctx
+        self.images: list[str] = []
+        self.apps: list[int] = []
+
+    def image(self, size: int = 64 * MIB, data: bytes = b"") -> tuple[int, bytes]:
+        """An rbd datastore image ``one-<id>`` with some data written at a few offsets."""
+        import rbd
+
+        image_id = next(_ids)
+        rbd.RBD().create(self.ioctx, f"one-{image_id}", size)
+        self.images.append(f"one-{image_id}")
+        with rbd.Image(self.ioctx, f"one-{image_id}") as image:
+            for off in (0, 5 * MIB, size - MIB):
+                image.write(data or os.urandom(4096), off)
+        return image_id, read_image(self.ioctx, f"one-{image_id}")
+
+    def export(self, image_id: int) -> dict[str, str]:
+        doc = ds_doc(self.env, image_id, image={"SOURCE": f"one/one-{image_id}"})
+        res = run_remote(self.remotes, "datastore/rbd/export", [str(image_id)], doc)
+        assert res.returncode == 0, res.stderr
+        return dict(re.findall(r"<(\w+)>([^<]*)</\1>", res.stdout))
+
+    def import_doc(self, app_id: int, image_id: int, **market) -> str:
+        info = self.export(image_id)
+        extra = "".join(f"<{k}>{escape(info.get(k, ''))}</{k}>"
+                        for k in ("IMPORT_SOURCE", "MD5", "SIZE", "FORMAT", "DISPOSE"))
+        image = (f"<IMAGE><ID>{image_id}</ID><SOURCE>one/one-{image_id}</SOURCE><TEMPLATE/>"
+                 "</IMAGE>")
+        return (f"<MARKET_DRIVER_ACTION_DATA>{app_xml(app_id)}{market_xml(self.env, **market)}"
+                f"{image}{datastore_doc(self.env, 100)}{extra}</MARKET_DRIVER_ACTION_DATA>")
+
+    def create_app(self, image_id: int, **market_attrs) -> tuple[int, dict[str, str]]:
+        app_id = next(_ids)
+        self.apps.append(app_id)
+        res = market(self.remotes, "import", self.import_doc(app_id, image_id, **market_attrs),
+                     app_id)
+        assert res.returncode == 0, res.stderr
+        return app_id, answer(res.stdout)
+
+    def app_doc(self, app_id: int, source: str) -> str:
+        return (f"<MARKET_DRIVER_ACTION_DATA>{app_xml(app_id, source=source)}"
+                f"{market_xml(self.env)}</MARKET_DRIVER_ACTION_DATA>")
+
+    def export_app(self, source: str, app_md5: str, *, uid: int = 7, image_id: int | None = None,
+                   market: str | None = None):
+        """DS cp of an image made from the app, by a tenant: what oned sends (FROM_APP)."""
+        image_id = image_id or next(_ids)
+        self.images.append(f"one-{image_id}")
+        doc = ds_doc(self.env, image_id, image={"UID": uid, "GID": 100, "PATH": source},
+                     image_template={"FROM_APP": 1, "FROM_APP_MD5": app_md5,
+                                     "FROM_APP_NAME": "x"})
+        doc = doc.replace("</DS_DRIVER_ACTION_DATA>",
+                          (market if market is not None else market_xml(self.env))
+                          + "</DS_DRIVER_ACTION_DATA>")
+        return image_id, run_remote(self.remotes, "datastore/rbd/cp", [str(image_id)], doc)
+
+    def app_images(self) -> list[str]:
+        import rbd
+
+        return sorted(n for n in rbd.RBD().list(self.mioctx)
+                      if any(n.startswith(f"one-app-{a}-") for a in self.apps))
+
+    def cleanup(self) -> None:
+        import rbd
+
+        for ioctx, names in ((self.ioctx, self.images), (self.mioctx, self.app_images())):
+            for name in names:
+                try:
+                    with rbd.Image(ioctx, name) as image:
+                        for snap in image.list_snaps():
+                            if image.is_protected_snap(snap["name"]):
+                                image.unprotect_snap(snap["name"])
+                            image.remove_snap(snap["name"])
+                    rbd.RBD().remove(ioctx, name)
+                except rbd.Error:
+                    pass
+        for entry in rbd.RBD().trash_list(self.mioctx):
+            if any(entry["name"].startswith(f"one-app-{a}-") for a in self.apps):
+                try:
+                    with rbd.Image(self.mioctx, image_id=entry["id"]) as image:
+                        for snap in image.list_snaps():
+                            if image.is_protected_snap(snap["name"]):
+                                image.unprotect_snap(snap["name"])
+                            image.remove_snap(snap["name"])
+                    rbd.RBD().trash_remove(self.mioctx, entry["id"], True)
+                except rbd.Error:
+                    pass
+
+
+@pytest.fixture
+def world(lab_env, remotes, ceph_admin):
+    cluster, ioctx = ceph_admin
+    mioctx = cluster.open_ioctx(lab_env["ONE_LAB_CEPH_MARKET_POOL"])
+    w = World(lab_env, remotes, ioctx, mioctx)
+    yield w
+    w.cleanup()
+    mioctx.close()
+
+
+def spec_of(source: str) -> tuple[str, str, str]:
+    path = source.split("://", 1)[1].split("/", 1)[1]
+    body, snap = path.split("@")
+    pool, name = body.split("/")
+    return pool, name, snap
+
+
+def test_an_app_is_a_copy_in_the_market_pool_and_exports_by_clone(world, lab_env):
+    import rbd
+
+    image_id, content = world.image()
+    app_id, out = world.create_app(image_id)
+    assert out["FORMAT"] == "raw" and out["SIZE"] == "64"
+    assert out["MD5"] == hashlib.md5(content, usedforsecurity=False).hexdigest()
+    pool, name, snap = spec_of(out["SOURCE"])
+    assert out["SOURCE"].startswith("rbd://front/")
+    assert pool == lab_env["ONE_LAB_CEPH_MARKET_POOL"] and snap == "app"
+    assert re.fullmatch(rf"one-app-{app_id}-[0-9a-f]{{8}}", name)
+    with rbd.Image(world.mioctx, name, snapshot="app", read_only=True) as app:
+        assert app.is_protected_snap("app")
+        assert app.read(0, app.size()) == content, "the image's data, copied"
+    with rbd.Image(world.mioctx, name, read_only=True) as app, pytest.raises(rbd.ImageNotFound):
+        app.parent_id()  # a copy, not a clone of the datastore's image
+    # the datastore's image can go: the app does not depend on it
+    with rbd.Image(world.ioctx, f"one-{image_id}") as img:
+        img.write(b"changed!", 0)
+    with rbd.Image(world.mioctx, name, snapshot="app", read_only=True) as app:
+        assert app.read(0, 8) == content[:8]
+
+    # a tenant exports it into the datastore: a clone of the app's snapshot, at once
+    new_id, res = world.export_app(out["SOURCE"], out["MD5"])
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == f"one/one-{new_id} raw"
+    with rbd.Image(world.ioctx, f"one-{new_id}", read_only=True) as img:
+        assert img.parent_info()[:2] == (pool, name), "a copy-on-write clone of the app"
+        assert img.read(0, img.size()) == content
+
+    # while the clone lives, delete hides the app; the monitor collects it once it is gone
+    res = market(world.remotes, "delete", world.app_doc(app_id, out["SOURCE"]), app_id)
+    assert res.returncode == 0, res.stderr
+    assert name not in rbd.RBD().list(world.mioctx)
+    assert name in {e["name"] for e in rbd.RBD().trash_list(world.mioctx)}
+    with rbd.Image(world.ioctx, f"one-{new_id}", read_only=True) as img:
+        assert img.read(0, img.size()) == content, "the clone still reads its data"
+    doc = f"<MARKET_DRIVER_ACTION_DATA>{market_xml(lab_env)}</MARKET_DRIVER_ACTION_DATA>"
+    assert market(world.remotes, "monitor", doc, MARKET_ID).returncode == 0
+    assert name in {e["name"] for e in rbd.RBD().trash_list(world.mioctx)}, \
+        "kept while its clone lives (positive control for the collection below)"
+    rm = run_remote(world.remotes, "datastore/rbd/rm", [str(new_id)],
+                    ds_doc(lab_env, new_id, image={"SOURCE": f"one/one-{new_id}"}))
+    assert rm.returncode == 0, rm.stderr
+    res = market(world.remotes, "monitor", doc, MARKET_ID)
+    assert res.returncode == 0, res.stderr
+    assert name not in {e["name"] for e in rbd.RBD().trash_list(world.mioctx)}
+    assert not world.app_images()
+    # a second delete: nothing left, success
+    res = market(world.remotes, "delete", world.app_doc(app_id, out["SOURCE"]), app_id)
+    assert res.returncode == 0, res.stderr
+
+
+def test_exports_are_only_of_apps(world, lab_env):
+    import rbd
+
+    image_id, _ = world.image()
+    app_id, out = world.create_app(image_id)
+    pool, name, _ = spec_of(out["SOURCE"])
+    # positive control: the app itself, by a tenant
+    _, res = world.export_app(out["SOURCE"], out["MD5"])
+    assert res.returncode == 0, res.stderr
+    # a datastore image named as the app's SOURCE would be: refused, nothing made
+    for bad in (f"rbd://x/one/one-{image_id}@app", f"rbd://x/{pool}/{name}",
+                f"rbd://x/{pool}/{name}@other"):
+        bad_id, res = world.export_app(bad, out["MD5"])
+        assert res.returncode != 0 and "not an app of the marketplace" in last_line(res.stderr)
+        assert f"one-{bad_id}" not in rbd.RBD().list(world.ioctx)
+    # an image in the market pool with an app's name that our market did not make
+    rbd.RBD().create(world.mioctx, f"one-app-{app_id}-00000000", MIB)
+    world.images.append("x")
+    with rbd.Image(world.mioctx, f"one-app-{app_id}-00000000") as foreign:
+        foreign.create_snap("app")
+    bad_id, res = world.export_app(f"rbd://x/{pool}/one-app-{app_id}-00000000@app", "0")
+    assert res.returncode != 0 and "is not a one-drivers app" in last_line(res.stderr)
+    with rbd.Image(world.mioctx, f"one-app-{app_id}-00000000") as foreign:
+        foreign.remove_snap("app")
+    rbd.RBD().remove(world.mioctx, f"one-app-{app_id}-00000000")
+    # the same PATH without oned's MARKETPLACE (a tenant's own image template): refused
+    doc = ds_doc(lab_env, next(_ids), image={"UID": 7, "GID": 100, "PATH": out["SOURCE"]})
+    res = run_remote(world.remotes, "datastore/rbd/cp", [str(next(_ids))], doc)
+    assert res.returncode != 0 and "only the oneadmin group" in last_line(res.stderr)
+
+
+def test_an_app_from_another_cluster_is_streamed_and_its_checksum_checked(world, lab_env,
+                                                                            tmp_path):
+    """A market whose ceph.conf is another file than the datastore's is another cluster to
+    cp (the lab has one cluster: a copy of its ceph.conf stands for the other one's)."""
+    import rbd
+
+    image_id, content = world.image()
+    _, out = world.create_app(image_id)
+    other_conf = tmp_path / "other-ceph.conf"
+    other_conf.write_text(Path(lab_env["CEPH_CONF"]).read_text())
+    other = market_xml(lab_env, CEPH_CONF=str(other_conf))
+    new_id, res = world.export_app(out["SOURCE"], out["MD5"], market=other)
+    assert res.returncode == 0, res.stderr
+    with rbd.Image(world.ioctx, f"one-{new_id}", read_only=True) as img:
+        with pytest.raises(rbd.ImageNotFound):
+            img.parent_id()  # streamed: no clone across clusters
+        assert img.read(0, img.size()) == content
+    bad_id, res = world.export_app(out["SOURCE"], "0" * 32, market=other)
+    assert res.returncode != 0 and "MD5" in last_line(res.stderr)
+    assert f"one-{bad_id}" not in rbd.RBD().list(world.ioctx)
+
+
+def test_import_killed_midway_leaves_nothing_after_delete(world, lab_env):
+    import rbd
+
+    image_id, _ = world.image()
+    app_id = next(_ids)
+    world.apps.append(app_id)
+    doc = world.import_doc(app_id, image_id)
+    res = market(world.remotes, "import", doc, app_id,
+                 env={"ONE_DRIVERS_CRASH_AT": "market:copied"})
+    assert res.returncode == KILLED, res.stderr
+    left = world.app_images()
+    assert len(left) == 1 and left[0].endswith(".one-drivers-tmp"), left
+    # oned marks the app ERROR; deleting it (no SOURCE) removes what the import left
+    res = market(world.remotes, "delete", world.app_doc(app_id, ""), app_id)
+    assert res.returncode == 0, res.stderr
+    assert not world.app_images()
+    # an import that finished without oned hearing of it (killed right after): also removed
+    res = market(world.remotes, "import", doc, app_id,
+                 env={"ONE_DRIVERS_CRASH_AT": "market:built"})
+    assert res.returncode == KILLED, res.stderr
+    assert len(world.app_images()) == 1
+    res = market(world.remotes, "delete", world.app_doc(app_id, ""), app_id)
+    assert res.returncode == 0, res.stderr
+    assert not world.app_images()
+    # another zone's app of the same id is not ours to sweep
+    res = market(world.remotes, "import", doc.replace(f"<ZONE_ID>{ZONE}</ZONE_ID>",
+                                                       "<ZONE_ID>9</ZONE_ID>"), app_id)
+    assert res.returncode == 0, res.stderr
+    res = market(world.remotes, "delete", world.app_doc(app_id, ""), app_id)
+    assert res.returncode == 0 and len(world.app_images()) == 1
+    assert rbd.RBD().list(world.mioctx)
+
+
+def test_bad_input_gets_one_line_and_makes_nothing(world, lab_env):
+    image_id, _ = world.image()
+    app_id = next(_ids)
+    world.apps.append(app_id)
+    doc = world.import_doc(app_id, image_id)
+    cases = {
+        "not an rbd:// export": doc.replace("<IMPORT_SOURCE>rbd://", "<IMPORT_SOURCE>http://"),
+        "one/one-1: not found": doc.replace(f"one-{image_id}</IMPORT_SOURCE>",
+                                      "one-1</IMPORT_SOURCE>"),
+        "pool": doc.replace(f"<POOL_NAME>{lab_env['ONE_LAB_CEPH_MARKET_POOL']}</POOL_NAME>",
+                            "<POOL_NAME>no-such-pool</POOL_NAME>"),
+        "MARKETPLACE": doc.replace("<MARKETPLACE>", "<X>").replace("</MARKETPLACE>", "</X>"),
+    }
+    for expected, bad in cases.items():
+        res = market(world.remotes, "import", bad, app_id)
+        assert res.returncode != 0, expected
+        assert expected in last_line(res.stderr), res.stderr
+        assert len([ln for ln in res.stderr.splitlines() if ln.strip()]) == 1, res.stderr
+    assert not world.app_images()
+    res = market(world.remotes, "delete", world.app_doc(app_id, f"rbd://x/one/one-{image_id}@app"),
+                 app_id)
+    assert res.returncode != 0 and "is not an app of this market" in last_line(res.stderr)
+
+
+def test_monitor_reports_the_pool_and_lists_the_catalogue_when_asked(world, lab_env):
+    image_id, _ = world.image()
+    app_id, out = world.create_app(image_id)
+    doc = f"<MARKET_DRIVER_ACTION_DATA>{market_xml(lab_env)}</MARKET_DRIVER_ACTION_DATA>"
+    res = market(world.remotes, "monitor", doc, MARKET_ID)
+    assert res.returncode == 0, res.stderr
+    usage = dict(re.findall(r"^(\w+)=(\d+)$", res.stdout, re.M))
+    assert int(usage["TOTAL_MB"]) == int(usage["USED_MB"]) + int(usage["FREE_MB"]) > 0
+    assert "APP=" not in res.stdout, "no catalogue unless LIST_APPS"
+    listing = f"<MARKET_DRIVER_ACTION_DATA>{market_xml(lab_env, LIST_APPS='yes')}" \
+              "</MARKET_DRIVER_ACTION_DATA>"
+    res = market(world.remotes, "monitor", listing, MARKET_ID)
+    assert res.returncode == 0, res.stderr
+    apps = [base64.b64decode(v).decode() for v in re.findall(r'^APP="([^"]+)"$', res.stdout,
+                                                              re.M)]
+    ours = [a for a in apps if f'SOURCE="{out["SOURCE"]}"' in a]
+    assert len(ours) == 1, apps
+    entry = ours[0]
+    for line in (f'NAME="app{app_id}"', 'PUBLISHER="lab"', 'VERSION="1.2"', 'TAGS="linux"',
+                 f'MD5="{out["MD5"]}"', 'SIZE="64"', 'FORMAT="raw"', 'TYPE="IMAGE"',
+                 'VMTEMPLATE64="Q1BVPTE="', 'DESCRIPTION="a \\"quoted\\" one"'):
+        assert line in entry.splitlines(), entry
