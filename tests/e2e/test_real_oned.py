@@ -104,6 +104,59 @@ def test_images_cp_and_mkfs(one: OpenNebula, lab_env: dict[str, str], ceph_admin
         assert source.split("/", 1)[1] in rbd_names(ioctx)
 
 
+APP_READY, APP_ERROR = "1", "3"
+
+
+def test_marketplace_app_from_an_image_and_back(one: OpenNebula, lab_env: dict[str, str],
+                                                ceph_admin) -> None:
+    """onemarketapp create from the OS image into an rbd market (oned runs our DS export, then
+    our market import), the market monitored, onemarketapp export into the image datastore
+    (oned runs our DS cp with the app's SOURCE): the exported image is a clone of the app; the
+    image and the app deleted, nothing left in the market pool."""
+    import rbd
+
+    cluster, ioctx = ceph_admin
+    attrs = {"POOL_NAME": lab_env["ONE_LAB_CEPH_MARKET_POOL"],
+             "CEPH_USER": lab_env["ONE_LAB_CEPH_USER"], "CEPH_CONF": lab_env["CEPH_CONF"],
+             "CEPH_KEY": lab_env["ONE_LAB_CEPH_KEYRING"]}
+    market = one.create("onemarket", 'NAME="ceph-apps"\nMARKET_MAD="rbd"\n'
+                        + "".join(f'{k}="{v}"\n' for k, v in attrs.items()))
+    app = -1
+    try:
+        one.wait(lambda: int(text(one, "onemarket", market, "TOTAL_MB") or 0) > 0,
+                 "the market to be monitored", 180)
+        app = one.create("onemarketapp", f'NAME="e2e-app"\nORIGIN_ID="{STATE["os"]}"\n'
+                         'TYPE="IMAGE"\nVERSION="1.0"\nDESCRIPTION="the lab guest"\n',
+                         "-m", str(market))
+        one.wait(lambda: text(one, "onemarketapp", app, "STATE") == APP_READY,
+                 "the app to be READY", 300,
+                 fail=lambda: one.log_tail(lines=15)
+                 if text(one, "onemarketapp", app, "STATE") == APP_ERROR else None)
+        source = text(one, "onemarketapp", app, "SOURCE")
+        assert source.startswith("rbd://") and source.endswith("@app"), source
+        name = source.rsplit("/", 1)[1].split("@")[0]
+        assert text(one, "onemarketapp", app, "MD5") and \
+            text(one, "onemarketapp", app, "SIZE") == text(one, "oneimage", STATE["os"], "SIZE")
+        out = one.run(["onemarketapp", "export", str(app), "e2e-from-app", "-d",
+                       str(STATE["images"])])
+        exported = int(out.split("IMAGE", 1)[1].split("ID:")[1].split()[0])
+        _wait_image_ready(one, exported)
+        with rbd.Image(ioctx, f"one-{exported}", read_only=True) as image:
+            assert image.parent_info()[:2] == (attrs["POOL_NAME"], name), "a clone of the app"
+        one.run(["oneimage", "delete", str(exported)])
+        one.wait(lambda: one.cli("oneimage", "show", str(exported)) is None,
+                 "the exported image to go", 120)
+    finally:
+        if app >= 0:
+            one.cli("onemarketapp", "delete", str(app))
+            one.wait(lambda: one.cli("onemarketapp", "show", str(app)) is None,
+                     "the app to go", 120)
+        one.run(["onemarket", "delete", str(market)])
+    with cluster.open_ioctx(attrs["POOL_NAME"]) as market_pool:
+        assert not [n for n in rbd_names(market_pool) | trash_names(market_pool)
+                    if n.startswith("one-app-")]
+
+
 VNET_READY, VNET_ERROR = "1", "5"
 VM_POWEROFF, VM_DONE = "8", "6"
 # LCM states a VM does not leave without help (PROLOG/BOOT/EPILOG failures, UNKNOWN)
