@@ -1,4 +1,4 @@
-"""The operator CLI: ``one-drivers install-remotes | oned-conf | lab | demo``."""
+"""The operator CLI: ``one-drivers install-remotes | oned-conf | lab | demo | market``."""
 
 from __future__ import annotations
 
@@ -191,6 +191,41 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return 1 if problems else 0
 
 
+def cmd_market_import_file(args: argparse.Namespace) -> int:
+    """An appliance file into an rbd market; errors follow the drivers' contract."""
+    import base64
+
+    from one_drivers.core.errors import DriverError
+    from one_drivers.core.retry import Deadline
+    from one_drivers.market.rbd.catalogue import (
+        Appliance,
+        fetch_market,
+        import_file,
+        market_settings,
+    )
+
+    try:
+        vmtemplate = ""
+        if args.vmtemplate:
+            with open(args.vmtemplate, "rb") as fh:
+                vmtemplate = base64.b64encode(fh.read(1 << 20)).decode()
+        market = fetch_market(args.market, args.timeout)
+        settings = market_settings(market, args.remotes)
+        app = Appliance(args.name, args.version or "", args.description or "",
+                        args.publisher or "", args.tags or "", vmtemplate)
+        out = import_file(market, args.source, app, settings,
+                          Deadline(args.timeout_total, "market import-file"))
+    except (DriverError, OSError) as exc:
+        print(exc, file=sys.stderr)
+        return exc.exit_code if isinstance(exc, DriverError) else 1
+    for key, value in out.items():
+        print(f'{key}="{value}"')
+    if not settings.bool("LIST_APPS", False):
+        print(f"note: marketplace {args.market} lists apps only with LIST_APPS=yes",
+              file=sys.stderr)
+    return 0
+
+
 def cmd_install_sudo(args: argparse.Namespace) -> int:
     from one_drivers.core.errors import DriverError
     from one_drivers.vnm.ovsdb.privilege import install_sudo
@@ -281,6 +316,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=15, help="seconds per service")
     p.add_argument("--probe-ceph", action="store_true", help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_doctor)
+
+    p = sub.add_parser("market", help="marketplace tools")
+    market_sub = p.add_subparsers(dest="market_command", required=True)
+    p = market_sub.add_parser("import-file", help="put an appliance file (raw or qcow2, local "
+                                                  "or http) into an rbd marketplace's pool")
+    p.add_argument("market", type=int, help="the marketplace's id (MARKET_MAD rbd)")
+    p.add_argument("source", help="a file path or http(s):// URL")
+    p.add_argument("--name", required=True, help="the app's name")
+    p.add_argument("--version")
+    p.add_argument("--description")
+    p.add_argument("--publisher")
+    p.add_argument("--tags")
+    p.add_argument("--vmtemplate", help="a file with the app's VM template")
+    p.add_argument("--remotes", help="OpenNebula remotes dir holding the driver configuration")
+    p.add_argument("--timeout", type=float, default=15, help="seconds oned may take to answer")
+    p.add_argument("--timeout-total", type=float, default=3600, help="seconds the import may "
+                                                                      "take")
+    p.set_defaults(func=cmd_market_import_file)
 
     p = sub.add_parser("install-sudo", help="hypervisor: the root-owned privileged VNM entry "
                                             "and the sudoers rule that lets USER run it")

@@ -350,3 +350,91 @@ def test_monitor_reports_the_pool_and_lists_the_catalogue_when_asked(world, lab_
                  f'MD5="{out["MD5"]}"', 'SIZE="64"', 'FORMAT="raw"', 'TYPE="IMAGE"',
                  'VMTEMPLATE64="Q1BVPTE="', 'DESCRIPTION="a \\"quoted\\" one"'):
         assert line in entry.splitlines(), entry
+
+
+def test_through_a_bridge_the_front_end_never_touches_ceph(world, lab_env):
+    """CEPH_ACCESS=bridge: import, monitor and delete run on the lab's host over ssh; the
+    front-end dies if it ever connects to Ceph (a fault point at the connection), and the
+    same action without the bridge does die there (the positive control)."""
+    import rbd
+
+    from tests.integration.test_ds_rbd_bridge import ssh_sessions
+
+    image_id, content = world.image()
+    app_id = next(_ids)
+    world.apps.append(app_id)
+    bridge = {"CEPH_ACCESS": "bridge", "BRIDGE_LIST": lab_env["ONE_LAB_SSH_HOST"]}
+    no_ceph_here = {"ONE_DRIVERS_CRASH_AT": "ceph:connect"}
+    local = world.import_doc(app_id, image_id)
+    res = market(world.remotes, "import", local, app_id, env=no_ceph_here)
+    assert res.returncode == KILLED, "positive control: here it connects"
+    sessions = ssh_sessions(lab_env)
+    res = market(world.remotes, "import", world.import_doc(app_id, image_id, **bridge), app_id,
+                 env=no_ceph_here)
+    assert res.returncode == 0, res.stderr
+    assert ssh_sessions(lab_env) > sessions
+    out = answer(res.stdout)
+    _, name, _ = spec_of(out["SOURCE"])
+    with rbd.Image(world.mioctx, name, snapshot="app", read_only=True) as app:
+        assert app.read(0, app.size()) == content
+    doc = (f"<MARKET_DRIVER_ACTION_DATA>{app_xml(app_id, source=out['SOURCE'])}"
+           f"{market_xml(lab_env, **bridge)}</MARKET_DRIVER_ACTION_DATA>")
+    res = market(world.remotes, "monitor", doc, MARKET_ID, env=no_ceph_here)
+    assert res.returncode == 0 and res.stdout.startswith("USED_MB="), res.stderr
+    res = market(world.remotes, "delete", doc, app_id, env=no_ceph_here)
+    assert res.returncode == 0, res.stderr
+    assert not world.app_images()
+
+
+def import_file(lab_env, *argv: str):
+    import sys
+
+    return subprocess.run([str(Path(sys.executable).parent / "one-drivers"), "market",
+                           "import-file", str(MARKET_ID), *argv], capture_output=True, text=True,
+                          timeout=300, check=False)
+
+
+def test_import_file_puts_an_appliance_in_the_catalogue(world, lab_env, tmp_path):
+    """An air-gapped site's appliance (a qcow2 file): converted once into the market's pool
+    under the rules of DS cp, listed by the monitor with LIST_APPS, exportable by clone; a
+    qcow2 with a backing file and a file outside SAFE_DIRS are refused."""
+    import rbd
+
+    from one_drivers.lab.lab import Lab
+
+    Lab().oned.record("market", MARKET_ID, market_xml(lab_env, LIST_APPS="yes",
+                                                      SAFE_DIRS=str(tmp_path)))
+    qcow = tmp_path / "appliance.qcow2"
+    raw = tmp_path / "appliance.raw"
+    raw.write_bytes(os.urandom(MIB) + bytes(3 * MIB) + os.urandom(MIB))
+    subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(raw), str(qcow)],
+                   check=True, timeout=60)
+    res = import_file(lab_env, str(qcow), "--name", "appliance", "--version", "7",
+                      "--publisher", "site")
+    assert res.returncode == 0, res.stderr
+    out = answer(res.stdout)
+    _, name, _ = spec_of(out["SOURCE"])
+    world.apps.append(0)
+    assert out["MD5"] == hashlib.md5(raw.read_bytes(), usedforsecurity=False).hexdigest()
+    with rbd.Image(world.mioctx, name, snapshot="app", read_only=True) as app:
+        assert app.read(0, app.size()) == raw.read_bytes(), "converted from qcow2 to raw"
+    doc = f"<MARKET_DRIVER_ACTION_DATA>{market_xml(lab_env, LIST_APPS='yes')}" \
+          "</MARKET_DRIVER_ACTION_DATA>"
+    res = market(world.remotes, "monitor", doc, MARKET_ID)
+    listed = [base64.b64decode(v).decode() for v in re.findall(r'^APP="([^"]+)"$', res.stdout,
+                                                                re.M)]
+    assert [a for a in listed if 'NAME="appliance"' in a and 'VERSION="7"' in a
+            and f'SOURCE="{out["SOURCE"]}"' in a], listed
+    new_id, res = world.export_app(out["SOURCE"], out["MD5"])
+    assert res.returncode == 0, res.stderr
+    with rbd.Image(world.ioctx, f"one-{new_id}", read_only=True) as img:
+        assert img.read(0, img.size()) == raw.read_bytes()
+
+    backed = tmp_path / "backed.qcow2"
+    subprocess.run(["qemu-img", "create", "-f", "qcow2", "-F", "qcow2", "-b", str(qcow),
+                    str(backed)], check=True, capture_output=True, timeout=60)
+    res = import_file(lab_env, str(backed), "--name", "backed")
+    assert res.returncode != 0 and "backing file" in last_line(res.stderr), res.stderr
+    res = import_file(lab_env, "/etc/hostname", "--name", "secret")
+    assert res.returncode != 0 and "restricted directory" in last_line(res.stderr), res.stderr
+    assert len([n for n in world.app_images() if n.startswith("one-app-0-")]) == 1

@@ -81,6 +81,18 @@ def _stale(token: bytes) -> bool:
         return False
 
 
+def abandoned(pool: Pool, dst: ImageSpec) -> bool:
+    """Whether nobody builds ``dst`` now: no claim on it, or its holder is provably gone (what
+    lets a sweep remove staging images whose names it did not choose)."""
+    import rados
+
+    try:
+        held = pool.ioctx.read(f"one-drivers.build.{dst.name}", 256)
+    except rados.ObjectNotFound:
+        return True
+    return _stale(held)
+
+
 @contextlib.contextmanager
 def building(pool: Pool, dst: ImageSpec, subject: str, seconds: float) -> Iterator[None]:
     """One build of ``dst`` at a time. A small RADOS object named after it is created

@@ -1,6 +1,6 @@
 """A small oned stand-in for the lab: serves recorded VM and datastore XML over XML-RPC.
 
-``one.vm.info``, ``one.datastore.info`` and ``one.image.info`` answer as oned does (``[ok,
+``one.vm.info``, ``one.datastore.info``, ``one.image.info`` and ``one.market.info`` answer as oned does (``[ok,
 xml-or-message, code]``) from ``<dir>/<kind>/<id>.xml``, read on every call so tests can record
 documents while it runs; the session must match the lab's one_auth.
 """
@@ -108,6 +108,8 @@ def serve(directory: Path, port: int) -> None:
         "one.datastore.info")
     server.register_function(lambda s, i, d=False: info("image", "one.image.info", s, i, d),
                              "one.image.info")
+    server.register_function(lambda s, i, d=False: info("market", "one.market.info", s, i, d),
+                             "one.market.info")
     server.serve_forever()
 
 

@@ -14,7 +14,7 @@ import hashlib
 import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, NamedTuple
 
 from one_drivers.ceph import qemu_img
 from one_drivers.ceph.build import build_image
@@ -102,18 +102,36 @@ def stage_to_file(src: Opened, settings: Settings, image_id: int, deadline: Dead
     return fd
 
 
-def import_source(pool: Pool, name: str, meta: dict[str, str], call: Call,
-                  settings: Settings) -> None:
-    image = call.doc.image
-    market = market_of(call.doc)
+class ImportRequest(NamedTuple):
+    """What to import, and for whom: an image's PATH with the checksums its template asks for
+    (cp), or an operator's file (``one-drivers market import-file``)."""
+
+    path: str
+    md5: str | None
+    sha1: str | None
+    requester: Requester | None
+    staging_id: int  # names the staging file of a conversion
+    data: IO[bytes] | None = None  # the file's content, sent along by a front-end
+    market: Settings | None = None  # the rbd market an app is exported from
+    app_md5: str | None = None  # the app's catalogue checksum
+
+    @classmethod
+    def of_call(cls, call: Call) -> ImportRequest:
+        image = call.doc.image
+        return cls(image.text("PATH"), image.template.get("MD5"), image.template.get("SHA1"),
+                   Requester.of(image), image.id, call.extras.get("data"),
+                   market_of(call.doc), image.template.get("FROM_APP_MD5"))
+
+
+def import_source(pool: Pool, name: str, meta: dict[str, str], req: ImportRequest,
+                  settings: Settings, deadline: Deadline, subject: str) -> None:
+    market = req.market
     # an app of a market on another Ceph cluster is streamed: its catalogue checksum is checked
     cloned_app = market is not None and same_cluster(market, settings)
-    sums = Checksums(image.template.get("MD5") or (
-        image.template.get("FROM_APP_MD5") if market is not None and not cloned_app else None),
-        image.template.get("SHA1"))
-    src = open_source(image.text("PATH"), settings, call.deadline, call.subject,
-                      tap=sums.update, data=call.extras.get("data"),
-                      requester=Requester.of(image), market=market)
+    sums = Checksums(req.md5 or (req.app_md5 if market is not None and not cloned_app else None),
+                     req.sha1)
+    src = open_source(req.path, settings, deadline, subject, tap=sums.update, data=req.data,
+                      requester=req.requester, market=market)
     path = src.label  # credentials in a URL never reach a message or the log
     data_pool = pool.access.data_pool
     try:
@@ -123,7 +141,7 @@ def import_source(pool: Pool, name: str, meta: dict[str, str], call: Call,
         log.info(f"importing {path} ({fmt}{', ' + src.compression if src.compression else ''})"
                  f" into {pool.name}/{name}")
         rate = parse_rate(settings.get("LIMIT_TRANSFER_BW"))
-        snapshot = _rbd_snapshot(image.text("PATH"))
+        snapshot = _rbd_snapshot(req.path)
         if market is not None and not cloned_app:
             snapshot = None  # another cluster's: its data is streamed below
         if fmt == "raw" and snapshot is not None and not sums.expected and not src.compression:
@@ -139,7 +157,7 @@ def import_source(pool: Pool, name: str, meta: dict[str, str], call: Call,
             with open_image(pool.ioctx, name) as rbd_image:
                 copy_file_extents(src.local_fd, src.size, rbd_image, what=f"importing {path}",
                                   on_chunk=sums.update if sums.expected else None, rate=rate,
-                                  check=lambda: call.deadline.cap(1, "the import finished"))
+                                  check=lambda: deadline.cap(1, "the import finished"))
             sums.verify(path)
             return
         if fmt == "raw":
@@ -147,7 +165,7 @@ def import_source(pool: Pool, name: str, meta: dict[str, str], call: Call,
             with open_image(pool.ioctx, name) as rbd_image:
                 copy_into(src.stream, rbd_image, size_hint=src.size, what=f"importing {path}",
                           rate=rate,
-                          check=lambda: call.deadline.cap(1, "the import finished"))
+                          check=lambda: deadline.cap(1, "the import finished"))
             sums.verify(path)
             return
         staged: int | None = None
@@ -157,13 +175,13 @@ def import_source(pool: Pool, name: str, meta: dict[str, str], call: Call,
                 if sums.expected:
                     _drain(src.stream)  # the checksum needs every byte once
             else:
-                fd = staged = stage_to_file(src, settings, image.id, call.deadline)
+                fd = staged = stage_to_file(src, settings, req.staging_id, deadline)
             sums.verify(path)
-            timeout = call.deadline.cap(call.deadline.remaining(), "converting")
+            timeout = deadline.cap(deadline.remaining(), "converting")
             size = qemu_img.virtual_size(fd, fmt, timeout, path)
             create(pool.ioctx, name, size, data_pool=data_pool, meta=meta)
             qemu_img.convert_into_rbd(fd, fmt, pool.access, pool.name, name,
-                                      call.deadline.cap(call.deadline.remaining(), "converting"))
+                                      deadline.cap(deadline.remaining(), "converting"))
         finally:
             if staged is not None:
                 os.close(staged)
@@ -202,5 +220,7 @@ def cp(call: Call) -> str:
         build_image(pool, dst, meta=stamp("image", datastore=call.doc.datastore.id,
                                             image=call.doc.image.id), identity=("image",),
                     subject=call.subject, seconds=call.deadline.remaining(),
-                    make=lambda name, meta: import_source(pool, name, meta, call, settings))
+                    make=lambda name, meta: import_source(pool, name, meta,
+                                                          ImportRequest.of_call(call), settings,
+                                                          call.deadline, call.subject))
     return answer(dst)

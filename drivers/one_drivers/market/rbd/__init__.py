@@ -30,8 +30,12 @@ DRIVER = Driver(
         "LIST_APPS": ("no", "yes: monitor lists every app of the pool (a catalogue shared by "
                             "zones; listed apps are oneadmin's in each zone, as in upstream's "
                             "public markets)"),
+        "CEPH_ACCESS": ("local", "bridge: actions run on a BRIDGE_LIST host over ssh (the "
+                                 "market's template sets it, with BRIDGE_LIST)"),
+        "BRIDGE_PYTHON": ("", "the interpreter bridges run the driver with (default: this one)"),
         "ACTION_TIMEOUT": ("3600", "seconds an action may take in total (copying a large image)"),
         "CEPH_CALL_TIMEOUT": ("60", "seconds a single Ceph call may take"),
     },
+    router="one_drivers.market.rbd.bridge:route",
     oned_conf={"REQUIRED_ATTRS": "POOL_NAME", "APP_ACTIONS": "create, delete, monitor"},
 )

@@ -35,7 +35,7 @@ from one_drivers.market.rbd import apps
 MIB = 1 << 20
 
 
-def _settings(call: Call) -> Settings:
+def market_settings(call: Call) -> Settings:
     """Defaults < driver config file < the market's template."""
     return call.settings.over(call.doc.marketplace.child("TEMPLATE", Template, required=False))
 
@@ -73,7 +73,7 @@ def import_app(call: Call) -> str:
     from one_drivers.ceph.copying import copy_extents, extents
     from one_drivers.datastore.rbd.sources import parse_rbd_url
 
-    settings = _settings(call)
+    settings = market_settings(call)
     app_id = int(call.args["id"])
     source = call.doc.text("IMPORT_SOURCE")
     if not source.lower().startswith("rbd://"):
@@ -83,7 +83,7 @@ def import_app(call: Call) -> str:
     src = parse_rbd_url(source)
     ids = _market_ids(call)
     with rbd_pool(settings, call.deadline, call.subject, creating=True) as market:
-        _sweep(market, app_id, ids)
+        sweep(market, app_id, ids)
         name = apps.image_name(app_id, secrets.token_hex(4))
         dst = ImageSpec(market.name, name)
         meta = ownership.stamp("app", app=app_id, **ids)
@@ -113,16 +113,17 @@ def import_app(call: Call) -> str:
             f'SIZE="{entry["SIZE"]}"\nFORMAT="raw"\n')
 
 
-def _sweep(market: Pool, app_id: int, ids: dict[str, str], *, finished: bool = False) -> int:
-    """Remove what an interrupted import of this app left: staging images stamped for this
-    zone's and market's app id; with ``finished`` (a delete of an app oned has no SOURCE for:
-    the import ended before oned heard of it) its finished image too."""
+def sweep(market: Pool, app_id: int, wanted: dict[str, str], *, finished: bool = False) -> int:
+    """Remove what interrupted imports of this app left: staging images stamped with
+    ``wanted`` (zone, market, ...) whose builder is gone; with ``finished`` (a delete of an app
+    oned has no SOURCE for: the import ended before oned heard of it) its finished images
+    too."""
     import rbd
 
-    from one_drivers.ceph.build import drop_staging
+    from one_drivers.ceph.build import abandoned, drop_staging
 
     prefix, suffix = f"one-app-{app_id}-", staging_name("")
-    wanted = {**ids, "app": str(app_id)}
+    wanted = {**wanted, "app": str(app_id)}
     dropped = 0
     for name in rbd.RBD().list(market.ioctx):
         staging = name.endswith(suffix)
@@ -130,9 +131,12 @@ def _sweep(market: Pool, app_id: int, ids: dict[str, str], *, finished: bool = F
             continue
         with open_image(market.ioctx, name, read_only=True) as image:
             meta = ownership.read(image)
-        if meta.get("kind") != "app" or any(meta.get(k) != v for k, v in wanted.items()):
-            continue
+        if meta.get("kind") != "app" or any(meta.get(k) != v for k, v in wanted.items()) \
+                or meta.get("source") != wanted.get("source"):  # a file import's app 0 is not
+            continue                                             # the zone's app 0
         if staging:
+            if not abandoned(market, ImageSpec(market.name, name.removesuffix(suffix))):
+                continue  # being built right now
             drop_staging(market, name)
         elif not _remove(market, name):
             raise ActionFailed(f"{market.name}/{name} has clones: not removed")
@@ -156,13 +160,13 @@ def _app_spec(call: Call, market: Pool) -> ImageSpec | None:
 def delete(call: Call) -> None:
     import rbd
 
-    settings = _settings(call)
+    settings = market_settings(call)
     app_id = int(call.args["id"])
     with rbd_pool(settings, call.deadline, call.subject) as market, \
             ceph_errors("removing the app", call.subject):
         spec = _app_spec(call, market)
         if spec is None:  # an import that failed: what it left, if anything
-            n = _sweep(market, app_id, _market_ids(call), finished=True)
+            n = sweep(market, app_id, _market_ids(call), finished=True)
             log.info(f"app {app_id} has no SOURCE: removed {n} image(s) an import left")
             return
         try:
@@ -230,7 +234,7 @@ def collect_hidden(market: Pool) -> int:
 def monitor(call: Call) -> str:
     from one_drivers.datastore.rbd.monitor import capacity
 
-    settings = _settings(call)
+    settings = market_settings(call)
     with rbd_pool(settings, call.deadline, call.subject) as market:
         df = market.session.mon_command({"prefix": "df", "detail": "detail"},
                                         "the pool usage query")
