@@ -11,6 +11,7 @@ import bench_backup_rbd
 import bench_ds_monitor
 import bench_ds_rbd
 import bench_im_libvirt
+import bench_market_rbd
 import bench_startup
 import bench_tm_rbd
 import bench_vmm_libvirt
@@ -20,7 +21,8 @@ import bench_vnm_ovsdb
 def main() -> int:
     results: dict[str, float] = {}
     for bench in (bench_startup, bench_ds_monitor, bench_ds_rbd, bench_tm_rbd,
-                  bench_vnm_ovsdb, bench_vmm_libvirt, bench_im_libvirt, bench_backup_rbd):
+                  bench_vnm_ovsdb, bench_vmm_libvirt, bench_im_libvirt, bench_backup_rbd,
+                  bench_market_rbd):
         results.update(bench.main())
     print("\nsummary: " + ", ".join(f"{k}={v:.2f}" for k, v in results.items()))
     return 0
