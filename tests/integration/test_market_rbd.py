@@ -438,3 +438,49 @@ def test_import_file_puts_an_appliance_in_the_catalogue(world, lab_env, tmp_path
     res = import_file(lab_env, "/etc/hostname", "--name", "secret")
     assert res.returncode != 0 and "restricted directory" in last_line(res.stderr), res.stderr
     assert len([n for n in world.app_images() if n.startswith("one-app-0-")]) == 1
+
+
+def test_a_crash_at_every_step_then_what_oned_does_next_converges(world, lab_env, tmp_path):
+    """import killed at each point it passes (enumerated by a traced run), then what oned does
+    with an app whose import failed (delete it: no SOURCE): nothing left; delete killed at
+    each of its points, then run again: nothing left. A fresh import works after each."""
+    trace = tmp_path / "trace"
+    image_id, content = world.image()
+    app_id = next(_ids)
+    world.apps.append(app_id)
+    doc = world.import_doc(app_id, image_id)
+    res = market(world.remotes, "import", doc, app_id,
+                 env={"ONE_DRIVERS_FAULT_TRACE": str(trace)})
+    assert res.returncode == 0, res.stderr
+    source = answer(res.stdout)["SOURCE"]
+    points = list(dict.fromkeys(trace.read_text().split()))
+    assert {"market:copied", "market:built", "build:made"} <= set(points), points
+    trace.unlink()
+    res = market(world.remotes, "delete", world.app_doc(app_id, source), app_id,
+                 env={"ONE_DRIVERS_FAULT_TRACE": str(trace)})
+    assert res.returncode == 0 and not world.app_images()
+    delete_points = list(dict.fromkeys(trace.read_text().split()))
+    assert "market:snapshot-removed" in delete_points
+    for point in points:
+        res = market(world.remotes, "import", doc, app_id, env={"ONE_DRIVERS_CRASH_AT": point})
+        assert res.returncode == KILLED, (point, res.stderr)
+        res = market(world.remotes, "delete", world.app_doc(app_id, ""), app_id)
+        assert res.returncode == 0, (point, res.stderr)
+        assert not world.app_images(), point
+    for point in delete_points:
+        res = market(world.remotes, "import", doc, app_id)
+        assert res.returncode == 0, res.stderr
+        source = answer(res.stdout)["SOURCE"]
+        res = market(world.remotes, "delete", world.app_doc(app_id, source), app_id,
+                     env={"ONE_DRIVERS_CRASH_AT": point})
+        assert res.returncode == KILLED, (point, res.stderr)
+        res = market(world.remotes, "delete", world.app_doc(app_id, source), app_id)
+        assert res.returncode == 0, (point, res.stderr)
+        assert not world.app_images(), point
+    res = market(world.remotes, "import", doc, app_id)
+    assert res.returncode == 0, res.stderr
+    import rbd
+
+    _, name, _ = spec_of(answer(res.stdout)["SOURCE"])
+    with rbd.Image(world.mioctx, name, snapshot="app", read_only=True) as app:
+        assert app.read(0, app.size()) == content

@@ -131,9 +131,13 @@ def sweep(market: Pool, app_id: int, wanted: dict[str, str], *, finished: bool =
             continue
         with open_image(market.ioctx, name, read_only=True) as image:
             meta = ownership.read(image)
-        if meta.get("kind") != "app" or any(meta.get(k) != v for k, v in wanted.items()) \
-                or meta.get("source") != wanted.get("source"):  # a file import's app 0 is not
-            continue                                             # the zone's app 0
+            # killed right after creating it: not stamped yet, nobody's but a dead builder's
+            blank = staging and not ownership.stamped(image)
+        if not blank and (meta.get("kind") != "app"
+                          or any(meta.get(k) != v for k, v in wanted.items())
+                          # a file import's app 0 is not the zone's app 0
+                          or meta.get("source") != wanted.get("source")):
+            continue
         if staging:
             if not abandoned(market, ImageSpec(market.name, name.removesuffix(suffix))):
                 continue  # being built right now
