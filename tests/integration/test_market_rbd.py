@@ -484,3 +484,53 @@ def test_a_crash_at_every_step_then_what_oned_does_next_converges(world, lab_env
     _, name, _ = spec_of(answer(res.stdout)["SOURCE"])
     with rbd.Image(world.mioctx, name, snapshot="app", read_only=True) as app:
         assert app.read(0, app.size()) == content
+
+
+def test_a_market_in_a_rados_namespace(world, lab_env):
+    """NAMESPACE: the apps live in a namespace of the pool (a market per tenant group in one
+    pool); SOURCE names it; an export reads only that market's namespace."""
+    import rbd
+
+    namespace = f"apps{next(_ids)}"
+    rbd.RBD().namespace_create(world.mioctx, namespace)
+    image_id, content = world.image()
+    try:
+        res = market(world.remotes, "import",
+                     world.import_doc(next(_ids), image_id, NAMESPACE="no-such-ns"), 1)
+        assert res.returncode == 6 and "namespace one-market/no-such-ns does not exist" in \
+            last_line(res.stderr), res.stderr
+        app_id, out = world.create_app(image_id, NAMESPACE=namespace)
+        pool = lab_env["ONE_LAB_CEPH_MARKET_POOL"]
+        assert out["SOURCE"].startswith(f"rbd://front/{pool}/{namespace}/one-app-{app_id}-")
+        name = out["SOURCE"].rsplit("/", 1)[1].split("@")[0]
+        ns_ioctx = world.mioctx  # the same pool: switch it to the namespace and back
+        ns_ioctx.set_namespace(namespace)
+        try:
+            with rbd.Image(ns_ioctx, name, snapshot="app", read_only=True) as app:
+                assert app.read(0, app.size()) == content
+        finally:
+            ns_ioctx.set_namespace("")
+        assert name not in rbd.RBD().list(world.mioctx), "not in the pool's default namespace"
+        in_ns = market_xml(lab_env, NAMESPACE=namespace)
+        new_id, res = world.export_app(out["SOURCE"], out["MD5"], market=in_ns)
+        assert res.returncode == 0, res.stderr
+        with rbd.Image(world.ioctx, f"one-{new_id}", read_only=True) as img:
+            assert img.read(0, img.size()) == content
+            assert img.get_parent_image_spec()["pool_namespace"] == namespace
+        # the same SOURCE through a market of the pool's default namespace: not its app
+        _, res = world.export_app(out["SOURCE"], out["MD5"])
+        assert res.returncode != 0 and "not an app of the marketplace" in last_line(res.stderr)
+        rm = run_remote(world.remotes, "datastore/rbd/rm", [str(new_id)],
+                        ds_doc(lab_env, new_id, image={"SOURCE": f"one/one-{new_id}"}))
+        assert rm.returncode == 0, rm.stderr
+        doc = (f"<MARKET_DRIVER_ACTION_DATA>{app_xml(app_id, source=out['SOURCE'])}{in_ns}"
+               "</MARKET_DRIVER_ACTION_DATA>")
+        res = market(world.remotes, "delete", doc, app_id)
+        assert res.returncode == 0, res.stderr
+        ns_ioctx.set_namespace(namespace)
+        try:
+            assert not list(rbd.RBD().list(ns_ioctx))
+        finally:
+            ns_ioctx.set_namespace("")
+    finally:
+        rbd.RBD().namespace_remove(world.mioctx, namespace)

@@ -26,13 +26,14 @@ from one_drivers.tm.transfer import parse_line
     ("one/one-7", ImageSpec("one", "one-7")),
     ("fast/one-7-42-0@3", ImageSpec("fast", "one-7-42-0", "3")),
     ("one-7", ImageSpec("one", "one-7")),  # with the default pool
+    ("mkt/apps/one-app-3-0a1b2c3d@app", ImageSpec("mkt", "one-app-3-0a1b2c3d", "app", "apps")),
 ])
 def test_image_spec_parse(spec, expected):
     assert ImageSpec.parse(spec, "one") == expected
 
 
 @pytest.mark.parametrize("spec", ["one/", "/one-7", "one/one 7", "one/$(id)", "one/a@b;c",
-                                  "one-7"])
+                                  "one-7", "one//x", "a/b/c/d", "one/n s/x"])
 def test_image_spec_rejects_what_is_not_a_name(spec):
     with pytest.raises(BadInput):
         ImageSpec.parse(spec)
@@ -143,3 +144,8 @@ def test_disk_image_names_as_upstream():
     volatile = disk("<DISK_ID>2</DISK_ID><TYPE>fs</TYPE>")
     assert disk_image(42, volatile, settings)[:2] == (ImageSpec("one", "one-sys-42-2"),
                                                       "volatile")
+
+
+def test_image_spec_prints_its_namespace():
+    assert str(ImageSpec("mkt", "x", "app", "apps")) == "mkt/apps/x@app"
+    assert str(ImageSpec("one", "one-7")) == "one/one-7"

@@ -21,25 +21,39 @@ class ImageSpec(NamedTuple):
     pool: str
     name: str
     snap: str | None = None
+    namespace: str | None = None  # a RADOS namespace of the pool (``pool/namespace/name``)
 
     def __str__(self) -> str:
-        base = f"{self.pool}/{self.name}"
+        base = f"{self.pool}/{self.namespace}/{self.name}" if self.namespace \
+            else f"{self.pool}/{self.name}"
         return f"{base}@{self.snap}" if self.snap else base
 
     @classmethod
     def parse(cls, spec: str, default_pool: str | None = None) -> ImageSpec:
-        """``pool/name[@snap]`` (or ``name`` with a default pool), strictly validated."""
+        """``pool/name[@snap]``, ``pool/namespace/name[@snap]`` (or ``name`` with a default
+        pool), strictly validated."""
         body, _, snap = spec.strip().partition("@")
-        pool, sep, name = body.rpartition("/")
-        if not sep:
-            pool = default_pool or ""
-        for part, what in ((pool, "pool"), (name, "image name")):
+        parts = body.split("/")
+        if len(parts) == 1:
+            pool, namespace, name = default_pool or "", "", parts[0]
+        elif len(parts) == 2:
+            pool, namespace, name = parts[0], "", parts[1]
+        elif len(parts) == 3:
+            pool, namespace, name = parts
+            if not namespace:
+                raise BadInput(f"{spec!r} is not a valid RBD image spec (namespace)",
+                               hint="expected POOL/IMAGE or POOL/NAMESPACE/IMAGE")
+        else:
+            raise BadInput(f"{spec!r} is not a valid RBD image spec",
+                           hint="expected POOL/IMAGE or POOL/NAMESPACE/IMAGE")
+        for part, what in ((pool, "pool"), (name, "image name"),
+                           *(((namespace, "namespace"),) if namespace else ())):
             if not part or not _SAFE.match(part):
                 raise BadInput(f"{spec!r} is not a valid RBD image spec ({what})",
                                hint="expected POOL/IMAGE")
         if snap and not _SAFE.match(snap):
             raise BadInput(f"{spec!r} has an invalid snapshot name")
-        return cls(pool, name, snap or None)
+        return cls(pool, name, snap or None, namespace or None)
 
 
 def image_name(image_id: int) -> str:

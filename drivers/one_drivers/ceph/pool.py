@@ -24,17 +24,32 @@ class Pool(NamedTuple):
         return self.session.cluster
 
     @contextmanager
-    def other(self, pool: str) -> Iterator[Any]:
-        """An I/O context for another pool of the same cluster (this one when it is the same)."""
-        if pool == self.name:
+    def other(self, pool: str, namespace: str | None = None) -> Iterator[Any]:
+        """An I/O context for another pool (or namespace) of the same cluster (this one when
+        it is the same)."""
+        if pool == self.name and namespace == self.access.namespace:
             yield self.ioctx
             return
         with ceph_errors(f"opening pool {pool}", self.session.subject):
             ioctx = self.cluster.open_ioctx(pool)
+            if namespace:
+                ioctx.set_namespace(namespace)
         try:
             yield ioctx
         finally:
             ioctx.close()
+
+
+def _check_namespace(ioctx: Any, access: CephAccess, subject: str) -> None:
+    """A namespace that does not exist is named (librbd would only say "not found" later)."""
+    import rbd
+
+    from one_drivers.core.errors import NotFound
+
+    if access.namespace not in rbd.RBD().namespace_list(ioctx):
+        raise NotFound(f"RBD namespace {access.pool}/{access.namespace} does not exist",
+                       subject=subject,
+                       hint=f"create it: rbd namespace create {access.pool}/{access.namespace}")
 
 
 def require_format_2(settings: Settings, subject: str) -> None:
@@ -63,6 +78,9 @@ def rbd_pool(settings: Settings, deadline: Deadline, subject: str, *,
                      call_timeout=settings.float("CEPH_CALL_TIMEOUT", 30)) as session:
         with ceph_errors(f"opening pool {access.pool}", subject):
             ioctx = session.cluster.open_ioctx(access.pool)
+            if access.namespace:
+                _check_namespace(ioctx, access, subject)
+                ioctx.set_namespace(access.namespace)
         try:
             yield Pool(session, ioctx, access.pool, access)
         finally:

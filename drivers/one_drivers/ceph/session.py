@@ -34,6 +34,7 @@ class CephAccess(NamedTuple):
     conf: str | None = None
     mon_hosts: tuple[str, ...] = ()
     data_pool: str | None = None
+    namespace: str | None = None  # a RADOS namespace of the pool (the market's NAMESPACE)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> CephAccess:
@@ -44,6 +45,7 @@ class CephAccess(NamedTuple):
             conf=settings.get("CEPH_CONF"),
             mon_hosts=tuple((settings.get("CEPH_HOST") or "").split()),
             data_pool=settings.get("EC_POOL_NAME"),
+            namespace=settings.get("NAMESPACE") or None,
         )
 
     def client_options(self, timeout: float) -> dict[str, str]:

@@ -1,8 +1,8 @@
 """A small oned stand-in for the lab: serves recorded VM and datastore XML over XML-RPC.
 
-``one.vm.info``, ``one.datastore.info``, ``one.image.info`` and ``one.market.info`` answer as oned does (``[ok,
-xml-or-message, code]``) from ``<dir>/<kind>/<id>.xml``, read on every call so tests can record
-documents while it runs; the session must match the lab's one_auth.
+``one.vm.info``, ``one.datastore.info``, ``one.image.info`` and ``one.market.info`` answer as
+oned does (``[ok, xml-or-message, code]``) from ``<dir>/<kind>/<id>.xml``, read on every call so
+tests can record documents while it runs; the session must match the lab's one_auth.
 """
 
 from __future__ import annotations

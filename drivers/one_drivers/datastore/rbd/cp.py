@@ -147,7 +147,7 @@ def import_source(pool: Pool, name: str, meta: dict[str, str], req: ImportReques
         if fmt == "raw" and snapshot is not None and not sums.expected and not src.compression:
             # a snapshot in this very cluster (read with the datastore's own user): a clone,
             # in a moment whatever the size (a backup restored to a new image)
-            with pool.other(snapshot.pool) as src_ioctx:
+            with pool.other(snapshot.pool, snapshot.namespace) as src_ioctx:
                 clone(src_ioctx, snapshot, pool.ioctx, name, data_pool=data_pool, meta=meta)
             log.info(f"{pool.name}/{name}: a copy-on-write clone of {snapshot}")
             return

@@ -415,9 +415,12 @@ def _open_rbd(url: str, settings: Settings, deadline: Deadline, subject: str,
     spec = parse_rbd_url(url)
     if market is not None:
         market_pool = market.get("POOL_NAME") or ""
-        if spec.pool != market_pool or not apps.is_app_snapshot(spec):
+        namespace = market.get("NAMESPACE") or None
+        if spec.pool != market_pool or spec.namespace != namespace \
+                or not apps.is_app_snapshot(spec):
             raise PermissionDenied(f"{spec} is not an app of the marketplace (pool "
-                                   f"{market_pool})", hint="export the app again")
+                                   f"{market_pool}{'/' + namespace if namespace else ''})",
+                                   hint="export the app again")
         return _open_app(spec, market, deadline, subject, closer)
     allowed = allowed_source_pools(settings)
     # requester None: oned's size probe (stat), which names no owner; only a size leaves it.
@@ -462,6 +465,8 @@ def _open_app(spec: Any, market: Settings, deadline: Deadline, subject: str,
     closer.append(session)
     ioctx = session.cluster.open_ioctx(spec.pool)
     closer.append(ioctx)
+    if spec.namespace:
+        ioctx.set_namespace(spec.namespace)
     try:
         image = rbd.Image(ioctx, spec.name, snapshot=spec.snap, read_only=True)
     except rbd.ImageNotFound:

@@ -25,6 +25,7 @@ DRIVER = Driver(
         "CEPH_CONF": ("/etc/ceph/ceph.conf", "ceph.conf of the market's cluster"),
         "CEPH_USER": ("", "cephx user of the market (without 'client.')"),
         "CEPH_KEY": ("", "keyring or keyfile of CEPH_USER"),
+        "NAMESPACE": ("", "a RADOS namespace of POOL_NAME holding the apps (created beforehand)"),
         "EC_POOL_NAME": ("", "erasure-coded data pool for the apps' data"),
         "EXPORT_HOST": ("", "host name in the apps' rbd:// SOURCE (default: this host's)"),
         "LIST_APPS": ("no", "yes: monitor lists every app of the pool (a catalogue shared by "

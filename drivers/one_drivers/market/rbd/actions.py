@@ -85,7 +85,7 @@ def import_app(call: Call) -> str:
     with rbd_pool(settings, call.deadline, call.subject, creating=True) as market:
         sweep(market, app_id, ids)
         name = apps.image_name(app_id, secrets.token_hex(4))
-        dst = ImageSpec(market.name, name)
+        dst = ImageSpec(market.name, name, namespace=market.access.namespace)
         meta = ownership.stamp("app", app=app_id, **ids)
         with rbd_pool(_source_settings(call, src), call.deadline, call.subject) as origin, \
                 ceph_errors(f"reading {src}", call.subject), \
@@ -155,10 +155,13 @@ def _app_spec(call: Call, market: Pool) -> ImageSpec | None:
     if not source:
         return None
     spec = parse_rbd_url(source)
-    if spec.pool != market.name or not apps.is_app_snapshot(spec):
-        raise ActionFailed(f"{spec} is not an app of this market (pool {market.name}): "
-                           "not removed", hint="remove it by hand if it is really an app")
-    return ImageSpec(spec.pool, spec.name)
+    if spec.pool != market.name or spec.namespace != market.access.namespace \
+            or not apps.is_app_snapshot(spec):
+        raise ActionFailed(f"{spec} is not an app of this market (pool {market.name}"
+                           + (f", namespace {market.access.namespace}"
+                              if market.access.namespace else "") + "): not removed",
+                           hint="remove it by hand if it is really an app")
+    return spec._replace(snap=None)
 
 
 def delete(call: Call) -> None:
@@ -266,7 +269,8 @@ def _listed(market: Pool, host: str) -> list[str]:
                 entry = apps.read_entry(image)
         except rbd.ImageNotFound:  # removed while listing
             continue
-        entry["SOURCE"] = apps.source_url(host, ImageSpec(market.name, name))
+        spec = ImageSpec(market.name, name, namespace=market.access.namespace)
+        entry["SOURCE"] = apps.source_url(host, spec)
         lines.append(base64.b64encode(apps.template_line(entry).encode()).decode())
     return lines
 

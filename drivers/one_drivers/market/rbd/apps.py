@@ -34,8 +34,10 @@ def is_app_name(name: str) -> bool:
 
 
 def source_url(host: str, spec: ImageSpec) -> str:
-    return (f"rbd://{host}/{urllib.parse.quote(spec.pool)}/"
-            f"{urllib.parse.quote(spec.name)}@{APP_SNAP}")
+    """``rbd://<host>/<pool>[/<namespace>]/<image>@app``."""
+    path = "/".join(urllib.parse.quote(part)
+                    for part in (spec.pool, spec.namespace, spec.name) if part)
+    return f"rbd://{host}/{path}@{APP_SNAP}"
 
 
 def is_app_snapshot(spec: ImageSpec) -> bool:

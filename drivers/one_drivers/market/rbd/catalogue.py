@@ -81,7 +81,8 @@ def import_file(market: XmlView, path: str, app: Appliance, settings: Settings,
     with rbd_pool(settings, deadline, subject, creating=True) as pool:
         with ceph_errors("removing what interrupted file imports left", subject):
             sweep(pool, 0, {**ids, "source": "file"})
-        dst = ImageSpec(pool.name, apps.image_name(0, secrets.token_hex(4)))
+        dst = ImageSpec(pool.name, apps.image_name(0, secrets.token_hex(4)),
+                        namespace=pool.access.namespace)
 
         def make(staging: str, stamp: dict[str, str]) -> None:
             import_source(pool, staging, stamp, ImportRequest(path, None, None, operator, 0),
