@@ -310,7 +310,7 @@ def test_bad_input_gets_one_line_and_makes_nothing(world, lab_env):
     world.apps.append(app_id)
     doc = world.import_doc(app_id, image_id)
     cases = {
-        "not an rbd:// export": doc.replace("<IMPORT_SOURCE>rbd://", "<IMPORT_SOURCE>http://"),
+        "cannot read the export": doc.replace("<IMPORT_SOURCE>rbd://", "<IMPORT_SOURCE>ftp://"),
         "one/one-1: not found": doc.replace(f"one-{image_id}</IMPORT_SOURCE>",
                                       "one-1</IMPORT_SOURCE>"),
         "pool": doc.replace(f"<POOL_NAME>{lab_env['ONE_LAB_CEPH_MARKET_POOL']}</POOL_NAME>",
@@ -534,3 +534,59 @@ def test_a_market_in_a_rados_namespace(world, lab_env):
             ns_ioctx.set_namespace("")
     finally:
         rbd.RBD().namespace_remove(world.mioctx, namespace)
+
+
+def test_an_app_from_a_file_datastore_is_streamed_in_with_its_checksum(world, lab_env, tmp_path):
+    """A file datastore's export: a path in its directory on the front-end, or
+    ssh://<bridge>:<path> (the lab's host), raw or qcow2 (converted); the export's MD5 is
+    checked over the bytes as fetched; paths outside the datastore are refused."""
+    import rbd
+
+    base = tmp_path / "datastores" / "1"
+    base.mkdir(parents=True)
+    raw = base / "0123abcd"
+    data = os.urandom(MIB) + bytes(2 * MIB) + os.urandom(MIB)
+    raw.write_bytes(data)
+    qcow = base / "4567ef01"
+    subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(raw), str(qcow)],
+                   check=True, timeout=60)
+
+    def doc(app_id: int, source: Path | str, fmt: str = "raw", md5: str | None = None) -> str:
+        local = Path(str(source).split(":", 2)[-1]) if str(source).startswith("ssh") else source
+        digest = md5 or hashlib.md5(Path(local).read_bytes(), usedforsecurity=False).hexdigest()
+        fs = (f"<DATASTORE><ID>1</ID><NAME>files</NAME><DS_MAD>fs</DS_MAD><BASE_PATH>{base}"
+              "</BASE_PATH><TEMPLATE/></DATASTORE>")
+        return (f"<MARKET_DRIVER_ACTION_DATA>{app_xml(app_id)}{market_xml(lab_env)}"
+                f"<IMAGE><ID>9</ID><SOURCE>{source}</SOURCE><TEMPLATE/></IMAGE>{fs}"
+                f"<IMPORT_SOURCE>{escape(str(source))}</IMPORT_SOURCE><MD5>{digest}</MD5>"
+                f"<SIZE>4</SIZE><FORMAT>{fmt}</FORMAT><DISPOSE>NO</DISPOSE>"
+                "</MARKET_DRIVER_ACTION_DATA>")
+
+    raw_md5 = hashlib.md5(data, usedforsecurity=False).hexdigest()
+    for source, fmt in ((raw, "raw"), (qcow, "qcow2"),
+                        (f"ssh://{lab_env['ONE_LAB_SSH_HOST']}:{raw}", "raw")):
+        app_id = next(_ids)
+        world.apps.append(app_id)
+        res = market(world.remotes, "import", doc(app_id, source, fmt), app_id,
+                     env={"ONE_DRIVERS_SSH_CONFIG": lab_env["ONE_DRIVERS_SSH_CONFIG"]})
+        assert res.returncode == 0, (source, res.stderr)
+        out = answer(res.stdout)
+        assert out["MD5"] == raw_md5, "the app's checksum is its raw data's"
+        _, name, _ = spec_of(out["SOURCE"])
+        with rbd.Image(world.mioctx, name, snapshot="app", read_only=True) as app:
+            assert app.read(0, app.size()) == data, source
+
+    app_id = next(_ids)
+    world.apps.append(app_id)
+    res = market(world.remotes, "import", doc(app_id, raw, md5="0" * 32), app_id)
+    assert res.returncode != 0 and "MD5" in last_line(res.stderr), res.stderr
+    outside = tmp_path / "elsewhere"
+    outside.write_bytes(data)
+    for source in (outside, f"ssh://{lab_env['ONE_LAB_SSH_HOST']}:{outside}",
+                   f"ssh://{lab_env['ONE_LAB_SSH_HOST']}:{base}/../elsewhere"):
+        res = market(world.remotes, "import", doc(app_id, source, md5=raw_md5), app_id,
+                     env={"ONE_DRIVERS_SSH_CONFIG": lab_env["ONE_DRIVERS_SSH_CONFIG"]})
+        assert res.returncode != 0, source
+        assert "restricted directory" in last_line(res.stderr) or \
+            "is not in the exporting datastore" in last_line(res.stderr), res.stderr
+    assert not [n for n in world.app_images() if n.startswith(f"one-app-{app_id}-")]

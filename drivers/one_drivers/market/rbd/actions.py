@@ -4,8 +4,9 @@ import runs after the datastore's ``export`` (ours answers ``rbd://host/pool/one
 image's allocated extents are copied from the datastore's pool (read with the datastore's own
 Ceph user, possibly another cluster) into the market's pool (written with the market's), under
 a staging name, snapshotted ``app`` and protected, stamped, then renamed: nothing is staged on a
-disk and nothing is downloaded. A crash leaves at most a staging image, which the app's delete
-(or a later import of the same app) removes.
+disk and nothing is downloaded. A file datastore's export (a path in its directory here,
+``ssh://<bridge>:<path>``, or http) is streamed in with its MD5 checked. A crash leaves at
+most a staging image, which the app's delete (or a later import of the same app) removes.
 
 delete removes the app's image, only when our stamp says it is an app; while datastore images
 cloned from it live it goes to the RBD trash instead, and ``monitor`` collects it once they are
@@ -20,6 +21,7 @@ import contextlib
 import secrets
 import socket
 import time
+from typing import Any
 
 from one_drivers.ceph import ownership
 from one_drivers.ceph.naming import ImageSpec, staging_name
@@ -69,48 +71,107 @@ def _entry(call: Call, size_mb: int, md5: str) -> dict[str, str]:
 
 
 def import_app(call: Call) -> str:
+    """The app's image made in the market's pool from the datastore's export: an ``rbd://``
+    export is copied inside Ceph; anything else (a file datastore's export: a path on this
+    host, ``ssh://<host>:<path>`` on its bridge, or an http(s) URL) is streamed in, with the
+    export's MD5 checked over the bytes as fetched (a qcow2 converted once, as DS cp does)."""
     from one_drivers.ceph.build import build_image
-    from one_drivers.ceph.copying import copy_extents, extents
-    from one_drivers.datastore.rbd.sources import parse_rbd_url
 
     settings = market_settings(call)
     app_id = int(call.args["id"])
     source = call.doc.text("IMPORT_SOURCE")
-    if not source.lower().startswith("rbd://"):
-        raise BadInput(f"the rbd market takes apps from rbd datastores; {source!r} is not an "
-                       "rbd:// export", hint="create the app from an image of an rbd datastore")
     md5 = call.doc.text("MD5")
-    src = parse_rbd_url(source)
     ids = _market_ids(call)
     with rbd_pool(settings, call.deadline, call.subject, creating=True) as market:
         sweep(market, app_id, ids)
         name = apps.image_name(app_id, secrets.token_hex(4))
         dst = ImageSpec(market.name, name, namespace=market.access.namespace)
         meta = ownership.stamp("app", app=app_id, **ids)
-        with rbd_pool(_source_settings(call, src), call.deadline, call.subject) as origin, \
-                ceph_errors(f"reading {src}", call.subject), \
-                open_image(origin.ioctx, src.name, snapshot=src.snap, read_only=True) as image:
-            size = image.size()
-            entry = _entry(call, -(-size // MIB), md5)
+        entry: dict[str, str] = {}
 
-            def make(staging: str, stamp: dict[str, str]) -> None:
-                create(market.ioctx, staging, size, data_pool=market.access.data_pool,
-                       meta=stamp)
-                with open_image(market.ioctx, staging) as app_image:
-                    copied = copy_extents(image, app_image, extents(image))
-                    faults.point("market:copied")
-                    apps.write_entry(app_image, entry)
-                    app_image.create_snap(apps.APP_SNAP)
-                    app_image.protect_snap(apps.APP_SNAP)
-                log.info(f"copied {copied >> 20} MiB of {src} into {market.name}/{staging}")
+        def finish(app_image: Any, staging: str) -> None:
+            """The catalogue entry, and the protected snapshot the SOURCE names."""
+            from one_drivers.datastore.rbd.export import md5_of
 
-            with ceph_errors(f"making the app image {dst}", call.subject):
-                build_image(market, dst, meta=meta, identity=("app", "market", "zone"),
-                            subject=call.subject, seconds=call.deadline.remaining(), make=make)
-            faults.point("market:built")
+            size_mb = -(-app_image.size() // MIB)
+            # a converted image's checksum is its raw data's, what an export stream reads
+            raw_md5 = md5 if source.lower().startswith("rbd://") or \
+                call.doc.opt("FORMAT") in (None, "raw") else md5_of(app_image, staging)
+            entry.update(_entry(call, size_mb, raw_md5))
+            faults.point("market:copied")
+            apps.write_entry(app_image, entry)
+            app_image.create_snap(apps.APP_SNAP)
+            app_image.protect_snap(apps.APP_SNAP)
+
+        def make(staging: str, stamp: dict[str, str]) -> None:
+            if source.lower().startswith("rbd://"):
+                _copy_rbd(call, market, source, staging, stamp)
+            else:
+                _stream(call, market, source, md5, staging, stamp, settings)
+            with open_image(market.ioctx, staging) as app_image:
+                finish(app_image, staging)
+
+        with ceph_errors(f"making the app image {dst}", call.subject):
+            build_image(market, dst, meta=meta, identity=("app", "market", "zone"),
+                        subject=call.subject, seconds=call.deadline.remaining(), make=make)
+        faults.point("market:built")
     host = settings.get("EXPORT_HOST") or socket.getfqdn()
-    return (f'SOURCE="{apps.source_url(host, dst)}"\nMD5="{md5}"\n'
+    return (f'SOURCE="{apps.source_url(host, dst)}"\nMD5="{entry["MD5"]}"\n'
             f'SIZE="{entry["SIZE"]}"\nFORMAT="raw"\n')
+
+
+def _copy_rbd(call: Call, market: Pool, source: str, staging: str,
+              stamp: dict[str, str]) -> None:
+    """The exported image's allocated extents, read with its datastore's Ceph user."""
+    from one_drivers.ceph.copying import copy_extents, extents
+    from one_drivers.datastore.rbd.sources import parse_rbd_url
+
+    src = parse_rbd_url(source)
+    with rbd_pool(_source_settings(call, src), call.deadline, call.subject) as origin, \
+            ceph_errors(f"reading {src}", call.subject), \
+            open_image(origin.ioctx, src.name, snapshot=src.snap, read_only=True) as image:
+        create(market.ioctx, staging, image.size(), data_pool=market.access.data_pool,
+               meta=stamp)
+        with open_image(market.ioctx, staging) as app_image:
+            copied = copy_extents(image, app_image, extents(image))
+    log.info(f"copied {copied >> 20} MiB of {src} into {market.name}/{staging}")
+
+
+def _stream(call: Call, market: Pool, source: str, md5: str, staging: str,
+            stamp: dict[str, str], settings: Settings) -> None:
+    """A file datastore's export into the app image. The source is the export's answer, not a
+    tenant's text; a local path must still be inside the exporting datastore's directory."""
+    import subprocess
+    import urllib.parse
+
+    from one_drivers.core import remote
+    from one_drivers.datastore.rbd.cp import ImportRequest, import_source
+
+    base = call.doc.opt("DATASTORE/BASE_PATH") or ""
+    rules = settings.over({"RESTRICTED_DIRS": "/", "SAFE_DIRS": base})
+    path, data, proc = source, None, None
+    if source.startswith("ssh://"):  # on the datastore's bridge: read there, streamed here
+        host, sep, path = source[len("ssh://"):].partition(":")
+        if not sep or not path.startswith("/"):
+            raise BadInput(f"{source!r} is not ssh://<host>:<path>")
+        if not path.startswith(base.rstrip("/") + "/") or "/../" in path:
+            raise BadInput(f"{path} is not in the exporting datastore's {base}")
+        proc = remote.popen(remote.check_host(host), ["cat", "--", path],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        data = proc.stdout
+    elif urllib.parse.urlsplit(source).scheme not in ("", "file", "http", "https"):
+        raise BadInput(f"the rbd market cannot read the export {source!r}",
+                       hint="create the app from an rbd, file or http(s) source")
+    request = ImportRequest(path, md5, None, None, int(call.args["id"]), data)
+    try:
+        import_source(market, staging, stamp, request, rules, call.deadline, call.subject)
+    finally:
+        if proc is not None:
+            with contextlib.suppress(OSError):
+                proc.kill()
+            proc.wait()
+    if proc is not None and proc.returncode not in (0, -9):
+        raise ActionFailed(f"reading {source} failed (exit {proc.returncode})")
 
 
 def sweep(market: Pool, app_id: int, wanted: dict[str, str], *, finished: bool = False) -> int:
