@@ -590,3 +590,56 @@ def test_an_app_from_a_file_datastore_is_streamed_in_with_its_checksum(world, la
         assert "restricted directory" in last_line(res.stderr) or \
             "is not in the exporting datastore" in last_line(res.stderr), res.stderr
     assert not [n for n in world.app_images() if n.startswith(f"one-app-{app_id}-")]
+
+
+@pytest.fixture(scope="module")
+def second_cluster(tmp_path_factory):
+    """Another Ceph cluster (the lab's, at other ports in a directory of its own), for a
+    market that is not on the datastores' cluster."""
+    from one_drivers.lab.ceph import CephLab
+
+    ceph = CephLab(tmp_path_factory.mktemp("ceph2"), port_offset=400)
+    ceph.up()
+    try:
+        yield ceph
+    finally:
+        ceph.down()
+
+
+def test_a_market_on_another_cluster(world, lab_env, second_cluster):
+    """The datastore on the lab's cluster, the market on a second one: an app's creation reads
+    with the datastore's user there and writes with the market's here; its export into the
+    datastore is streamed back (no clone across clusters) with the app's MD5 checked."""
+    import rados
+    import rbd
+
+    env2 = second_cluster.env()
+    other = {"POOL_NAME": env2["ONE_LAB_CEPH_MARKET_POOL"], "CEPH_CONF": env2["CEPH_CONF"],
+             "CEPH_USER": env2["ONE_LAB_CEPH_USER"], "CEPH_KEY": env2["ONE_LAB_CEPH_KEYRING"]}
+    image_id, content = world.image()
+    app_id, out = world.create_app(image_id, **other)
+    _, name, _ = spec_of(out["SOURCE"])
+    cluster = rados.Rados(conffile=env2["CEPH_CONF"], rados_id="admin")
+    cluster.connect(timeout=10)
+    try:
+        with cluster.open_ioctx(other["POOL_NAME"]) as ioctx2:
+            with rbd.Image(ioctx2, name, snapshot="app", read_only=True) as app:
+                assert app.read(0, app.size()) == content, "copied into the other cluster"
+            assert name not in rbd.RBD().list(world.mioctx), "not in the datastores' cluster"
+            market2 = market_xml(lab_env, **other)
+            new_id, res = world.export_app(out["SOURCE"], out["MD5"], market=market2)
+            assert res.returncode == 0, res.stderr
+            with rbd.Image(world.ioctx, f"one-{new_id}", read_only=True) as img:
+                with pytest.raises(rbd.ImageNotFound):
+                    img.parent_id()
+                assert img.read(0, img.size()) == content
+            bad_id, res = world.export_app(out["SOURCE"], "f" * 32, market=market2)
+            assert res.returncode != 0 and "MD5" in last_line(res.stderr)
+            assert f"one-{bad_id}" not in rbd.RBD().list(world.ioctx)
+            doc = (f"<MARKET_DRIVER_ACTION_DATA>{app_xml(app_id, source=out['SOURCE'])}"
+                   f"{market2}</MARKET_DRIVER_ACTION_DATA>")
+            res = market(world.remotes, "delete", doc, app_id)
+            assert res.returncode == 0, res.stderr
+            assert not [n for n in rbd.RBD().list(ioctx2) if n.startswith("one-app-")]
+    finally:
+        cluster.shutdown()
