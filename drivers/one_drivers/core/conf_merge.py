@@ -57,6 +57,20 @@ def _add_to_list(arguments: str, option: str, names: list[str]) -> str:
     return arguments[:start] + ",".join(current + missing) + arguments[end:]
 
 
+def _add_to_attribute(body: str, attr: str, names: list[str]) -> str:
+    """``AUTHN = "a,b"`` + [c] -> ``AUTHN = "a,b,c"`` (an absent attribute is added)."""
+    current = _attrs(body).get(attr)
+    if current is None:
+        return body.rstrip() + f',\n    {attr} = "{",".join(names)}"\n'
+    listed = [n.strip() for n in current.split(",") if n.strip()]
+    missing = [n for n in names if n not in listed]
+    if not missing:
+        return body
+    value = ",".join([*listed, *missing])
+    return re.sub(rf'({re.escape(attr)}\s*=\s*")[^"]*(")',
+                  lambda m: m.group(1) + value + m.group(2), body, count=1)
+
+
 def merge_rc(text: str, values: dict[str, list[str]]) -> str:
     """A shell rc file (``vmm_execrc``): each word of ``values[KEY]`` added to ``KEY="a b"``."""
     for key, words in values.items():
@@ -85,6 +99,10 @@ def merge(text: str, registration: dict[str, Any], file: str) -> str:
                                hint="is this OpenNebula's oned.conf?")
             block = found[0]
             body = block.group("body")
+            if not entry["option"].startswith("-"):  # AUTH_MAD's AUTHN: an attribute's list
+                text = text[:block.start("body")] + _add_to_attribute(
+                    body, entry["option"], entry["drivers"]) + text[block.end("body"):]
+                continue
             args = _attrs(body).get("ARGUMENTS", "")
             new_args = _add_to_list(args, entry["option"], entry["drivers"])
             if entry.get("system"):

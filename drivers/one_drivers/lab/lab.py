@@ -24,6 +24,7 @@ from one_drivers.lab.netns_host import HostNetns
 from one_drivers.lab.oned_standin import OnedStandin
 from one_drivers.lab.ovs import OvsLab
 from one_drivers.lab.proc import LabError
+from one_drivers.lab.slapd import SlapdLab
 from one_drivers.lab.sshd import DATASTORES, SshLab
 
 DEFAULT_DIR = "/var/tmp/one-drivers-lab"
@@ -54,6 +55,7 @@ class Lab:
             env_key="ONE_LAB_HOST_LIBVIRT_URI", prefix=self.host2_net.exec_prefix())
         self.guest = Guest(self.root)
         self.oned = OnedStandin(self.root, port_offset)
+        self.ldap = SlapdLab(self.root, port_offset)
         self.created_file = self.root / "created-dirs"
 
     @contextmanager
@@ -66,7 +68,7 @@ class Lab:
     def env(self) -> dict[str, str]:
         env = {"ONE_DRIVERS_LAB_DIR": str(self.root)}
         for part in (self.ceph, self.ovs, self.host2_net, self.ovs2, self.libvirt2, self.libvirt,
-                     self.ssh, self.guest, self.oned):
+                     self.ssh, self.guest, self.oned, self.ldap):
             env.update(part.env())
         return env
 
@@ -80,6 +82,7 @@ class Lab:
             "ovs2": self.ovs2.healthy(),
             "ssh": self.ssh.healthy(),
             "oned": self.oned.healthy(),
+            "ldap": self.ldap.healthy(),
             "guest_image": self.guest.built(),
         }
         out["healthy"] = all(out.values())
@@ -144,6 +147,7 @@ class Lab:
                  lambda: self.libvirt2.up(created))
             self.libvirt2.define_ceph_secret(RBD_USER, self.ceph.user_keyring)
             step("oned", self.oned.healthy(), self.oned.up)
+            step("ldap", self.ldap.healthy(), self.ldap.up)
             self._save_created(created)
         return timings
 
@@ -160,9 +164,9 @@ class Lab:
 
     def down(self) -> list[str]:
         with self._locked():
-            stopped = [*self.oned.down(), *self.ssh.down(), *self.libvirt2.down(),
-                       *self.ovs2.down(), *self.host2_net.down(), *self.libvirt.down(),
-                       *self.ovs.down(), *self.ceph.down()]
+            stopped = [*self.ldap.down(), *self.oned.down(), *self.ssh.down(),
+                       *self.libvirt2.down(), *self.ovs2.down(), *self.host2_net.down(),
+                       *self.libvirt.down(), *self.ovs.down(), *self.ceph.down()]
             for path in reversed(self._created()):
                 with contextlib.suppress(OSError):  # not empty: someone else uses it now
                     Path(path).rmdir()

@@ -1,8 +1,9 @@
-"""A small oned stand-in for the lab: serves recorded VM and datastore XML over XML-RPC.
+"""A small oned stand-in for the lab: serves recorded documents over XML-RPC.
 
-``one.vm.info``, ``one.datastore.info``, ``one.image.info`` and ``one.market.info`` answer as
-oned does (``[ok, xml-or-message, code]``) from ``<dir>/<kind>/<id>.xml``, read on every call so
-tests can record documents while it runs; the session must match the lab's one_auth.
+``one.vm.info``, ``one.datastore.info``, ``one.image.info``, ``one.market.info``,
+``one.grouppool.info`` and ``one.userpool.info`` answer as oned does (``[ok, xml-or-message,
+code]``) from ``<dir>/<kind>/<id>.xml`` (pools: ``<kind>/0.xml``), read on every call so tests
+can record documents while it runs; the session must match the lab's one_auth.
 """
 
 from __future__ import annotations
@@ -110,6 +111,11 @@ def serve(directory: Path, port: int) -> None:
                              "one.image.info")
     server.register_function(lambda s, i, d=False: info("market", "one.market.info", s, i, d),
                              "one.market.info")
+    # pools: what a test recorded as <kind>/0.xml
+    server.register_function(lambda s: info("grouppool", "one.grouppool.info", s, 0),
+                             "one.grouppool.info")
+    server.register_function(lambda s, *_: info("userpool", "one.userpool.info", s, 0),
+                             "one.userpool.info")
     server.serve_forever()
 
 

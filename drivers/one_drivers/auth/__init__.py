@@ -1,0 +1,1 @@
+"""Authentication (AUTH_MAD) drivers."""
