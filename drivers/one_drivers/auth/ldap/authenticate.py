@@ -14,12 +14,13 @@ OpenNebula stays administered (a right granted by hand is not taken away at the 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 import urllib.parse
 
 from one_drivers.auth.ldap import directory
-from one_drivers.auth.ldap.config import Config, Server, parse
+from one_drivers.auth.ldap.config import Config, Server, build, load_yaml
 from one_drivers.core import log
 from one_drivers.core.config import Settings
 from one_drivers.core.contract import Call
@@ -34,15 +35,37 @@ from one_drivers.core.xmlview import XmlView, parse_xml
 
 
 def load_config(settings: Settings) -> Config:
+    """ldap_auth.conf, parsed; kept as JSON in the driver user's private directory while the
+    file is unchanged (parsing YAML costs more than the rest of a login's start-up). The copy
+    holds the bind password: read only from a file and directory nobody else can change."""
+    import json
+
+    from one_drivers.core.atomic import write_atomic
+    from one_drivers.core.safefs import Untrusted, open_trusted_dir, read_trusted_file
+
     path = settings.get("CONFIG") or "/etc/one/auth/ldap_auth.conf"
+    folder = os.path.expanduser(settings.get("MAPPING_DIR") or "~/.one-drivers/auth")
+    cache = os.path.join(folder, "ldap_auth.json")
     try:
         with open(path, encoding="utf-8") as fh:
-            text = fh.read(1 << 20)
+            st = os.fstat(fh.fileno())
+            stamp = f"{path}:{st.st_ino}:{st.st_mtime_ns}:{st.st_size}"
+            with contextlib.suppress(OSError, ValueError, KeyError, TypeError, Untrusted):
+                kept = json.loads(read_trusted_file(cache, uid=os.geteuid()) or b"{}")
+                if kept.get("stamp") == stamp:
+                    return build(kept["config"], path)
+            raw = load_yaml(fh.read(1 << 20), path)
     except OSError as exc:
         raise ActionFailed(f"cannot read the LDAP configuration {path} ({exc.strerror})",
                            hint="the driver's user must be able to read it (root:oneadmin 0640)"
                            ) from None
-    return parse(text, path)
+    config = build(raw, path)  # checked before it is kept
+    with contextlib.suppress(OSError, Untrusted):
+        os.makedirs(os.path.dirname(folder), mode=0o700, exist_ok=True)
+        os.close(open_trusted_dir(folder, create_mode=0o700, private=True))
+        write_atomic(cache, json.dumps({"stamp": stamp, "config": raw}), mode=0o600,
+                     private=True)
+    return config
 
 
 def authenticate(call: Call) -> str:
@@ -112,8 +135,6 @@ def group_mapping(server: Server, settings: Settings, groups: XmlView | None) ->
     """Directory group DN (normalised) -> OpenNebula group id. Made from the GROUP_DN
     (mapping_key) of OpenNebula's groups and written to the mapping file when that is older
     than mapping_timeout; read from the file when oned cannot be asked or generation is off."""
-    import yaml
-
     from one_drivers.core.atomic import write_atomic
 
     folder = os.path.expanduser(settings.get("MAPPING_DIR") or "~/.one-drivers/auth")
@@ -128,10 +149,14 @@ def group_mapping(server: Server, settings: Settings, groups: XmlView | None) ->
             stale = time.time() - os.stat(path).st_mtime > server.mapping_timeout
         except FileNotFoundError:
             stale = True
-        if stale:
+        if stale:  # upstream's format (YAML), for operators and upstream's tools
+            import yaml
+
             os.makedirs(folder, mode=0o700, exist_ok=True)
             write_atomic(path, yaml.safe_dump(mapping, default_flow_style=False))
     else:
+        import yaml
+
         try:
             with open(path, encoding="utf-8") as fh:
                 loaded = yaml.safe_load(fh.read(1 << 20)) or {}

@@ -111,13 +111,24 @@ def _server(name: str, raw: dict[str, Any]) -> Server:
         mapping_default=None if default is None else str(default))
 
 
-def parse(text: str, path: str = "ldap_auth.conf") -> Config:
+def load_yaml(text: str, path: str = "ldap_auth.conf") -> dict[str, Any]:
+    """The file as plain data (symbols as words)."""
     import yaml
 
     try:
-        raw = _plain(yaml.safe_load(text))
+        raw = _plain(yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)))  # noqa: S506 - a safe loader
     except yaml.YAMLError as exc:
         raise BadInput(f"{path} is not valid YAML ({exc.__class__.__name__})") from None
+    if not isinstance(raw, dict):
+        raise BadInput(f"{path} holds no servers")
+    return raw
+
+
+def parse(text: str, path: str = "ldap_auth.conf") -> Config:
+    return build(load_yaml(text, path), path)
+
+
+def build(raw: dict[str, Any], path: str = "ldap_auth.conf") -> Config:
     if not isinstance(raw, dict):
         raise BadInput(f"{path} holds no servers")
     servers = {name: _server(name, body) for name, body in raw.items()

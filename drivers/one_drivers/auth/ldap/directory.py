@@ -11,6 +11,7 @@ required group: the next server in the main order may still know the user); :cla
 from __future__ import annotations
 
 import math
+import socket
 import ssl
 from typing import Any, NamedTuple
 
@@ -60,6 +61,9 @@ def _open(conn: Any, server: Server) -> None:
 
     try:
         conn.open()
+        # ldap3 writes a request in pieces: with Nagle's algorithm each answer waits for the
+        # peer's delayed ACK (40 ms a bind here)
+        conn.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if server.encryption == "start_tls" and not conn.start_tls():
             raise Unreachable(f"StartTLS failed ({conn.result.get('description')})")
     except LDAPException as exc:
@@ -114,15 +118,12 @@ def login(server: Server, username: str, secret: str, deadline: Deadline) -> Acc
         dn = found[0].entry_dn
         value = dn if server.user_group_field == "dn" else \
             str(found[0][server.user_group_field].value or "")
-        # the password: a connection of its own, bound as the user
-        check = _connection(server, dn, secret, deadline.cap(server.timeout, "the bind"))
-        _open(check, server)
-        try:
-            if not _bind(check, "bind as the user"):
-                raise Refused("wrong password")
-        finally:
-            check.unbind()
         groups = _groups(search, server, dn, value, deadline)
+        # the password last, on the same connection (one TLS handshake): a bind as the user
+        search.user, search.password = dn, secret
+        deadline.cap(1, "the bind as the user")
+        if not _bind(search, "bind as the user"):
+            raise Refused("wrong password")
     finally:
         search.unbind()
     if server.group and normal_dn(server.group) not in {normal_dn(g) for g in groups}:
