@@ -226,6 +226,26 @@ def cmd_market_import_file(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_oidc_login(args: argparse.Namespace) -> int:
+    """Single sign-on for the CLI: a token by the device flow, written to ONE_AUTH."""
+    import os
+
+    from one_drivers.auth.oidc.device import login, write_one_auth
+    from one_drivers.core.errors import DriverError
+
+    path = args.one_auth or os.environ.get("ONE_AUTH") or os.path.expanduser("~/.one/one_auth")
+    try:
+        name, token = login(args.issuer, args.client_id, scope=args.scope,
+                            ca_file=args.ca_file, username_claim=args.username_claim,
+                            show=lambda line: print(line, file=sys.stderr, flush=True))
+        write_one_auth(path, name, token)
+    except (DriverError, OSError) as exc:
+        print(exc, file=sys.stderr)
+        return exc.exit_code if isinstance(exc, DriverError) else 1
+    print(f"signed on as {name}: {path}", file=sys.stderr)
+    return 0
+
+
 def cmd_install_sudo(args: argparse.Namespace) -> int:
     from one_drivers.core.errors import DriverError
     from one_drivers.vnm.ovsdb.privilege import install_sudo
@@ -334,6 +354,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout-total", type=float, default=3600, help="seconds the import may "
                                                                       "take")
     p.set_defaults(func=cmd_market_import_file)
+
+    p = sub.add_parser("auth", help="authentication tools")
+    auth_sub = p.add_subparsers(dest="auth_command", required=True)
+    p = auth_sub.add_parser("oidc-login", help="sign on with the identity provider (device "
+                                               "flow) and write ONE_AUTH")
+    p.add_argument("--issuer", required=True, help="the identity provider's issuer URL")
+    p.add_argument("--client-id", required=True, help="OpenNebula's client id at the IdP")
+    p.add_argument("--scope", default="openid profile groups")
+    p.add_argument("--ca-file", help="CA bundle for the IdP's https")
+    p.add_argument("--username-claim", default="preferred_username")
+    p.add_argument("--one-auth", help="the file to write (default: $ONE_AUTH, ~/.one/one_auth)")
+    p.set_defaults(func=cmd_oidc_login)
 
     p = sub.add_parser("install-sudo", help="hypervisor: the root-owned privileged VNM entry "
                                             "and the sudoers rule that lets USER run it")

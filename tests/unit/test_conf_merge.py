@@ -50,7 +50,7 @@ def test_merge_adds_lists_and_blocks_and_keeps_the_rest():
     assert 'ARGUMENTS  = "-t 15 -d dummy,fs,ceph,rbd,rbdbackup -s shared,ssh,ceph,rbd"' in out
     assert 'ARGUMENTS  = "-t 15 -d dummy,shared,ssh,ceph,rbd"' in out
     assert 'ARGUMENTS  = "-t 15 -m http,s3,one,rbd"' in out
-    assert 'AUTHN = "ssh,x509,server_cipher,ldap"' in out, "an attribute's list, not ARGUMENTS"
+    assert 'AUTHN = "ssh,x509,server_cipher,ldap,oidc"' in out, "an attribute's list, not ARGUMENTS"
     assert "PORT = 2633" in out and 'NAME = "ceph", LN_TARGET = "NONE"' in out
     assert 'NAME = "kvm", EXECUTABLE = "one_vmm_exec"' in out, "the operator's kvm untouched"
     assert 'TM_MAD_CONF = [ NAME = "rbd", LN_TARGET = "SYSTEM" ]' not in out, "ours replaced"

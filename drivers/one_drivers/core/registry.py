@@ -23,7 +23,7 @@ PACKAGES: dict[str, dict[str, str]] = {
     "vmm": {"libvirt": "one_drivers.vmm.libvirt"},
     "im": {"libvirt": "one_drivers.im.libvirt"},
     "market": {"rbd": "one_drivers.market.rbd"},
-    "auth": {"ldap": "one_drivers.auth.ldap"},
+    "auth": {"ldap": "one_drivers.auth.ldap", "oidc": "one_drivers.auth.oidc"},
 }
 
 ActionFn = Callable[[Call], "str | None"]
