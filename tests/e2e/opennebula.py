@@ -10,10 +10,12 @@ ssh host (``one-lab-host``: its own /var/lib/one/datastores, libvirtd ``libvirt2
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
 import time
+import urllib.parse
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from pathlib import Path
@@ -72,6 +74,19 @@ class OpenNebula:
         etc = self.location / "etc"
         self.run([ONE_DRIVERS, "oned-conf", "--merge", str(etc / "oned.conf"),
                   str(etc / "monitord.conf"), str(etc / "vmm_exec" / "vmm_execrc")])
+        # users oned does not know log in through LDAP (the lab's slapd)
+        conf = (etc / "oned.conf").read_text()
+        conf = re.sub(r'(?m)^#?\s*DEFAULT_AUTH\s*=.*$', 'DEFAULT_AUTH = "ldap"', conf)
+        (etc / "oned.conf").write_text(conf)
+        ldap_conf = self.work / "ldap_auth.conf"
+        ldap_conf.write_text(
+            "lab:\n    :host: 127.0.0.1\n"
+            f"    :port: {urllib.parse.urlsplit(self.lab['ONE_LAB_LDAPS_URI']).port}\n"
+            f"    :encryption: :simple_tls\n    :ca_cert: '{self.lab['ONE_LAB_LDAP_CA']}'\n"
+            f"    :user: '{self.lab['ONE_LAB_LDAP_BIND_DN']}'\n"
+            f"    :password: '{self.lab['ONE_LAB_LDAP_BIND_PW']}'\n"
+            f"    :base: '{self.lab['ONE_LAB_LDAP_BASE']}'\n    :user_field: uid\n"
+            "    :mapping_timeout: 0\n:order:\n    - lab\n")
         remotes = var / "remotes"
         self.run([ONE_DRIVERS, "install-remotes", str(remotes)])
         host_ovsdb = self.lab["ONE_LAB_HOST_OVSDB"]
@@ -80,6 +95,9 @@ class OpenNebula:
                                          "DOMAIN_TYPE": "qemu", "ACPI_TIMEOUT": "20"},
             "im/libvirt/libvirt.conf": {"LIBVIRT_URI": self.lab["ONE_LAB_HOST_LIBVIRT_URI"],
                                         "STATE_DIR": str(self.work / "im")},
+            "auth/ldap/ldap.conf": {"CONFIG": str(ldap_conf),
+                                    "MAPPING_DIR": str(self.work / "auth")},
+            "auth/oidc/oidc.conf": {"JWKS_DIR": str(self.work / "auth")},
             "vnm/ovsdb/ovsdb.conf": {"OVSDB": host_ovsdb, "DATAPATH_TYPE": "netdev",
                                      "OVS_RUNDIR": os.path.dirname(host_ovsdb.removeprefix(
                                          "unix:")),

@@ -27,7 +27,7 @@ def authenticate(call: Call) -> str:
         raise PermissionDenied("the token carries no usable user name "
                                f"({settings.get('USERNAME_CLAIM')})")
     if username and username != name:
-        raise PermissionDenied(f"the token is {name!r}'s, not {username!r}'s")
+        raise PermissionDenied(f"the token names the user {name!r}, not {username!r}")
     gids = groups(claims, settings)
     return " ".join(["oidc", urllib.parse.quote(name, safe=""), "-", *gids])
 
