@@ -20,6 +20,7 @@ import re
 import shutil
 import statistics
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -29,6 +30,10 @@ from typing import Any
 from common import lab_bench, report
 from one_drivers.core.xmlview import escape
 from one_drivers.lab.documents import datastore_doc, ds_doc, elements
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tests.helpers import purge_image
 
 MIB, GIB = 1 << 20, 1 << 30
 MARKET_ID = 310
@@ -82,18 +87,8 @@ def make_image(ioctx: Any, name: str) -> None:
 
 
 def purge(ioctx: Any, names: list[str]) -> None:
-    import rbd
-
     for name in names:
-        try:
-            with rbd.Image(ioctx, name) as image:
-                for snap in image.list_snaps():
-                    if image.is_protected_snap(snap["name"]):
-                        image.unprotect_snap(snap["name"])
-                    image.remove_snap(snap["name"])
-            rbd.RBD().remove(ioctx, name)
-        except rbd.ImageNotFound:
-            pass
+        purge_image(ioctx, name)
 
 
 def ours_create(env: dict[str, str], remotes: Path, image_id: int, app_id: int,

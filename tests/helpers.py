@@ -96,3 +96,22 @@ def replayable(machine: type, label: str) -> int:
             fh.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {line}\n")
     seed(value)(machine)
     return value
+
+
+def purge_image(ioctx: Any, name: str | None = None, *, image_id: str | None = None) -> None:
+    """Remove a test's image (by name, or a trashed one by id) with its snapshots, protected
+    ones included; gone already is fine."""
+    import rbd
+
+    try:
+        with rbd.Image(ioctx, name, image_id=image_id) as image:
+            for snap in list(image.list_snaps()):
+                if image.is_protected_snap(snap["name"]):
+                    image.unprotect_snap(snap["name"])
+                image.remove_snap(snap["name"])
+        if image_id is None:
+            rbd.RBD().remove(ioctx, name)
+        else:
+            rbd.RBD().trash_remove(ioctx, image_id, True)
+    except rbd.Error:
+        pass

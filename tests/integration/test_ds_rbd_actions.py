@@ -25,6 +25,7 @@ from tests.helpers import (
     allocated,
     ds_doc,
     last_line,
+    purge_image,
     rbd_names,
     read_image,
     run_remote,
@@ -59,21 +60,7 @@ def image_ids(ceph_admin):
     for name in sorted(rbd_names(ioctx), key=len, reverse=True):
         if any(name == f"one-{i}" or name.startswith(f"one-{i}-") or
                name.startswith(f"one-{i}.") for i in used):
-            _purge(ioctx, name)
-
-
-def _purge(ioctx, name):
-    import rbd
-
-    try:
-        with rbd.Image(ioctx, name) as image:
-            for snap in image.list_snaps():
-                if image.is_protected_snap(snap["name"]):
-                    image.unprotect_snap(snap["name"])
-                image.remove_snap(snap["name"])
-        rbd.RBD().remove(ioctx, name)
-    except rbd.Error:
-        pass
+            purge_image(ioctx, name)
 
 
 @pytest.fixture

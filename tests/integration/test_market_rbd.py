@@ -19,7 +19,7 @@ import pytest
 from one_drivers.core.faults import KILLED
 from one_drivers.core.xmlview import escape
 from one_drivers.lab.documents import datastore_doc, ds_doc, elements
-from tests.helpers import last_line, read_image, run_remote
+from tests.helpers import last_line, purge_image, read_image, run_remote
 
 pytestmark = pytest.mark.lab
 MIB = 1 << 20
@@ -124,28 +124,13 @@ class World:
     def cleanup(self) -> None:
         import rbd
 
-        for ioctx, names in ((self.ioctx, self.images), (self.mioctx, self.app_images())):
-            for name in names:
-                try:
-                    with rbd.Image(ioctx, name) as image:
-                        for snap in image.list_snaps():
-                            if image.is_protected_snap(snap["name"]):
-                                image.unprotect_snap(snap["name"])
-                            image.remove_snap(snap["name"])
-                    rbd.RBD().remove(ioctx, name)
-                except rbd.Error:
-                    pass
+        for name in self.images:
+            purge_image(self.ioctx, name)
+        for name in self.app_images():
+            purge_image(self.mioctx, name)
         for entry in rbd.RBD().trash_list(self.mioctx):
             if any(entry["name"].startswith(f"one-app-{a}-") for a in self.apps):
-                try:
-                    with rbd.Image(self.mioctx, image_id=entry["id"]) as image:
-                        for snap in image.list_snaps():
-                            if image.is_protected_snap(snap["name"]):
-                                image.unprotect_snap(snap["name"])
-                            image.remove_snap(snap["name"])
-                    rbd.RBD().trash_remove(self.mioctx, entry["id"], True)
-                except rbd.Error:
-                    pass
+                purge_image(self.mioctx, image_id=entry["id"])
 
 
 @pytest.fixture

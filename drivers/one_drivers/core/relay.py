@@ -15,10 +15,10 @@ import os
 import subprocess
 import sys
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import IO
 
-from one_drivers.core import remote
+from one_drivers.core import log, remote
 from one_drivers.core.contract import Call
 from one_drivers.core.errors import BackendTimeout, BackendUnavailable, DriverError
 
@@ -93,6 +93,23 @@ def run_on(host: str, python: str, call: Call, payload: bytes, *,
     if rc != 0:
         raise RelayFailure(err[-1] if err else f"failed on {role} {host} (exit {rc})", rc)
     return b"".join(out).decode()
+
+
+def first_reachable(hosts: list[str], start: int,
+                    attempt: Callable[[str], str | None]) -> str:
+    """``attempt(host)`` on each host in turn from ``hosts[start % len]``, until one is
+    reachable (answers anything but None); a host ssh cannot reach is skipped, said in an INFO
+    line. BRIDGE_LIST for datastores and markets."""
+    first = start % len(hosts)
+    tried = []
+    for host in hosts[first:] + hosts[:first]:
+        outcome = attempt(host)
+        if outcome is not None:
+            return outcome
+        log.info(f"bridge {host} is unreachable, trying the next one")
+        tried.append(host)
+    raise BackendUnavailable(f"no bridge host is reachable ({', '.join(tried)})",
+                             hint="check BRIDGE_LIST and ssh from the front-end to those hosts")
 
 
 def _read(stream: IO[bytes] | None) -> bytes:

@@ -15,9 +15,9 @@ import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
 
-from one_drivers.core import log, relay
+from one_drivers.core import relay
 from one_drivers.core.contract import Call
-from one_drivers.core.errors import BackendUnavailable, MissingAttribute
+from one_drivers.core.errors import MissingAttribute
 from one_drivers.core.runner import FRAMED_STDIN
 from one_drivers.datastore.rbd.common import ds_settings
 from one_drivers.datastore.rbd.sources import GRANTED_SOURCE
@@ -37,23 +37,18 @@ def route(call: Call, action: Callable[[Call], str | None]) -> str | None:
     python = call.settings.get("BRIDGE_PYTHON") or sys.executable
     granted = _granted_source(call)
     local_file = _local_source(call)
-    first = call.doc.image.id % len(hosts) if call.doc.elem.find("IMAGE") is not None else 0
-    tried = []
+    start = call.doc.image.id if call.doc.elem.find("IMAGE") is not None else 0
+
+    def attempt(host: str) -> str | None:
+        if local_file is not None:
+            os.lseek(local_file, 0, os.SEEK_SET)
+        return _run_on(host, python, call, local_file, granted)
+
     try:
-        for host in hosts[first:] + hosts[:first]:
-            if local_file is not None:
-                os.lseek(local_file, 0, os.SEEK_SET)
-            outcome = _run_on(host, python, call, local_file, granted)
-            if outcome is None:
-                log.info(f"bridge {host} is unreachable, trying the next one")
-                tried.append(host)
-                continue
-            return outcome
+        return relay.first_reachable(hosts, start, attempt)
     finally:
         if local_file is not None:
             os.close(local_file)
-    raise BackendUnavailable(f"no bridge host is reachable ({', '.join(tried)})",
-                             hint="check BRIDGE_LIST and ssh from the front-end to those hosts")
 
 
 def _is_http(call: Call) -> bool:

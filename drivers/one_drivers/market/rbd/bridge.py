@@ -13,9 +13,9 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 
-from one_drivers.core import log, relay
+from one_drivers.core import relay
 from one_drivers.core.contract import Call
-from one_drivers.core.errors import BackendUnavailable, MissingAttribute
+from one_drivers.core.errors import MissingAttribute
 from one_drivers.market.rbd.actions import market_settings
 
 
@@ -28,13 +28,5 @@ def route(call: Call, action: Callable[[Call], str | None]) -> str | None:
         raise MissingAttribute("BRIDGE_LIST", subject=call.subject,
                                hint="CEPH_ACCESS=bridge needs bridge hosts in the market")
     python = call.settings.get("BRIDGE_PYTHON") or sys.executable
-    first = int(call.args["id"]) % len(hosts)
-    tried = []
-    for host in hosts[first:] + hosts[:first]:
-        outcome = relay.run_on(host, python, call, b"")
-        if outcome is not None:
-            return outcome
-        log.info(f"bridge {host} is unreachable, trying the next one")
-        tried.append(host)
-    raise BackendUnavailable(f"no bridge host is reachable ({', '.join(tried)})",
-                             hint="check BRIDGE_LIST and ssh from the front-end to those hosts")
+    return relay.first_reachable(hosts, int(call.args["id"]),
+                                 lambda host: relay.run_on(host, python, call, b""))
