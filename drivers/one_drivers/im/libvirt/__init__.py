@@ -19,6 +19,8 @@ DRIVER = Driver(
                           "or ~/.one-drivers/im; owned by the driver user, 0700, checked)"),
         "PCI_FILTER": ("", "PCI classes reported in SYSTEM_HOST, comma-separated prefixes like "
                            "0300,0302 (* for all; empty: none)"),
+        "FORECAST_PERIOD": ("300", "seconds ahead MONITOR_HOST/MONITOR_VM *_FORECAST keys look, "
+                                   "from the last hour's trend (0: no forecasts)"),
         "GUEST_AGENT_MONITOR": ("yes", "MONITOR_VM carries OS_* and GUEST_IP(_ADDRESSES) from each "
                                        "VM's guest agent, when it has one connected"),
         "STATE_RESEND_AFTER": ("35", "seconds after which a VM state change is sent once more "

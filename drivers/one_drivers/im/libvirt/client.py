@@ -30,6 +30,7 @@ from typing import Any, NamedTuple
 
 from one_drivers.core.atomic import write_atomic
 from one_drivers.im.libvirt import probes
+from one_drivers.im.libvirt.forecast import Forecaster
 from one_drivers.im.libvirt.wire import TCP_TYPES, Message, Sender, load_public_key
 
 GROUPS = ("BEACON_HOST", "SYSTEM_HOST", "MONITOR_HOST", "STATE_VM", "MONITOR_VM", "SYNC_STATE_VM",
@@ -61,6 +62,7 @@ class Options(NamedTuple):
     resend_after: float = RESEND_AFTER
     one_version: str = ""  # OpenNebula's, from the remotes' VERSION file
     guest_agent: bool = True  # MONITOR_VM carries what each guest agent says
+    forecast_period: float = 300.0  # seconds ahead the *_FORECAST keys look (0: none)
 
 
 class Store:
@@ -112,6 +114,8 @@ class Client:
         self.queue: list[Message] = []
         self.worker: ProbeWorker | None = None
         self.stuck_reported = 0.0
+        self.forecaster = Forecaster(period=opts.forecast_period) \
+            if opts.forecast_period > 0 else None
 
     def messages(self, groups: set[str]) -> list[Message]:
         """Run the probe groups in ``groups`` (one bulk libvirt call for all VM groups)."""
@@ -132,6 +136,8 @@ class Client:
         host_cpu = self.store.data.get("host_cpu")
         if "MONITOR_HOST" in groups:
             text, host_cpu = probes.monitor_host(self.conn, host_cpu, now)
+            if self.forecaster is not None:
+                text = self.forecaster.host(text, now)
             out.append(Message("MONITOR_HOST", True, hid, text))
         disk_sizes = (probes.local_disk_sizes(self.opts.ds_location)
                       if "MONITOR_VM" in groups else {})
@@ -150,6 +156,8 @@ class Client:
             if "MONITOR_VM" in groups:
                 text, data["cpu"] = probes.monitor_vm(doms, data["cpu"], now, disk_sizes,
                                                       guest_agent=self.opts.guest_agent)
+                if self.forecaster is not None:
+                    text = self.forecaster.vms(text, now)
                 out.append(Message("MONITOR_VM", True, hid, text))
             self.store.save()
         return out

@@ -74,7 +74,8 @@ def options(call: Call) -> Options:
                    conf.opt("DATASTORE_LOCATION") or DEFAULT_DS_LOCATION,
                    settings.float("STATE_RESEND_AFTER", 35),
                    one_version(call.extras.get("remotes")),
-                   settings.bool("GUEST_AGENT_MONITOR", True))
+                   settings.bool("GUEST_AGENT_MONITOR", True),
+                   settings.float("FORECAST_PERIOD", 300))
 
 
 def one_version(remotes: str | None) -> str:
