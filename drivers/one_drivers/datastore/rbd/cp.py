@@ -120,7 +120,8 @@ class ImportRequest(NamedTuple):
         image = call.doc.image
         return cls(image.text("PATH"), image.template.get("MD5"), image.template.get("SHA1"),
                    Requester.of(image), image.id, call.extras.get("data"),
-                   market_of(call.doc), image.template.get("FROM_APP_MD5"))
+                   market_of(call.doc, call.extras.get("remotes")),
+                   image.template.get("FROM_APP_MD5"))
 
 
 def import_source(pool: Pool, name: str, meta: dict[str, str], req: ImportRequest,

@@ -253,18 +253,20 @@ class Requester(NamedTuple):
                    image.template.get("RBD_SOURCE_GRANT"))
 
 
-def market_of(doc: Any) -> Settings | None:
+def market_of(doc: Any, remotes: str | None = None) -> Settings | None:
     """The ``rbd`` marketplace an image is exported from, with its Ceph access: oned adds the
     MARKETPLACE to cp's document only for an image made from an app (FROM_APP), whose PATH it
     set to the app's SOURCE itself (MarketPlaceApp::to_template): a tenant cannot put it
     there."""
+    from one_drivers.core.config import config_path, load_file
     from one_drivers.core.registry import get_driver
     from one_drivers.core.xmlview import Template
 
     if doc.opt("MARKETPLACE/MARKET_MAD") != "rbd" or not doc.image.template.get("FROM_APP"):
         return None
     market = doc.child("MARKETPLACE", Template)
-    base = Settings([get_driver("market", "rbd").default_values()], subject=doc.subject)
+    base = Settings([get_driver("market", "rbd").default_values(),
+                     load_file(config_path("market", "rbd", remotes))], subject=doc.subject)
     return base.over(market.child("TEMPLATE", Template, required=False))
 
 

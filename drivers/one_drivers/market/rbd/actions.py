@@ -48,11 +48,15 @@ def _market_ids(call: Call) -> dict[str, str]:
 
 
 def _source_settings(call: Call, spec: ImageSpec) -> Settings:
-    """How to read the exported image: its datastore's Ceph access (driver defaults, then the
-    datastore's template), in the pool the export named."""
+    """How to read the exported image: its datastore's Ceph access (the rbd datastore driver's
+    defaults and configuration file, then the datastore's template), in the pool the export
+    named."""
+    from one_drivers.core.config import config_path, load_file
     from one_drivers.core.registry import get_driver
 
-    base = Settings([get_driver("datastore", "rbd").default_values()], subject=call.subject)
+    base = Settings([get_driver("datastore", "rbd").default_values(),
+                     load_file(config_path("datastore", "rbd", call.extras.get("remotes")))],
+                    subject=call.subject)
     datastore = call.doc.child("DATASTORE", Template, required=False)
     return base.over(datastore.child("TEMPLATE", Template, required=False)).over(
         {"POOL_NAME": spec.pool})
