@@ -82,11 +82,18 @@ class KeySource:
         import urllib.error
         import urllib.request
 
+        from one_drivers.datastore.rbd.sources import DeadlineReader
+
         context = ssl.create_default_context(cafile=self.ca_file or None)
         timeout = self.deadline.cap(self.timeout, "asking the identity provider")
         try:
-            with urllib.request.urlopen(url, timeout=timeout, context=context) as answer:  # noqa: S310 - https only
-                data = answer.read(LIMIT + 1)
+            answer = urllib.request.urlopen(url, timeout=timeout, context=context)  # noqa: S310 - https only
+            # a body that trickles still ends at the login's deadline
+            reader = DeadlineReader(answer, self.deadline, url)
+            try:
+                data = reader.read(LIMIT + 1)
+            finally:
+                reader.close()
         except urllib.error.HTTPError as exc:
             raise BackendUnavailable(f"the identity provider answered HTTP {exc.code} for "
                                      f"{url}") from None

@@ -242,18 +242,15 @@ def delete(call: Call) -> None:
             log.info(f"app {app_id} has no SOURCE: removed {n} image(s) an import left")
             return
         try:
-            image = rbd.Image(market.ioctx, spec.name)
+            with open_image(market.ioctx, spec.name) as image:
+                if ownership.read(image).get("kind") != "app":
+                    raise ActionFailed(f"{spec} is not stamped as a one-drivers app: not "
+                                       "removed", hint="remove it by hand if it is really an app")
+                busy = apps.APP_SNAP in {s["name"] for s in image.list_snaps()} and \
+                    children(image, apps.APP_SNAP)
         except rbd.ImageNotFound:
             log.info(f"{spec} is already gone")
             return
-        try:
-            if ownership.read(image).get("kind") != "app":
-                raise ActionFailed(f"{spec} is not stamped as a one-drivers app: not removed",
-                                   hint="remove it by hand if it is really an app")
-            busy = apps.APP_SNAP in {s["name"] for s in image.list_snaps()} and \
-                children(image, apps.APP_SNAP)
-        finally:
-            image.close()
         if busy:
             rbd.RBD().trash_move(market.ioctx, spec.name, 0)
             log.info(f"{spec} has datastore images cloned from it: hidden in the RBD trash "
