@@ -2,9 +2,11 @@
 installed self-contained outside this repository) driving our drivers on the lab.
 
 The install is the operator's, not ours: we only do to it what an operator does, with our own
-tools (``one-drivers oned-conf --merge``, ``install-remotes``) and its CLI. Its host is the lab's
-ssh host (``one-lab-host``: its own /var/lib/one/datastores, libvirtd ``libvirt2``, switch
-``ovs2``); its datastores the lab's Ceph.
+tools (``one-drivers oned-conf --merge``, ``install-remotes``) and its CLI. Its hosts are the
+lab's two ssh hosts, registered by address: ``10.254.0.2`` (its own /var/lib/one/datastores,
+libvirtd ``libvirt2``, switch ``ovs2``, in its own network namespace) and ``10.254.0.1`` (this
+machine's libvirtd, switch and /var/lib/one/datastores), so VMs live-migrate between them; its
+datastores are the lab's Ceph.
 """
 
 from __future__ import annotations
@@ -77,6 +79,11 @@ class OpenNebula:
         # users oned does not know log in through LDAP (the lab's slapd)
         conf = (etc / "oned.conf").read_text()
         conf = re.sub(r'(?m)^#?\s*DEFAULT_AUTH\s*=.*$', 'DEFAULT_AUTH = "ldap"', conf)
+        # a packaged front-end's VM directories: each lab host has its own there (a
+        # self-contained install's default, under $ONE_LOCATION, would be one directory that
+        # every host on this machine shares, hiding what a migration must move)
+        conf = re.sub(r'(?m)^#?\s*DATASTORE_LOCATION\s*=.*$',
+                      'DATASTORE_LOCATION = /var/lib/one/datastores', conf)
         (etc / "oned.conf").write_text(conf)
         ldap_conf = self.work / "ldap_auth.conf"
         ldap_conf.write_text(
@@ -88,21 +95,27 @@ class OpenNebula:
             f"    :base: '{self.lab['ONE_LAB_LDAP_BASE']}'\n    :user_field: uid\n"
             "    :mapping_timeout: 0\n:order:\n    - lab\n")
         remotes = var / "remotes"
-        self.run([ONE_DRIVERS, "install-remotes", str(remotes)])
-        host_ovsdb = self.lab["ONE_LAB_HOST_OVSDB"]
+        # each host's libvirtd, switch and VNM state are where a real host has them (the lab's
+        # sshd give each host its own): no per-host paths here. The destination of a live
+        # migration is reached as upstream does, over ssh (our wrapper: the lab's keys); the
+        # memory stream goes to the host's address (the hosts are registered by address)
+        remote_uri = f"qemu+ssh://{{host}}/system?command={bin_dir / 'ssh'}"
         settings = {
-            "vmm/libvirt/libvirt.conf": {"LIBVIRT_URI": self.lab["ONE_LAB_HOST_LIBVIRT_URI"],
-                                         "DOMAIN_TYPE": "qemu", "ACPI_TIMEOUT": "20"},
-            "im/libvirt/libvirt.conf": {"LIBVIRT_URI": self.lab["ONE_LAB_HOST_LIBVIRT_URI"],
-                                        "STATE_DIR": str(self.work / "im")},
+            "vmm/libvirt/libvirt.conf": {"DOMAIN_TYPE": "qemu", "ACPI_TIMEOUT": "20",
+                                         "LIBVIRT_REMOTE_URI": remote_uri,
+                                         "MIGRATE_URI": "tcp://{host}"},
+            "tm/rbd/rbd.conf": {"LIBVIRT_REMOTE_URI": remote_uri},
+            "im/libvirt/libvirt.conf": {"STATE_DIR": str(self.work / "im")},
             "auth/ldap/ldap.conf": {"CONFIG": str(ldap_conf),
                                     "MAPPING_DIR": str(self.work / "auth")},
             "auth/oidc/oidc.conf": {"JWKS_DIR": str(self.work / "auth")},
-            "vnm/ovsdb/ovsdb.conf": {"OVSDB": host_ovsdb, "DATAPATH_TYPE": "netdev",
-                                     "OVS_RUNDIR": os.path.dirname(host_ovsdb.removeprefix(
-                                         "unix:")),
-                                     "STATE_DIR": str(self.work / "vnm")},
+            "vnm/ovsdb/ovsdb.conf": {"DATAPATH_TYPE": "netdev"},
         }
+        # each run on the files as shipped (install-remotes keeps a changed configuration
+        # file: an earlier run's additions would pile up)
+        for rel in settings:
+            (remotes / "etc" / rel).unlink(missing_ok=True)
+        self.run([ONE_DRIVERS, "install-remotes", str(remotes)])
         for rel, values in settings.items():
             conf = remotes / "etc" / rel
             conf.write_text(conf.read_text() + "".join(f"\n{k}={v}" for k, v in values.items())

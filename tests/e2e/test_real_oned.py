@@ -17,7 +17,6 @@ from tests.helpers import rbd_names, trash_names
 
 pytestmark = [pytest.mark.lab, pytest.mark.e2e]
 
-HOST = "one-lab-host"
 HOST_ON = "2"  # HOST STATE MONITORED
 IMAGE_READY, IMAGE_ERROR = "1", "5"
 VM_ACTIVE, LCM_RUNNING = "3", "3"
@@ -28,16 +27,19 @@ def text(one: OpenNebula, kind: str, oid: int, path: str) -> str:
     return one.xml(kind, "show", str(oid)).findtext(path) or ""
 
 
-def test_host_is_monitored_by_our_im(one: OpenNebula) -> None:
-    hid = int(one.run(["onehost", "create", HOST, "-i", "libvirt", "-v", "libvirt"])
-              .strip().rsplit(" ", 1)[-1])
-    STATE["host"] = hid
-    one.wait(lambda: text(one, "onehost", hid, "STATE") == HOST_ON, "the host to be ON", 180,
-             fail=lambda: (text(one, "onehost", hid, "TEMPLATE/ERROR") or None)
-             if text(one, "onehost", hid, "STATE") == "3" else None)
-    host = one.xml("onehost", "show", str(hid))
-    assert host.findtext("TEMPLATE/HYPERVISOR") == "kvm"
-    assert host.findtext("TEMPLATE/EMULATOR"), "no qemu-kvm-one here: the IM names QEMU"
+def test_hosts_are_monitored_by_our_im(one: OpenNebula, lab_env: dict[str, str]) -> None:
+    """The lab's two hosts, by address: the VM starts on the first and migrates to the other."""
+    for key, env in (("host", "ONE_LAB_SSH_HOST_ADDR"), ("host1", "ONE_LAB_SSH_HOST1_ADDR")):
+        STATE[key] = int(one.run(["onehost", "create", lab_env[env], "-i", "libvirt", "-v",
+                                  "libvirt"]).strip().rsplit(" ", 1)[-1])
+    for hid in (STATE["host"], STATE["host1"]):
+        one.wait(lambda hid=hid: text(one, "onehost", hid, "STATE") == HOST_ON,
+                 f"host {hid} to be ON", 180,
+                 fail=lambda hid=hid: (text(one, "onehost", hid, "TEMPLATE/ERROR") or None)
+                 if text(one, "onehost", hid, "STATE") == "3" else None)
+        host = one.xml("onehost", "show", str(hid))
+        assert host.findtext("TEMPLATE/HYPERVISOR") == "kvm"
+        assert host.findtext("TEMPLATE/EMULATOR"), "no qemu-kvm-one here: the IM names QEMU"
 
 
 def test_ceph_datastores(one: OpenNebula, lab_env: dict[str, str]) -> None:
@@ -209,7 +211,8 @@ SCHED_DS_REQUIREMENTS="ID={STATE['system']}"
     with oned_log.open("rb") as log:  # oned logs the TM's INFO lines there, with [TrM][I]
         log.seek(seen)
         prolog = log.read().decode(errors="replace")
-    assert f"running mkimage on {HOST} (CEPH_ACCESS=host)" in prolog, prolog
+    host = lab_env["ONE_LAB_SSH_HOST_ADDR"]
+    assert f"running mkimage on {host} (CEPH_ACCESS=host)" in prolog, prolog
     assert "running clone on" not in prolog  # the image datastore's: on the front-end
 
 
@@ -331,6 +334,75 @@ def test_poweroff_and_resume(one: OpenNebula) -> None:
     one.wait(lambda: _running(one, vm), "RUNNING again", 180, fail=lambda: _vm_failed(one, vm))
 
 
+def _host_id(one: OpenNebula, vm: int) -> int:
+    return int(one.xml("onevm", "show", str(vm)).findall("HISTORY_RECORDS/HISTORY")[-1]
+               .findtext("HID") or -1)
+
+
+def _where(lab_env: dict[str, str], vm: int) -> dict[str, set[str]]:
+    """What each lab host has of the VM: a running domain, its NIC's port, its VM directory."""
+    import libvirt
+
+    out: dict[str, set[str]] = {}
+    for host, uri, ovsdb, datastores in (
+            ("host", lab_env["ONE_LAB_HOST_LIBVIRT_URI"], lab_env["ONE_LAB_HOST_OVSDB"],
+             lab_env["ONE_LAB_HOST_DATASTORES"]),
+            ("host1", lab_env["LIBVIRT_DEFAULT_URI"], lab_env["ONE_DRIVERS_OVSDB"],
+             "/var/lib/one/datastores")):
+        has = set()
+        conn = libvirt.open(uri)
+        try:
+            if any(d.name() == f"one-{vm}" and d.isActive() for d in conn.listAllDomains()):
+                has.add("domain")
+        finally:
+            conn.close()
+        if subprocess.run(["ovs-vsctl", f"--db={ovsdb}", "--bare", "--columns=name", "find",
+                           "Port", f"name=one-{vm}-0"], capture_output=True, text=True,
+                          timeout=30, check=True).stdout.strip():
+            has.add("port")
+        if (Path(datastores) / str(STATE["system"]) / str(vm)).exists():
+            has.add("vm dir")
+        out[host] = has
+    return out
+
+
+def _error(one: OpenNebula, vm: int) -> str:
+    return one.xml("onevm", "show", str(vm)).findtext("USER_TEMPLATE/ERROR") or ""
+
+
+def _new_error(one: OpenNebula, vm: int, before: str) -> str | None:
+    """A failed action that left the VM as it was (a live migration falls back to RUNNING on
+    the source) shows only as a new ERROR: the wait ends there, naming it."""
+    now = _error(one, vm)
+    return now if now != before else None
+
+
+def test_migrations_live_there_and_cold_back(one: OpenNebula, lab_env: dict[str, str]) -> None:
+    """onevm migrate --live to the other host (our VMM migrate over libvirt, our TM
+    premigrate/postmigrate moving the VM directory, our VNM pre/post/clean on each side), then
+    a cold migration back (save, TM mv, restore): each time the domain, its port and its VM
+    directory are on the new host and gone from the old one."""
+    vm = STATE["vm"]
+    everything = {"domain", "port", "vm dir"}
+    assert _where(lab_env, vm) == {"host": everything, "host1": set()}, "positive control"
+    started = time.monotonic()
+    before = _error(one, vm)
+    one.run(["onevm", "migrate", "--live", str(vm), str(STATE["host1"])])
+    one.wait(lambda: _running(one, vm) and _host_id(one, vm) == STATE["host1"],
+             "the live migration", 300,
+             fail=lambda: _vm_failed(one, vm) or _new_error(one, vm, before))
+    print(f"\nlive migration took {time.monotonic() - started:.1f} s under oned")
+    assert _where(lab_env, vm) == {"host": set(), "host1": everything}
+    started = time.monotonic()
+    before = _error(one, vm)
+    one.run(["onevm", "migrate", str(vm), str(STATE["host"])])
+    one.wait(lambda: _running(one, vm) and _host_id(one, vm) == STATE["host"],
+             "the cold migration back", 300,
+             fail=lambda: _vm_failed(one, vm) or _new_error(one, vm, before))
+    print(f"cold migration took {time.monotonic() - started:.1f} s under oned")
+    assert _where(lab_env, vm) == {"host": everything, "host1": set()}
+
+
 def test_terminate_leaves_nothing(one: OpenNebula, lab_env: dict[str, str], ceph_admin) -> None:
     import libvirt
 
@@ -340,6 +412,7 @@ def test_terminate_leaves_nothing(one: OpenNebula, lab_env: dict[str, str], ceph
     one.wait(lambda: _state(one, vm)[0] == VM_DONE, "the VM to be DONE", 300,
              fail=lambda: _vm_failed(one, vm))
     print(f"\nterminate of a running VM took {time.monotonic() - started:.1f} s under oned")
+    assert _where(lab_env, vm) == {"host": set(), "host1": set()}
     _, ioctx = ceph_admin
     left = {n for n in rbd_names(ioctx) | trash_names(ioctx)
             if n.endswith((f"-{vm}-0", f"-{vm}-1", f"-{vm}-2")) or n.startswith(f"one-sys-{vm}-")}
@@ -367,11 +440,13 @@ def test_images_and_network_are_removed(one: OpenNebula, ceph_admin) -> None:
     assert text(one, "onehost", STATE["host"], "STATE") == HOST_ON
 
 
-def test_deleting_the_host_stops_its_monitoring_client(one: OpenNebula) -> None:
+def test_deleting_the_hosts_stops_their_monitoring_clients(one: OpenNebula) -> None:
     """onehost delete: oned's STOP_MONITOR runs our stop_monitord_client, which ends the
     client (its pid file goes, then the process)."""
-    pidfile = one.work / "im" / f"host-{STATE['host']}.pid"
-    pid = int(pidfile.read_text().split()[0])
-    assert Path(f"/proc/{pid}").exists(), "positive control: the client runs"
-    one.run(["onehost", "delete", str(STATE["host"])])
-    one.wait(lambda: not Path(f"/proc/{pid}").exists(), "the monitoring client to end", 60)
+    for hid in (STATE["host"], STATE["host1"]):
+        pidfile = one.work / "im" / f"host-{hid}.pid"
+        pid = int(pidfile.read_text().split()[0])
+        assert Path(f"/proc/{pid}").exists(), "positive control: the client runs"
+        one.run(["onehost", "delete", str(hid)])
+        one.wait(lambda pid=pid: not Path(f"/proc/{pid}").exists(),
+                 "the monitoring client to end", 60)

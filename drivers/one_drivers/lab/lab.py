@@ -25,7 +25,7 @@ from one_drivers.lab.oned_standin import OnedStandin
 from one_drivers.lab.ovs import OvsLab
 from one_drivers.lab.proc import LabError
 from one_drivers.lab.slapd import SlapdLab
-from one_drivers.lab.sshd import DATASTORES, SshLab
+from one_drivers.lab.sshd import DATASTORES, HOST1_ALIAS, HOST_ALIAS, SshHost, SshLab
 
 DEFAULT_DIR = "/var/tmp/one-drivers-lab"
 CEPH_SETTLE = 60  # seconds a running but unhealthy cluster gets before it is rebuilt
@@ -53,6 +53,18 @@ class Lab:
             self.root, self.ovs2.run_dir, name="libvirt2", host_uuid=HOST2_UUID,
             extra_binds={str(self.ssh.host_datastores): DATASTORES},
             env_key="ONE_LAB_HOST_LIBVIRT_URI", prefix=self.host2_net.exec_prefix())
+        # each host's sshd sees its own libvirtd and switch where a real host has them, and its
+        # own VNM state; the second host also its own VM directories
+        self.ssh.hosts = [
+            SshHost((HOST_ALIAS, self.host2_net.ns_ip), 0, binds={
+                str(self.ssh.host_datastores): DATASTORES,
+                str(self.libvirt2.socket.parent): "/run/libvirt",
+                str(self.ovs2.run_dir): "/run/openvswitch"},
+                session_env=self.ovs2.session_env()),
+            SshHost((HOST1_ALIAS, self.host2_net.host_ip), 1, binds={
+                str(self.libvirt.socket.parent): "/run/libvirt",
+                str(self.ovs.run_dir): "/run/openvswitch"},
+                session_env=self.ovs.session_env())]
         self.guest = Guest(self.root)
         self.oned = OnedStandin(self.root, port_offset)
         self.ldap = SlapdLab(self.root, port_offset)
@@ -138,14 +150,18 @@ class Lab:
                  lambda: self.libvirt.up(created))
             # libvirt's copy of the cephx key: a new cluster has a new key
             self.libvirt.define_ceph_secret(RBD_USER, self.ceph.user_keyring)
-            step("ssh", self.ssh.healthy(), lambda: self.ssh.up(created))
             net_ok = self.host2_net.healthy()
             step("host2_net", net_ok, self.host2_net.up)
             ovs2_ok = net_ok and self.ovs2.healthy()  # a new namespace needs a new switch
             step("ovs2", ovs2_ok, self.ovs2.up)
+            # its VM directories, which the second host's sshd binds too (started below)
+            self.ssh.host_datastores.mkdir(parents=True, exist_ok=True)
             step("libvirt2", ovs2_ok and self.libvirt2.running() and self.libvirt2.healthy(),
                  lambda: self.libvirt2.up(created))
             self.libvirt2.define_ceph_secret(RBD_USER, self.ceph.user_keyring)
+            # the sshd bind the libvirt and OVS run directories, which a restart makes anew
+            step("ssh", self.ssh.healthy() and not {"libvirt", "libvirt2", "ovs", "ovs2"} & set(
+                timings), lambda: self.ssh.up(created))
             step("oned", self.oned.healthy(), self.oned.up)
             step("ldap", self.ldap.healthy(), self.ldap.up)
             self._save_created(created)

@@ -31,6 +31,12 @@ class OvsLab:
         return {"ONE_DRIVERS_OVSDB": f"unix:{self.sock}",
                 "ONE_DRIVERS_VNM_STATE_DIR": str(self.dir / "vnm-state")}
 
+    def session_env(self) -> dict[str, str]:
+        """What an ssh session on this switch's host has as its defaults (the switch itself is
+        bound at /run/openvswitch there): its own VNM state, the userspace datapath."""
+        return {"ONE_DRIVERS_VNM_STATE_DIR": str(self.dir / "vnm-state"),
+                "ONE_DRIVERS_OVS_DATAPATH_TYPE": "netdev"}
+
     def env(self) -> dict[str, str]:
         if self.env_key:  # ONE_LAB_HOST_OVSDB, ONE_LAB_HOST_VNM_STATE_DIR
             return {f"ONE_LAB_{self.env_key}_{key.removeprefix('ONE_DRIVERS_')}": value
