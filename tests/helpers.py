@@ -115,3 +115,25 @@ def purge_image(ioctx: Any, name: str | None = None, *, image_id: str | None = N
             rbd.RBD().trash_remove(ioctx, image_id, True)
     except rbd.Error:
         pass
+
+
+def id_token(lab_env: dict[str, str], user: str, *, client: str = "opennebula") -> str:
+    """An ID token the lab's IdP issues to ``client`` for ``user`` through its token endpoint
+    (the password grant; a Demo user's password is its login)."""
+    import base64
+    import json
+    import ssl
+    import urllib.parse
+    import urllib.request
+
+    key = "CLIENT" if client == "opennebula" else "OTHER_CLIENT"
+    secret = lab_env[f"ONE_LAB_IDP_{key}_SECRET"]
+    body = urllib.parse.urlencode({"grant_type": "password", "username": user,
+                                   "password": user, "scope": "openid profile email"}).encode()
+    request = urllib.request.Request(  # noqa: S310 - the lab IdP's https endpoint
+        f"{lab_env['ONE_LAB_IDP_ISSUER']}/oauth2/token", data=body)
+    request.add_header("Authorization", "Basic " + base64.b64encode(
+        f"{client}:{secret}".encode()).decode())
+    context = ssl.create_default_context(cafile=lab_env["ONE_LAB_IDP_CA"])
+    with urllib.request.urlopen(request, timeout=30, context=context) as answer:  # noqa: S310
+        return str(json.load(answer)["id_token"])

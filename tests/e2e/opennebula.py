@@ -82,6 +82,11 @@ class OpenNebula:
         # a packaged front-end's VM directories: each lab host has its own there (a
         # self-contained install's default, under $ONE_LOCATION, would be one directory that
         # every host on this machine shares, hiding what a migration must move)
+        # oned monitors marketplaces on a timer (600 s by default, the first tick some 15 s
+        # after start): a market created after that tick would wait ten minutes for its first
+        # monitor, so the test's market is not raced against it
+        conf = re.sub(r'(?m)^#?\s*MONITORING_INTERVAL_MARKET\s*=.*$',
+                      'MONITORING_INTERVAL_MARKET = 10', conf)
         conf = re.sub(r'(?m)^#?\s*DATASTORE_LOCATION\s*=.*$',
                       'DATASTORE_LOCATION = /var/lib/one/datastores', conf)
         (etc / "oned.conf").write_text(conf)

@@ -1,6 +1,7 @@
 """Logins through the real oned: a user oned does not know signs in with the lab's LDAP
 (DEFAULT_AUTH ldap) and lands in the OpenNebula groups mapped from the directory's (nested)
-groups; a user of the oidc driver signs in with a token from the signing issuer the tests use.
+groups; a user of the oidc driver signs in with a token from the lab's OpenID provider
+(LemonLDAP::NG).
 oned runs our auth drivers itself (one_auth_mad), as in production."""
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import xml.etree.ElementTree as ET
 import pytest
 
 from tests.e2e.opennebula import OpenNebula
-from tests.oidc_issuer import CLIENT, Issuer
+from tests.helpers import id_token
 
 pytestmark = [pytest.mark.lab, pytest.mark.e2e]
 
@@ -49,21 +50,21 @@ def test_an_ldap_user_signs_in_into_the_mapped_groups(one: OpenNebula) -> None:
             one.cli("onegroup", "delete", gid)
 
 
-def test_an_oidc_user_signs_in_with_a_token(one: OpenNebula, tmp_path) -> None:
-    issuer = Issuer(tmp_path)
+def test_an_oidc_user_signs_in_with_a_token(one: OpenNebula, lab_env: dict[str, str]) -> None:
+    """oned runs our oidc driver on a token the lab's LemonLDAP::NG issued."""
     conf = one.location / "var" / "remotes" / "etc" / "auth" / "oidc" / "oidc.conf"
     before = conf.read_text()
     try:
-        conf.write_text(before + f"\nISSUER={issuer.url}\nAUDIENCE={CLIENT}\n"
-                                 f"CA_FILE={issuer.ca}\n")
-        one.run(["oneuser", "create", "bob", "unused", "--driver", "oidc"])
-        refused = as_user(one, f"bob:{issuer.token('alice')}", "oneuser", "show", "-x")
-        assert refused.returncode != 0, "alice's token is not bob's"
-        res = as_user(one, f"bob:{issuer.token('bob')}", "oneuser", "show", "-x")
+        conf.write_text(before + f"\nISSUER={lab_env['ONE_LAB_IDP_ISSUER']}\n"
+                                 f"AUDIENCE={lab_env['ONE_LAB_IDP_CLIENT_ID']}\n"
+                                 f"CA_FILE={lab_env['ONE_LAB_IDP_CA']}\nDEFAULT_GROUP=1\n")
+        one.run(["oneuser", "create", "rtyler", "unused", "--driver", "oidc"])
+        refused = as_user(one, f"rtyler:{id_token(lab_env, 'msmith')}", "oneuser", "show", "-x")
+        assert refused.returncode != 0, "msmith's token is not rtyler's"
+        res = as_user(one, f"rtyler:{id_token(lab_env, 'rtyler')}", "oneuser", "show", "-x")
         assert res.returncode == 0, res.stderr
         user = ET.fromstring(res.stdout)
-        assert user.findtext("NAME") == "bob" and user.findtext("AUTH_DRIVER") == "oidc"
+        assert user.findtext("NAME") == "rtyler" and user.findtext("AUTH_DRIVER") == "oidc"
     finally:
-        one.cli("oneuser", "delete", "bob")
+        one.cli("oneuser", "delete", "rtyler")
         conf.write_text(before)
-        issuer.close()

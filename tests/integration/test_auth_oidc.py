@@ -1,6 +1,8 @@
 """``auth/oidc/authenticate`` through the installed remotes (as one_auth_mad runs it) against a
 signing issuer built for the tests (``tests/oidc_issuer.py``: https, discovery, JWKS, device
-flow; no OpenID provider runs in the lab), and ``one-drivers auth oidc-login``."""
+flow), and ``one-drivers auth oidc-login``: what a real IdP will not produce on demand (forged
+and malformed tokens, key rotation, ES256 keys, an IdP gone away, the device flow, which the
+lab's LemonLDAP::NG 2.16 does not offer). The real IdP's own tokens: test_auth_oidc_idp.py."""
 
 from __future__ import annotations
 

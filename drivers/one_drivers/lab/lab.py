@@ -19,6 +19,7 @@ from typing import Any
 
 from one_drivers.lab.ceph import RBD_USER, CephLab
 from one_drivers.lab.guest import Guest
+from one_drivers.lab.lemonldap import LemonldapLab
 from one_drivers.lab.libvirtd import HOST2_UUID, LibvirtLab
 from one_drivers.lab.netns_host import HostNetns
 from one_drivers.lab.oned_standin import OnedStandin
@@ -68,6 +69,7 @@ class Lab:
         self.guest = Guest(self.root)
         self.oned = OnedStandin(self.root, port_offset)
         self.ldap = SlapdLab(self.root, port_offset)
+        self.idp = LemonldapLab(self.root, port_offset)
         self.created_file = self.root / "created-dirs"
 
     @contextmanager
@@ -80,7 +82,7 @@ class Lab:
     def env(self) -> dict[str, str]:
         env = {"ONE_DRIVERS_LAB_DIR": str(self.root)}
         for part in (self.ceph, self.ovs, self.host2_net, self.ovs2, self.libvirt2, self.libvirt,
-                     self.ssh, self.guest, self.oned, self.ldap):
+                     self.ssh, self.guest, self.oned, self.ldap, self.idp):
             env.update(part.env())
         return env
 
@@ -95,6 +97,7 @@ class Lab:
             "ssh": self.ssh.healthy(),
             "oned": self.oned.healthy(),
             "ldap": self.ldap.healthy(),
+            "idp": self.idp.healthy(),
             "guest_image": self.guest.built(),
         }
         out["healthy"] = all(out.values())
@@ -164,6 +167,7 @@ class Lab:
                 timings), lambda: self.ssh.up(created))
             step("oned", self.oned.healthy(), self.oned.up)
             step("ldap", self.ldap.healthy(), self.ldap.up)
+            step("idp", self.idp.healthy(), self.idp.up)
             self._save_created(created)
         return timings
 
@@ -180,7 +184,7 @@ class Lab:
 
     def down(self) -> list[str]:
         with self._locked():
-            stopped = [*self.ldap.down(), *self.oned.down(), *self.ssh.down(),
+            stopped = [*self.idp.down(), *self.ldap.down(), *self.oned.down(), *self.ssh.down(),
                        *self.libvirt2.down(), *self.ovs2.down(), *self.host2_net.down(),
                        *self.libvirt.down(), *self.ovs.down(), *self.ceph.down()]
             for path in reversed(self._created()):

@@ -9,12 +9,12 @@ bob (cloud-admins), carol (no group), ``d*vid`` (a name with a filter metacharac
 
 from __future__ import annotations
 
-import datetime
 import shutil
 import socket
 from pathlib import Path
 
 from one_drivers.lab.proc import LabError, alive, read_pid, run, spawn, stop, wait_for
+from one_drivers.lab.tls import make_ca_and_server
 
 LDAP_PORT, LDAPS_PORT = 13890, 13636
 BASE = "dc=one,dc=lab"
@@ -109,41 +109,4 @@ class SlapdLab:
         return ["slapd"] if stop(self.pidfile) else []
 
     def _certificates(self) -> None:
-        """A CA, and a server certificate for localhost and 127.0.0.1 signed by it."""
-        import ipaddress
-
-        from cryptography import x509
-        from cryptography.hazmat.primitives import hashes, serialization
-        from cryptography.hazmat.primitives.asymmetric import ec
-        from cryptography.x509.oid import NameOID
-
-        now = datetime.datetime.now(datetime.UTC)
-
-        def name(cn: str) -> x509.Name:
-            return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-
-        ca_key = ec.generate_private_key(ec.SECP256R1())
-        ca = (x509.CertificateBuilder().subject_name(name("one-lab CA"))
-              .issuer_name(name("one-lab CA")).public_key(ca_key.public_key())
-              .serial_number(x509.random_serial_number())
-              .not_valid_before(now - datetime.timedelta(minutes=5))
-              .not_valid_after(now + datetime.timedelta(days=30))
-              .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-              .sign(ca_key, hashes.SHA256()))
-        key = ec.generate_private_key(ec.SECP256R1())
-        san = x509.SubjectAlternativeName([x509.DNSName("localhost"),
-                                           x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])
-        cert = (x509.CertificateBuilder().subject_name(name("localhost"))
-                .issuer_name(ca.subject).public_key(key.public_key())
-                .serial_number(x509.random_serial_number())
-                .not_valid_before(now - datetime.timedelta(minutes=5))
-                .not_valid_after(now + datetime.timedelta(days=30))
-                .add_extension(san, critical=False)
-                .sign(ca_key, hashes.SHA256()))
-        self.ca.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-        (self.dir / "server.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        server_key = self.dir / "server.key"
-        server_key.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                                 serialization.PrivateFormat.PKCS8,
-                                                 serialization.NoEncryption()))
-        server_key.chmod(0o600)
+        make_ca_and_server(self.ca, self.dir / "server.pem", self.dir / "server.key")

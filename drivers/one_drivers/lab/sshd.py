@@ -109,7 +109,13 @@ class SshLab:
         port = self.port + host.port_step
         pidfile = self._pidfile(host)
         sshd_config = self.dir / f"sshd_config{host.port_step or ''}"
-        setenv = "".join(f" {k}={v}" for k, v in host.session_env.items())
+        # a home of the host's own, as on a separate machine: the session's login shell reads
+        # its dotfiles, not those of this machine's root (a pyenv set up there cost every
+        # session some 70 ms, a host's shell nothing like it)
+        home = self.dir / f"home{host.port_step}"
+        home.mkdir(mode=0o700, exist_ok=True)
+        setenv = "".join(f" {k}={v}" for k, v in {"HOME": str(home),
+                                                   **host.session_env}.items())
         sshd_config.write_text(
             f"Port {port}\nListenAddress 127.0.0.1\nHostKey {hostkey}\n"
             f"PidFile {pidfile}\nAuthorizedKeysFile {self.dir}/authorized_keys\n"
