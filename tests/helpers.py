@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import os
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -79,7 +80,6 @@ def replayable(machine: type, label: str) -> int:
     """Give a Hypothesis state machine a seed that can be replayed, and say it first: on the
     test's stderr and in the lab directory's ``hypothesis-seeds.log`` (which survives even a
     crash of the process). ``ONE_DRIVERS_HYPOTHESIS_SEED`` replays one."""
-    import os
     import random
     import sys
     import time
@@ -137,3 +137,4 @@ def id_token(lab_env: dict[str, str], user: str, *, client: str = "opennebula") 
     context = ssl.create_default_context(cafile=lab_env["ONE_LAB_IDP_CA"])
     with urllib.request.urlopen(request, timeout=30, context=context) as answer:  # noqa: S310
         return str(json.load(answer)["id_token"])
+

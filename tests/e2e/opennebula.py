@@ -178,6 +178,10 @@ class OpenNebula:
         if (self.location / "bin" / "one").exists():
             subprocess.run([str(self.location / "bin" / "one"), "stop"], env=self.env,
                            capture_output=True, timeout=120, check=False)
+        from one_drivers.lab.proc import stop_processes_mentioning
+
+        # what this cloud's drivers left running in its work directory: the ldap login agent
+        stop_processes_mentioning(str(self.work))
 
     # -- the CLI ---------------------------------------------------------------------------
     def run(self, argv: list[str], *, timeout: float = 300, stdin: str | None = None) -> str:

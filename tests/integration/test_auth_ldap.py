@@ -15,6 +15,7 @@ import pytest
 
 from one_drivers.core.xmlview import escape
 from one_drivers.lab.lab import Lab
+from one_drivers.lab.proc import stop_processes_mentioning
 from tests.helpers import last_line
 
 pytestmark = pytest.mark.lab
@@ -60,18 +61,21 @@ def ldap(lab_env, remotes, tmp_path):
     record_oned()
     conf = tmp_path / "ldap_auth.conf"
 
-    def login(user: str, password: str, servers: str, order: str = "", *, env=None):
+    def login(user: str, password: str, servers: str, order: str = "", *, env=None,
+              settings_extra: str = ""):
         conf.write_text(servers + (order or "\n:order:\n    - lab\n"))
         doc = (f"<AUTHN><USERNAME>{escape(user)}</USERNAME><PASSWORD>-</PASSWORD>"
                f"<SECRET>{escape(password)}</SECRET></AUTHN>")
         settings = remotes / "etc" / "auth" / "ldap" / "ldap.conf"
         base = settings.read_text().split("\n# test\n")[0]
-        settings.write_text(base + f"\n# test\nCONFIG={conf}\nMAPPING_DIR={tmp_path}/map\n")
+        settings.write_text(base + f"\n# test\nCONFIG={conf}\nMAPPING_DIR={tmp_path}/map\n"
+                            + settings_extra)
         return subprocess.run([str(remotes / "auth" / "ldap" / "authenticate")], input=doc,
                               capture_output=True, text=True, timeout=120, check=False,
                               env={**os.environ, **(env or {})})
 
-    return login
+    yield login
+    stop_processes_mentioning(str(tmp_path))  # the login agent this test's logins started
 
 
 def fields(out: str) -> list[str]:
@@ -172,3 +176,79 @@ def test_a_hung_directory_ends_within_the_deadline(ldap, lab_env):
     finally:
         os.kill(pid, signal.SIGCONT)
     assert ldap("alice", "alice-pw", server(lab_env, "lab")).returncode == 0
+
+
+def _agents(where: Path) -> list[int]:
+    """PIDs of running (not stopped-and-killed) login agents serving ``where``."""
+    pids = []
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            args = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+            state = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if str(where).encode() in args and b"one_drivers.auth.ldap.agent" in b" ".join(args) \
+                and state != "Z":
+            pids.append(int(entry))
+    return pids
+
+
+def _wait(check, what: str, timeout: float = 15) -> None:
+    import time
+
+    end = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < end, f"{what} did not happen within {timeout} s"
+        time.sleep(0.05)
+
+
+def test_the_login_agent_answers_as_the_login_would_and_never_blocks_one(ldap, lab_env,
+                                                                         tmp_path):
+    """The first login is done in its own process and starts the agent; the next ones are the
+    agent's (its log says so), with the same answer and the same refusals as without an agent
+    (AGENT_IDLE=0). A stuck agent (SIGSTOP) is killed and the login done in-process; a dead
+    agent's socket is replaced; an agent serving another environment retires."""
+    where = tmp_path / "map"
+    log = where / "agent.log"
+    lab = server(lab_env, "lab", timeout=2)
+    alone = ldap("alice", "alice-pw", lab, settings_extra="AGENT_IDLE=0\n")
+    assert alone.returncode == 0 and not _agents(where), "AGENT_IDLE=0: no agent"
+    refused_alone = ldap("alice", "wrong", lab, settings_extra="AGENT_IDLE=0\n")
+    first = ldap("alice", "alice-pw", lab)
+    assert first.stdout == alone.stdout and not log.exists(), "done here, not by the agent"
+    _wait(lambda: len(_agents(where)) == 1 and (where / "agent.sock").exists(),
+          "the agent to listen")
+    served = ldap("alice", "alice-pw", lab)
+    assert served.returncode == 0 and served.stdout == alone.stdout, served.stderr
+    assert log.read_text().splitlines()[-1].endswith("alice: signed on")
+    refused = ldap("alice", "wrong", lab)
+    assert (refused.returncode, refused.stderr) == (refused_alone.returncode,
+                                                   refused_alone.stderr)
+    assert log.read_text().splitlines()[-1].endswith("refused (PermissionDenied)")
+    slapd = int(Path(lab_env["ONE_LAB_LDAP_PID"]).read_text().split()[0])
+    os.kill(slapd, signal.SIGSTOP)  # the directory hung: the agent's login ends in time too
+    try:
+        hung = ldap("alice", "alice-pw", lab)
+        assert hung.returncode == 4 and "did not answer in time" in hung.stderr, hung.stderr
+    finally:
+        os.kill(slapd, signal.SIGCONT)
+    assert log.read_text().splitlines()[-1].endswith("refused (BackendUnavailable)")
+    (agent,) = _agents(where)
+    os.kill(agent, signal.SIGSTOP)  # a stuck agent
+    lines = len(log.read_text().splitlines())
+    res = ldap("alice", "alice-pw", lab)
+    assert res.returncode == 0 and res.stdout == alone.stdout, res.stderr
+    assert len(log.read_text().splitlines()) == lines, "done here, not by the stuck agent"
+    _wait(lambda: agent not in _agents(where) and len(_agents(where)) == 1,
+          "the stuck agent to be replaced")
+    (agent,) = _agents(where)
+    os.kill(agent, signal.SIGKILL)  # a dead agent: its socket is left behind
+    _wait(lambda: not _agents(where), "the agent to die")
+    assert (where / "agent.sock").exists()
+    res = ldap("alice", "alice-pw", lab)
+    assert res.returncode == 0 and res.stdout == alone.stdout, res.stderr
+    _wait(lambda: len(_agents(where)) == 1, "a new agent")
+    (agent,) = _agents(where)
+    other = ldap("alice", "alice-pw", lab, env={"ONE_XMLRPC": "http://127.0.0.1:1/RPC2"})
+    assert other.returncode == 0, other.stderr  # done here: oned unreachable, mapping file
+    _wait(lambda: agent not in _agents(where), "the agent serving another oned to retire")

@@ -78,6 +78,13 @@ class Settings:
         layer = template.as_dict() if isinstance(template, Template) else dict(template)
         return Settings([*self._layers, layer], self.subject)
 
+    def flat(self) -> dict[str, str]:
+        """Every key with the value :meth:`get` gives it (the most specific layer's)."""
+        out: dict[str, str] = {}
+        for layer in self._layers:
+            out.update({k: v for k, v in layer.items() if v not in (None, "")})
+        return out
+
     def get(self, key: str, default: str | None = None) -> str | None:
         for layer in reversed(self._layers):
             value = layer.get(key.upper())

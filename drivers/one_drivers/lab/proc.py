@@ -100,3 +100,22 @@ def wait_for(check: Callable[[], bool], *, timeout: float, what: str,
         if time.monotonic() > end:
             raise LabError(f"timed out after {timeout:g} s waiting for {what}")
         time.sleep(interval)
+
+
+def stop_processes_mentioning(path: str) -> list[int]:
+    """SIGKILL every process whose command line names ``path`` (a test's or bench's own
+    directory: what it started and left behind, such as the ldap driver's login agent)."""
+    killed = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) in (os.getpid(), os.getppid()):
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as fh:
+                args = fh.read().split(b"\0")
+        except OSError:
+            continue
+        if any(path.encode() in a for a in args):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(entry), signal.SIGKILL)
+                killed.append(int(entry))
+    return killed

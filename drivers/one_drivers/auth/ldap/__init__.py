@@ -16,6 +16,8 @@ DRIVER = Driver(
                                                "(private to the driver's user)"),
         "ONED_TIMEOUT": ("10", "seconds oned may take to list groups and users"),
         "ACTION_TIMEOUT": ("30", "seconds a login may take in total, every server included"),
+        "AGENT_IDLE": ("300", "seconds the login agent (ldap3 kept loaded; see README) waits "
+                              "for the next login before it exits; 0: no agent"),
     },
     oned_conf={"PASSWORD_CHANGE": "YES", "PASSWORD_REQUIRED": "NO",
                "DRIVER_MANAGED_GROUPS": "YES", "DRIVER_MANAGED_GROUP_ADMIN": "YES",

@@ -18,8 +18,8 @@ import contextlib
 import os
 import time
 import urllib.parse
+from typing import TYPE_CHECKING
 
-from one_drivers.auth.ldap import directory
 from one_drivers.auth.ldap.config import Config, Server, build, load_yaml
 from one_drivers.core import log
 from one_drivers.core.config import Settings
@@ -32,6 +32,9 @@ from one_drivers.core.errors import (
     PermissionDenied,
 )
 from one_drivers.core.xmlview import XmlView, parse_xml
+
+if TYPE_CHECKING:
+    from one_drivers.auth.ldap import directory
 
 
 def load_config(settings: Settings) -> Config:
@@ -76,6 +79,18 @@ def authenticate(call: Call) -> str:
         raise BadInput("the user name is empty or holds control characters")
     if not secret.strip():
         raise PermissionDenied("an empty or blank password is not a login")
+    from one_drivers.auth.ldap import agent
+
+    answered = agent.ask(call)  # the resident agent, which has ldap3 loaded already
+    return answered if answered is not None else login(call)
+
+
+def login(call: Call) -> str:
+    """The login itself, in this process (the agent runs this too)."""
+    from one_drivers.auth.ldap import directory
+
+    username: str = call.doc.username
+    secret: str = call.doc.secret
     config = load_config(call.settings)
     refused: list[str] = []
     unreachable: list[str] = []
@@ -99,6 +114,8 @@ def authenticate(call: Call) -> str:
 
 
 def answer(username: str, accepted: directory.Accepted, server: Server, call: Call) -> str:
+    from one_drivers.auth.ldap import directory
+
     oned = _oned_groups(call)
     mapping = group_mapping(server, call.settings, oned)
     gids: list[str] = []
@@ -135,6 +152,7 @@ def group_mapping(server: Server, settings: Settings, groups: XmlView | None) ->
     """Directory group DN (normalised) -> OpenNebula group id. Made from the GROUP_DN
     (mapping_key) of OpenNebula's groups and written to the mapping file when that is older
     than mapping_timeout; read from the file when oned cannot be asked or generation is off."""
+    from one_drivers.auth.ldap import directory
     from one_drivers.core.atomic import write_atomic
 
     folder = os.path.expanduser(settings.get("MAPPING_DIR") or "~/.one-drivers/auth")
