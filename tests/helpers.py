@@ -138,3 +138,17 @@ def id_token(lab_env: dict[str, str], user: str, *, client: str = "opennebula") 
     with urllib.request.urlopen(request, timeout=30, context=context) as answer:  # noqa: S310
         return str(json.load(answer)["id_token"])
 
+
+def oidc_authenticate(remotes: Path, values: dict[str, str], token: str,
+                      user: str) -> subprocess.CompletedProcess[str]:
+    """``auth/oidc/authenticate`` as one_auth_mad runs it, with ``values`` as the driver's
+    settings (on top of the shipped oidc.conf) and the token as the password."""
+    from one_drivers.core.xmlview import escape
+
+    conf = remotes / "etc" / "auth" / "oidc" / "oidc.conf"
+    base = conf.read_text().split("\n# test\n")[0]
+    conf.write_text(base + "\n# test\n" + "".join(f"{k}={v}\n" for k, v in values.items()))
+    doc = (f"<AUTHN><USERNAME>{escape(user)}</USERNAME><PASSWORD>-</PASSWORD>"
+           f"<SECRET>{escape(token)}</SECRET></AUTHN>")
+    return subprocess.run([str(remotes / "auth" / "oidc" / "authenticate")], input=doc,
+                          capture_output=True, text=True, timeout=60, check=False)

@@ -17,8 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from one_drivers.core.xmlview import escape
-from tests.helpers import last_line
+from tests.helpers import last_line, oidc_authenticate
 from tests.oidc_issuer import CLIENT, Issuer
 
 
@@ -33,18 +32,11 @@ def idp(tmp_path):
 def login(idp, remotes, tmp_path):
     mapping = tmp_path / "groups.json"
     mapping.write_text(json.dumps({"devs": "101", "ops-admins": "*102"}))
-    conf = remotes / "etc" / "auth" / "oidc" / "oidc.conf"
-    base = conf.read_text().split("\n# test\n")[0]
-
     def run(token: str, user: str = "alice", **settings: str):
-        values = {"ISSUER": idp.url, "AUDIENCE": CLIENT, "CA_FILE": str(idp.ca),
-                  "GROUP_MAPPING": str(mapping), "JWKS_DIR": str(tmp_path / "jwks"),
-                  "JWKS_MIN_REFRESH": "60", **settings}
-        conf.write_text(base + "\n# test\n" + "".join(f"{k}={v}\n" for k, v in values.items()))
-        doc = (f"<AUTHN><USERNAME>{escape(user)}</USERNAME><PASSWORD>-</PASSWORD>"
-               f"<SECRET>{escape(token)}</SECRET></AUTHN>")
-        return subprocess.run([str(remotes / "auth" / "oidc" / "authenticate")], input=doc,
-                              capture_output=True, text=True, timeout=60, check=False)
+        return oidc_authenticate(remotes, {
+            "ISSUER": idp.url, "AUDIENCE": CLIENT, "CA_FILE": str(idp.ca),
+            "GROUP_MAPPING": str(mapping), "JWKS_DIR": str(tmp_path / "jwks"),
+            "JWKS_MIN_REFRESH": "60", **settings}, token, user)
 
     return run
 

@@ -11,8 +11,7 @@ import subprocess
 
 import pytest
 
-from one_drivers.core.xmlview import escape
-from tests.helpers import id_token
+from tests.helpers import id_token, oidc_authenticate
 
 pytestmark = pytest.mark.lab
 
@@ -21,18 +20,11 @@ pytestmark = pytest.mark.lab
 def login(lab_env, remotes, tmp_path):
     mapping = tmp_path / "groups.json"
     mapping.write_text(json.dumps({"timelords": "*101", "earthlings": "102"}))
-    conf = remotes / "etc" / "auth" / "oidc" / "oidc.conf"
-    base = conf.read_text().split("\n# test\n")[0]
-
     def run(token: str, user: str, **settings: str) -> subprocess.CompletedProcess[str]:
-        values = {"ISSUER": lab_env["ONE_LAB_IDP_ISSUER"], "AUDIENCE": "opennebula",
-                  "CA_FILE": lab_env["ONE_LAB_IDP_CA"], "GROUP_MAPPING": str(mapping),
-                  "JWKS_DIR": str(tmp_path / "jwks"), **settings}
-        conf.write_text(base + "\n# test\n" + "".join(f"{k}={v}\n" for k, v in values.items()))
-        doc = (f"<AUTHN><USERNAME>{escape(user)}</USERNAME><PASSWORD>-</PASSWORD>"
-               f"<SECRET>{escape(token)}</SECRET></AUTHN>")
-        return subprocess.run([str(remotes / "auth" / "oidc" / "authenticate")], input=doc,
-                              capture_output=True, text=True, timeout=60, check=False)
+        return oidc_authenticate(remotes, {
+            "ISSUER": lab_env["ONE_LAB_IDP_ISSUER"], "AUDIENCE": "opennebula",
+            "CA_FILE": lab_env["ONE_LAB_IDP_CA"], "GROUP_MAPPING": str(mapping),
+            "JWKS_DIR": str(tmp_path / "jwks"), **settings}, token, user)
 
     return run
 
