@@ -249,6 +249,36 @@ def test_the_login_agent_answers_as_the_login_would_and_never_blocks_one(ldap, l
     assert res.returncode == 0 and res.stdout == alone.stdout, res.stderr
     _wait(lambda: len(_agents(where)) == 1, "a new agent")
     (agent,) = _agents(where)
+    _agent_dies_mid_login(ldap, lab_env, lab, where, agent)
+    _wait(lambda: len(_agents(where)) == 1, "a new agent after the one killed mid-login")
+    (agent,) = _agents(where)
     other = ldap("alice", "alice-pw", lab, env={"ONE_XMLRPC": "http://127.0.0.1:1/RPC2"})
     assert other.returncode == 0, other.stderr  # done here: oned unreachable, mapping file
     _wait(lambda: agent not in _agents(where), "the agent serving another oned to retire")
+
+
+def _agent_dies_mid_login(ldap, lab_env, lab: str, where: Path, agent: int) -> None:
+    """The agent killed while it waits on a hung directory: the caller does the login itself
+    (the directory's own error, exit 4), not "the agent failed"."""
+    import threading
+
+    port = urllib.parse.urlsplit(lab_env["ONE_LAB_LDAPS_URI"]).port
+    slapd = int(Path(lab_env["ONE_LAB_LDAP_PID"]).read_text().split()[0])
+    os.kill(slapd, signal.SIGSTOP)
+    result: list[subprocess.CompletedProcess[str]] = []
+    try:
+        login = threading.Thread(target=lambda: result.append(ldap("alice", "alice-pw", lab)))
+        login.start()
+
+        def agent_waits_on_slapd() -> bool:
+            out = subprocess.run(["ss", "-Htnp", "state", "established", "dport", f"= :{port}"],
+                                 capture_output=True, text=True, timeout=10, check=False)
+            return f"pid={agent}," in out.stdout
+
+        _wait(agent_waits_on_slapd, "the agent to be under way with the login")
+        os.kill(agent, signal.SIGKILL)
+        login.join(60)
+    finally:
+        os.kill(slapd, signal.SIGCONT)
+    (res,) = result
+    assert res.returncode == 4 and "did not answer in time" in res.stderr, res.stderr

@@ -106,25 +106,22 @@ def ask(call: Call) -> str | None:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.settimeout(ACK_TIMEOUT)
+        pid = 0
         try:
-            sock.connect(os.path.join(where, SOCKET))
-        except OSError:  # none yet, or it died: its socket is left
-            start(where, idle)
-            return None
-        pid, uid = _peer_uid(sock)
-        if uid != os.geteuid():  # never hand a password to another user's process
-            return None
-        _send(sock, {"stamp": stamp(), "settings": call.settings.flat(),
-                     "username": call.doc.username, "secret": call.doc.secret,
-                     "remaining": call.deadline.remaining()})
-        try:
-            ack = sock.recv(1)
-        except TimeoutError:  # stuck (stopped, wedged): out of the way, a new one next time
-            with contextlib.suppress(OSError):
-                os.kill(pid, 9)
-            start(where, idle)
-            return None
-        if ack != b"+":  # "-": it serves other code or another environment, and retires
+            sock.connect(os.path.join(where, SOCKET))  # none yet, or a dead one's socket
+            pid, uid = _peer_uid(sock)
+            if uid != os.geteuid():  # never hand a password to another user's process
+                return None
+            _send(sock, {"stamp": stamp(), "settings": call.settings.flat(),
+                         "username": call.doc.username, "secret": call.doc.secret,
+                         "remaining": call.deadline.remaining()})
+            ack = sock.recv(1)  # "-": it serves other code or another environment, retiring
+        except OSError as exc:  # TimeoutError included: stuck (stopped, wedged)
+            if isinstance(exc, TimeoutError) and pid:
+                with contextlib.suppress(OSError):
+                    os.kill(pid, 9)  # out of the way; ours (same UID, checked)
+            ack = b""
+        if ack != b"+":
             start(where, idle)
             return None
         try:
@@ -132,9 +129,9 @@ def ask(call: Call) -> str | None:
         except TimeoutError:
             raise BackendTimeout("the LDAP login did not finish within the action's deadline",
                                  hint="check that the directory answers") from None
-        except (OSError, ValueError) as exc:
-            raise ActionFailed(f"the login agent failed ({exc})",
-                               hint="retry: the next login starts a new agent") from None
+        except (OSError, ValueError):  # it died under way: the login is done here after all
+            start(where, idle)
+            return None
     finally:
         sock.close()
     if "answer" in reply:
@@ -262,9 +259,11 @@ class Agent:
         try:
             reply: dict[str, Any] = {"answer": login(call)}
             outcome = "signed on"
-        except DriverError as exc:
-            reply = {"error": type(exc).__name__, "message": exc.message, "hint": exc.hint}
-            outcome = f"refused ({type(exc).__name__})"
+        except DriverError as exc:  # the nearest kind the caller knows: same exit code
+            kind = next((c.__name__ for c in type(exc).__mro__ if c.__name__ in ERRORS),
+                        "ActionFailed")
+            reply = {"error": kind, "message": exc.message, "hint": exc.hint}
+            outcome = f"refused ({kind})"
         except Exception as exc:  # a bug: the caller reports it, the agent goes on
             reply = {"error": "ActionFailed", "message": f"internal error in the login agent "
                                                          f"({type(exc).__name__})"}
