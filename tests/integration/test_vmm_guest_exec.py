@@ -263,4 +263,5 @@ def test_restore_wakes_a_guest_suspended_to_ram(vm, lab_env):
         assert dom.state()[0] == libvirt.VIR_DOMAIN_RUNNING
     finally:
         conn.close()
-    assert vm.console.run("echo awake") == "awake"
+    # the woken console may lose the start of the first line it gets: asked until it answers
+    assert vm.console.wait_until_output("echo awake", "awake", timeout=60)

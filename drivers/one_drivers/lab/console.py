@@ -49,12 +49,17 @@ class GuestConsole:
         text = buf.decode(errors="replace").replace("\r", "")
         return text.split(f"BEG{marker}", 1)[-1].split(f"END{marker}", 1)[0].strip()
 
-    def wait_until_output(self, command: str, expected: str, timeout: float = 20) -> bool:
+    def wait_until_output(self, command: str, expected: str, timeout: float = 20,
+                          attempt: float = 5) -> bool:
         """Run ``command`` until ``expected`` is a word (or the whole) of its output: hot-plug
-        takes the guest a moment."""
+        takes the guest a moment, and a console just woken from suspend may lose the start of
+        a line (the guest's shell then sees half a command): each attempt is a new line."""
         end = time.monotonic() + timeout
         while time.monotonic() < end:
-            out = self.run(command)
+            try:
+                out = self.run(command, timeout=min(attempt, max(0.5, end - time.monotonic())))
+            except LabError:
+                continue
             if expected == out or expected in out.split():
                 return True
             time.sleep(0.5)
