@@ -86,7 +86,7 @@ class Call:
         self.action = action
         self.args = args
         self.doc: Any = None  # the typed view of the document, when the action has one
-        self.raw_stdin: str | None = None  # verbatim text (VMM deploy's domain XML)
+        self.raw_stdin: str | None = None  # verbatim document (VMM deploy's domain XML, a VM)
         self.subject = ""
         # defaults + the driver config file; actions layer their template on top (runner sets)
         self.settings = Settings([])
@@ -317,9 +317,10 @@ def read_document(sig: Signature, stdin: IO[bytes] | None, args: dict[str, Any],
     if sig.stdin is Stdin.XML_PARTS:
         return XmlView(parse_xml(b"<PARTS>" + data + b"</PARTS>", what=what, root="PARTS")), None
     elem = parse_xml(data, what=what, root=root)
+    text = data.decode("utf-8", "replace")  # as oned sent it (a backup keeps the VM's)
     if sig.document is None:
-        return XmlView(elem), None
-    return sig.document(elem), None
+        return XmlView(elem), text
+    return sig.document(elem), text
 
 
 def parse_call(family: str, driver: str, action: str, argv: list[str],

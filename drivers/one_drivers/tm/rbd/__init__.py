@@ -61,6 +61,12 @@ DRIVER = Driver(
         "LIBVIRT_REMOTE_URI": ("qemu+ssh://{host}/system", "libvirt on another host"),
         "LIBVIRT_TIMEOUT": ("30", "seconds a libvirt connection may take"),
         "FREEZE_TIMEOUT": ("30", "seconds the guest agent gets to freeze or thaw"),
+        "BACKUP_DISKS_AGREE": ("YES", "a live backup of several disks with FS_FREEZE=NONE pauses "
+                                      "the guest while the snapshots are taken (milliseconds), "
+                                      "so the disks hold one point in time; NO: one by one"),
+        "BACKUP_BASE_PATH": ("", "upstream's datastore.conf setting for rsync/restic backup "
+                                 "datastores: where the backup files go on hosts (default: "
+                                 "the VM directory's backup/)"),
         "HOST_PYTHON": ("", "one-drivers' interpreter on hosts and bridges (default: this one)"),
         "MONITORD_ADDRESS": ("127.0.0.1", "where monitord listens (monitord.conf NETWORK)"),
         "MONITORD_PORT": ("4124", "monitord's UDP port"),

@@ -8,6 +8,7 @@ Settings layer: defaults < driver config file < datastore template < disk attrib
 
 from __future__ import annotations
 
+import sys
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from typing import IO, TYPE_CHECKING, NamedTuple
@@ -31,6 +32,12 @@ class DiskContext(NamedTuple):
     spec: ImageSpec  # the RBD image this disk is
     kind: str  # clone | persistent | volatile
     source: ImageSpec | None  # the image a clone or persistent disk comes from
+
+
+def host_python(call: Call) -> str:
+    """The program started on a host: only the driver's configuration file chooses it (the
+    datastore and disk layers are not asked)."""
+    return call.settings.get("HOST_PYTHON") or sys.executable
 
 
 def send_to_host(where: HostPath, python: str, write: Callable[[IO[bytes]], None],

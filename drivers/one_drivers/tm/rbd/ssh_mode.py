@@ -7,7 +7,6 @@ sparse images stay sparse on the host and back.
 from __future__ import annotations
 
 import subprocess
-import sys
 from typing import Any
 
 from one_drivers.ceph.build import build_image
@@ -20,15 +19,9 @@ from one_drivers.core import log, remote
 from one_drivers.core.contract import Call, HostPath
 from one_drivers.core.errors import ActionFailed, BadInput
 from one_drivers.core.sparsefile import read_stream, write_stream
-from one_drivers.tm.rbd.common import DiskContext, load, send_to_host
+from one_drivers.tm.rbd.common import DiskContext, host_python, load, send_to_host
 
 MIB = 1024 * 1024
-
-
-def _python(call: Call) -> str:
-    """The program started on the host: only the driver's configuration file chooses it (the
-    datastore and disk layers are not asked)."""
-    return call.settings.get("HOST_PYTHON") or sys.executable
 
 
 def export_to_host(call: Call, ctx: DiskContext, pool: Pool, spec: ImageSpec,
@@ -37,7 +30,7 @@ def export_to_host(call: Call, ctx: DiskContext, pool: Pool, spec: ImageSpec,
     with pool.other(spec.pool) as ioctx, open_image(ioctx, spec.name, snapshot=spec.snap,
                                                     read_only=True) as image:
         size = max(image.size(), grow_to)
-        send_to_host(where, _python(call),
+        send_to_host(where, host_python(call),
                      lambda out: write_stream(out, size, image_chunks(image, image.size())),
                      timeout, monitor="ssh")
 
@@ -47,7 +40,7 @@ def import_from_host(call: Call, ctx: DiskContext, where: HostPath, image: Any) 
     from one_drivers.ceph.stream import SparseWriter
 
     timeout = call.deadline.cap(call.deadline.remaining(), f"reading {where}")
-    argv = [_python(call), "-m", "one_drivers.core.sparsefile", "send", where.path]
+    argv = [host_python(call), "-m", "one_drivers.core.sparsefile", "send", where.path]
     proc = remote.popen(where.host, argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         size, records = read_stream(proc.stdout)  # type: ignore[arg-type]
