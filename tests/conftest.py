@@ -71,6 +71,20 @@ def ceph_admin(lab_env):
     cluster.shutdown()
 
 
+@pytest.fixture(scope="session")
+def second_cluster(lab_env, tmp_path_factory):
+    """Another Ceph cluster (the lab's, at other ports in a directory of its own): a market or
+    a backup datastore that is not on the datastores' cluster."""
+    from one_drivers.lab.ceph import CephLab
+
+    ceph = CephLab(tmp_path_factory.mktemp("ceph2"), port_offset=400)
+    ceph.up()
+    try:
+        yield ceph
+    finally:
+        ceph.down()
+
+
 @pytest.fixture(autouse=True)
 def no_rbd_image_outlives_its_cluster() -> Iterator[None]:
     """Every test, and every driver action run in the test's process, closes each RBD image

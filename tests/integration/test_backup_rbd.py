@@ -23,10 +23,11 @@ IMAGE_DS, SYS_DS, BACKUP_DS = 100, 101, 130
 _ids = itertools.count(random.randint(10_000, 90_000) * 10 + 3)
 
 
-def backup_ds(env: dict[str, str]) -> str:
-    return datastore_doc(env, BACKUP_DS).replace("<DS_MAD>rbd</DS_MAD>",
-                                                 "<DS_MAD>rbdbackup</DS_MAD>").replace(
-        "<TYPE>0</TYPE>", "<TYPE>2</TYPE>")
+def backup_ds(env: dict[str, str], ds_id: int = BACKUP_DS, **template: str) -> str:
+    """An rbdbackup datastore; ``template`` overrides (another cluster's Ceph access)."""
+    return datastore_doc(env, ds_id, **template).replace(
+        "<DS_MAD>rbd</DS_MAD>", "<DS_MAD>rbdbackup</DS_MAD>").replace("<TYPE>0</TYPE>",
+                                                                      "<TYPE>2</TYPE>")
 
 
 class Vm:
@@ -40,6 +41,8 @@ class Vm:
         self.oned = Lab().oned
         self.oned.record("datastore", IMAGE_DS, datastore_doc(env, IMAGE_DS))
         self.oned.record("datastore", SYS_DS, datastore_doc(env, SYS_DS, system=True))
+        self.backup_ds_id, self.backup_ds_xml = BACKUP_DS, backup_ds(env)
+        self.oned.record("datastore", BACKUP_DS, self.backup_ds_xml)
         self.last, self.chain_image = -1, -1
 
     def doc(self, *, failed: bool = False) -> str:
@@ -59,7 +62,7 @@ class Vm:
                           base64_stdin=False)
 
     def ds_backup(self, env=None):
-        data = f"<DS_DRIVER_ACTION_DATA>{backup_ds(self.env)}{self.doc()}</DS_DRIVER_ACTION_DATA>"
+        data = f"<DS_DRIVER_ACTION_DATA>{self.backup_ds_xml}{self.doc()}</DS_DRIVER_ACTION_DATA>"
         argv = [f"localhost:/var/lib/one/datastores/{SYS_DS}/{self.id}", "0", "-", "-",
                 str(self.id), str(SYS_DS)]
         return run_remote(self.remotes, "datastore/rbdbackup/backup", argv, data,
@@ -87,6 +90,7 @@ class Vm:
                        for i, src in enumerate(self.increments))
         self.oned.record("image", self.chain_image,
                          f"<IMAGE><ID>{self.chain_image}</ID><NAME>bk</NAME>"
+                         f"<DATASTORE_ID>{self.backup_ds_id}</DATASTORE_ID>"
                          f"<SOURCE>{self.increments[0]}</SOURCE><SIZE>1</SIZE><TYPE>6</TYPE>"
                          f"<BACKUP_INCREMENTS>{incs}</BACKUP_INCREMENTS><TEMPLATE/></IMAGE>")
         self.last += 1
@@ -370,3 +374,22 @@ def test_a_backup_restored_to_a_new_image_is_a_clone_of_its_snapshot(vm, lab_env
             run_remote(remotes, "datastore/rbd/rm", [str(iid)],
                        ds_doc(lab_env, iid, image={"SOURCE": f"one/one-{iid}"}))
         assert rm_backup(lab_env, remotes, backup_id).returncode == 0
+
+
+def test_stat_answers_a_backups_size_in_mb(vm, lab_env, remotes):
+    from tests.helpers import last_line
+
+    vm.write(0, os.urandom(MIB))
+    backup_id, _ = vm.backup()
+    name, snap = backup_image(backup_id)
+    pool = backup_id.split("/", 1)[0]
+    for path in (backup_id, f"rbd://backup-{BACKUP_DS}/{pool}/{name}@{snap}"):
+        doc = ds_doc(lab_env, 1, ds_id=BACKUP_DS, image={"PATH": path, "TYPE": 6})
+        proc = run_remote(remotes, "datastore/rbdbackup/stat", ["1"], doc)
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.strip() == "64", path  # the disk's size, whatever is allocated
+    missing = backup_id.replace("@0", "@7")
+    proc = run_remote(remotes, "datastore/rbdbackup/stat", ["1"],
+                      ds_doc(lab_env, 1, ds_id=BACKUP_DS, image={"PATH": missing, "TYPE": 6}))
+    assert proc.returncode != 0 and last_line(proc.stderr), proc.stderr
+    assert rm_backup(lab_env, remotes, backup_id).returncode == 0

@@ -577,20 +577,6 @@ def test_an_app_from_a_file_datastore_is_streamed_in_with_its_checksum(world, la
     assert not [n for n in world.app_images() if n.startswith(f"one-app-{app_id}-")]
 
 
-@pytest.fixture(scope="module")
-def second_cluster(tmp_path_factory):
-    """Another Ceph cluster (the lab's, at other ports in a directory of its own), for a
-    market that is not on the datastores' cluster."""
-    from one_drivers.lab.ceph import CephLab
-
-    ceph = CephLab(tmp_path_factory.mktemp("ceph2"), port_offset=400)
-    ceph.up()
-    try:
-        yield ceph
-    finally:
-        ceph.down()
-
-
 def test_a_market_on_another_cluster(world, lab_env, second_cluster):
     """The datastore on the lab's cluster, the market on a second one: an app's creation reads
     with the datastore's user there and writes with the market's here; its export into the

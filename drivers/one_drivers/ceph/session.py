@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 from types import TracebackType
 from typing import Any, NamedTuple
 
@@ -63,6 +64,19 @@ class CephAccess(NamedTuple):
         if self.mon_hosts and not self.conf:
             opts["mon_host"] = ",".join(self.mon_hosts)
         return opts
+
+
+def same_cluster(a: Settings, b: Settings) -> bool:
+    """Whether two datastores' Ceph accesses reach the same cluster (the same ceph.conf, or the
+    same monitors where CEPH_HOST stands for it): then a snapshot of one can be the parent of a
+    clone in the other, read by the other's user; otherwise data is streamed between them."""
+    def where(s: Settings) -> tuple[str, ...]:
+        conf, hosts = s.get("CEPH_CONF"), (s.get("CEPH_HOST") or "").split()
+        if hosts and not conf:
+            return ("mon", *sorted(hosts))
+        return ("conf", os.path.realpath(conf or "/etc/ceph/ceph.conf"))
+
+    return where(a) == where(b)
 
 
 def _is_keyring(path: str) -> bool:

@@ -22,6 +22,7 @@ from one_drivers.ceph.naming import ImageSpec
 from one_drivers.ceph.ownership import stamp
 from one_drivers.ceph.pool import Pool, rbd_pool
 from one_drivers.ceph.rbd_ops import clone, create, open_image
+from one_drivers.ceph.session import same_cluster
 from one_drivers.ceph.stream import (
     CHUNK,
     Progress,
@@ -42,6 +43,7 @@ from one_drivers.datastore.rbd.sources import (
     market_of,
     open_source,
     parse_rbd_url,
+    rbd_source_settings,
     refuse_references,
     sniff_format,
 )
@@ -145,6 +147,9 @@ def import_source(pool: Pool, name: str, meta: dict[str, str], req: ImportReques
         snapshot = _rbd_snapshot(req.path)
         if market is not None and not cloned_app:
             snapshot = None  # another cluster's: its data is streamed below
+        elif snapshot is not None and not same_cluster(
+                rbd_source_settings(req.path, settings, deadline, subject), settings):
+            snapshot = None  # a backup kept on another cluster: streamed too
         if fmt == "raw" and snapshot is not None and not sums.expected and not src.compression:
             # a snapshot in this very cluster (read with the datastore's own user): a clone,
             # in a moment whatever the size (a backup restored to a new image)
@@ -197,16 +202,6 @@ def _rbd_snapshot(path: str) -> ImageSpec | None:
         return None
     spec = parse_rbd_url(path)
     return spec if spec.snap else None
-
-
-def same_cluster(market: Settings, settings: Settings) -> bool:
-    """Whether a market's apps are in the datastore's own Ceph cluster (the same ceph.conf):
-    then an app is cloned, read by the datastore's user (which must be allowed to read the
-    market's pool, as its hosts' QEMU reads the clone's parent there)."""
-    def conf(s: Settings) -> str:
-        return os.path.realpath(s.get("CEPH_CONF") or "/etc/ceph/ceph.conf")
-
-    return conf(market) == conf(settings)
 
 
 def _drain(stream: Any) -> None:

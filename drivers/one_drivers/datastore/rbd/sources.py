@@ -169,6 +169,19 @@ def parse_rbd_url(url: str) -> ImageSpec:
     return ImageSpec.parse(urllib.parse.unquote(parts.path.lstrip("/")))
 
 
+def rbd_source_settings(url: str, settings: Settings, deadline: Deadline,
+                        subject: str = "") -> Settings:
+    """Whose Ceph access reads an ``rbd://`` URL: the datastore's own, or for a restore's
+    source on a backup datastore (``rbd://backup-<id>/``, only ever granted) that datastore's,
+    asked of oned (it may be another cluster)."""
+    from one_drivers.datastore.rbdbackup.access import backup_settings, datastore_of
+
+    ds_id = datastore_of(urllib.parse.urlsplit(url).hostname or "")
+    if ds_id is None:
+        return settings
+    return backup_settings(ds_id, deadline, settings.float("ONED_TIMEOUT", 15), subject)
+
+
 def allowed_source_pools(settings: Settings) -> list[str]:
     pools = (settings.get("RBD_SOURCE_POOLS") or "").split()
     return pools or [settings.get("POOL_NAME", "one") or "one"]
@@ -439,7 +452,7 @@ def _open_rbd(url: str, settings: Settings, deadline: Deadline, subject: str,
         raise BadInput(f"rbd:// source {spec} is in pool {spec.pool}, which this datastore may "
                        f"not read from (RBD_SOURCE_POOLS: {' '.join(allowed)})",
                        hint="an administrator can add the pool to RBD_SOURCE_POOLS")
-    access = CephAccess.from_settings(settings)
+    access = CephAccess.from_settings(rbd_source_settings(url, settings, deadline, subject))
     session = CephSession(access, deadline, subject=subject).__enter__()
     closer.append(session)
     ioctx = session.cluster.open_ioctx(spec.pool)

@@ -17,6 +17,7 @@ DRIVER = Driver(
         "backup": f"{_M}.backup:backup",
         "increment_flatten": f"{_M}.backup:increment_flatten",
         "rm": f"{_M}.backup:rm",
+        "stat": f"{_M}.backup:stat",
         "backup_cancel": f"{_M}.running:backup_cancel",
         "restore": f"{_M}.restore:restore",
         "ls": f"{_M}.restore:ls",

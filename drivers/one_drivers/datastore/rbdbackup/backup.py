@@ -234,3 +234,31 @@ def rm(call: Call) -> None:
                 continue
             remove_image(pool.cluster, pool.ioctx, name)
             log.info(f"removed {pool.name}/{name}")
+
+
+def stat(call: Call) -> str:
+    """The size in MB of the backup a PATH names: one disk's (``rbd://backup[-<datastore>]/
+    <pool>/<image>@<n>``, what a restore gives) or a whole backup's (``<pool>/one-backup-<vm>-
+    <chain>@<n>``, a BACKUP image's SOURCE: its disks summed), read in this datastore."""
+    from one_drivers.datastore.rbd.sources import parse_rbd_url
+
+    path = call.doc.image.path or call.doc.image.source or ""
+    if path.lower().startswith("rbd://"):
+        spec = parse_rbd_url(path)
+        pool_name, names, snap = spec.pool, [spec.name], spec.snap
+        if snap is None:
+            raise BadInput(f"{path} names no backup snapshot (@<n>)")
+    else:
+        chain = BackupId.parse(path)
+        pool_name, names, snap = chain.pool, None, str(chain.n)
+    total = 0
+    with rbd_pool(_settings(call).over({"POOL_NAME": pool_name}), call.deadline,
+                  call.subject) as pool, ceph_errors(f"reading {path}", call.subject):
+        if names is None:
+            names = sorted(backups.chain_images(pool.ioctx, BackupId.parse(path).base))
+        if not names:
+            raise BadInput(f"{path}: no such backup in {pool_name}")
+        for name in names:
+            with open_image(pool.ioctx, name, snapshot=snap, read_only=True) as image:
+                total += image.size()
+    return str(math.ceil(total / MIB))

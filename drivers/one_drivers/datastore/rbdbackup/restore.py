@@ -3,14 +3,15 @@
 oned sends the BACKUP image, its datastore, DESTINATION_DS_ID and the request's options
 (USERNAME, NAME, NO_IP, NO_NIC, INCREMENT_ID, DISK_ID). For each disk of the chosen increment an
 image is allocated in the destination datastore through oned's XML-RPC with
-``PATH="rbd://backup/<pool>/one-backup-<vm>-<chain>-<disk>@<n>"`` and a grant for exactly that
-source (:mod:`one_drivers.ceph.grants`: its datastore's ``cp`` reads it, with that datastore's
-own Ceph user, for whoever owns the image, without opening the backup pool to every user); then,
-unless one
-disk only was asked for, a VM template made from the VM's template as it was at that backup,
-its disks pointing at the new images (NICs kept unless NO_NIC; their addresses dropped with
-NO_IP). Everything is given to the user who asked (USERNAME). The answer is
-``<template id|-1> <image id> ...``. A failure removes what this restore allocated.
+``PATH="rbd://backup-<backup datastore>/<pool>/one-backup-<vm>-<chain>-<disk>@<n>"`` and a grant
+for exactly that source (:mod:`one_drivers.ceph.grants`: its datastore's ``cp`` reads it for
+whoever owns the image, without opening the backup pool to every user: a clone read with the
+datastore's own Ceph user on the same cluster, else a copy streamed from the backup datastore's
+cluster with that datastore's access, :mod:`.access`); then, unless one disk only was asked
+for, a VM template made from the VM's template as it was at that backup, its disks pointing at
+the new images (NICs kept unless NO_NIC; their addresses dropped with NO_IP). Everything is
+given to the user who asked (USERNAME). The answer is ``<template id|-1> <image id> ...``. A
+failure removes what this restore allocated.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from one_drivers.core.contract import Call
 from one_drivers.core.errors import ActionFailed, BadInput, DriverError
 from one_drivers.core.oned import Oned
 from one_drivers.core.xmlview import XmlView, escape, parse_xml
+from one_drivers.datastore.rbdbackup.access import url_host
 from one_drivers.datastore.rbdbackup.backup import VM_META
 
 # what a restored VM template keeps of the backed-up VM's (the rest is runtime state)
@@ -111,7 +113,8 @@ def restore(call: Call) -> str:
             disk = (vm_tmpl.find(f"DISK[DISK_ID='{disk_id}']") if vm_tmpl is not None
                     else None)
             attrs = {"NAME": f"{base_name}-{image.id}-{inc}-disk-{disk_id}",
-                     "PATH": f"rbd://backup/{chain.pool}/{chain.image(disk_id)}@{chain.n}",
+                     "PATH": f"rbd://{url_host(doc.datastore.id)}/{chain.pool}/"
+                             f"{chain.image(disk_id)}@{chain.n}",
                      "TYPE": (disk.findtext("IMAGE_TYPE") or "OS") if disk is not None
                      else "DATABLOCK",
                      "FORMAT": "raw"}
