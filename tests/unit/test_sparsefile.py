@@ -52,3 +52,20 @@ def test_a_local_system_datastore_is_marked_for_monitoring(tmp_path):
     assert (tmp_path / "datastores" / "0" / ".monitor").read_text() == "qcow2\n"
     assert main(["receive", str(disk), "--monitor"]) == 2
     assert main(["receive", str(disk), "--other", "ssh"]) == 2
+
+
+def test_a_symlink_planted_at_the_temporary_name_is_not_followed(tmp_path):
+    src, dst, victim = tmp_path / "src", tmp_path / "dst", tmp_path / "victim"
+    sparse_file(src, 4096, [(0, b"x" * 4096)])
+    victim.write_bytes(b"keep me")
+    (tmp_path / "dst.one-drivers-tmp").symlink_to(victim)
+    stream = io.BytesIO()
+    send_file(str(src), stream)
+    stream.seek(0)
+    with pytest.raises(OSError):
+        receive_file(stream, str(dst))
+    assert victim.read_bytes() == b"keep me" and not dst.exists()
+    # positive control: the same stream with no symlink there is written
+    (tmp_path / "dst.one-drivers-tmp").unlink()
+    stream.seek(0)
+    assert receive_file(stream, str(dst)) == 4096

@@ -97,7 +97,8 @@ def receive_file(inp: IO[bytes], path: str) -> int:
     """Write the stream to ``path`` (via a temporary name, renamed when complete)."""
     tmp = f"{path}.one-drivers-tmp"
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
+                 0o644)
     try:
         size, records = read_stream(inp)
         for offset, data in records:
