@@ -325,6 +325,56 @@ def test_live_backups_full_then_incremental(one: OpenNebula, lab_env: dict[str, 
         one.cli("onedatastore", "delete", str(ds))
 
 
+def test_backup_into_upstreams_rsync_datastore(one: OpenNebula, lab_env: dict[str, str]) -> None:
+    """A backup datastore of upstream's own rsync driver (its scripts, unchanged) with our TM:
+    prebackup leaves on the VM's host what rsync's backup copies to the backup server (here
+    the lab's other address), postbackup removes it; the backup server holds one qcow2 file
+    per disk that QEMU reads whole, and the VM document; deleting the backup image removes
+    them."""
+    vm = STATE["vm"]
+    server = lab_env["ONE_LAB_SSH_HOST1_ADDR"]
+    ds = one.create("onedatastore", 'NAME="e2e-rsync"\nTYPE="BACKUP_DS"\nDS_MAD="rsync"\n'
+                    f'TM_MAD="-"\nRSYNC_HOST="{server}"\nRSYNC_USER="root"\n')
+    base = Path(text(one, "onedatastore", ds, "BASE_PATH"))
+    try:
+        one.wait(lambda: int(text(one, "onedatastore", ds, "TOTAL_MB") or 0) > 0,
+                 "the rsync datastore to be monitored (by upstream's monitor)", 180)
+        one.run(["onevm", "backupmode", str(vm), "FULL"])
+        before = {e.text for e in one.xml("onevm", "show", str(vm)).iterfind(
+            "BACKUPS/BACKUP_IDS/ID")}
+        one.run(["onevm", "backup", str(vm), "-d", str(ds)])
+
+        def made() -> str | None:
+            ids = {e.text for e in one.xml("onevm", "show", str(vm)).iterfind(
+                "BACKUPS/BACKUP_IDS/ID")} - before
+            if not ids or not _running(one, vm):
+                return None
+            image = one.xml("oneimage", "show", str(ids.pop()))
+            return image.findtext("ID") if image.findtext("STATE") == IMAGE_READY else None
+
+        one.wait(made, "the rsync backup", 300, fail=lambda: _vm_failed(one, vm)
+                 or one.xml("onevm", "show", str(vm)).findtext("USER_TEMPLATE/ERROR"))
+        iid = made()
+        assert iid is not None
+        source = text(one, "oneimage", int(iid), "SOURCE")
+        where = base / str(vm) / source
+        assert sorted(p.name for p in where.iterdir()) == ["disk.0.0", "disk.1.0", "vm.xml"]
+        for disk in ("disk.0.0", "disk.1.0"):
+            info = subprocess.run(["qemu-img", "check", "--output=json", str(where / disk)],
+                                  capture_output=True, text=True, timeout=120, check=False)
+            assert info.returncode == 0 and '"check-errors": 0' in info.stdout, info.stdout
+        import base64
+
+        saved = base64.b64decode((where / "vm.xml").read_bytes()).decode()
+        assert f"<ID>{vm}</ID>" in saved
+        for datastores in (lab_env["ONE_LAB_HOST_DATASTORES"], "/var/lib/one/datastores"):
+            assert not (Path(datastores) / str(STATE["system"]) / str(vm) / "backup").exists()
+        one.run(["oneimage", "delete", iid])
+        one.wait(lambda: not where.exists(), "upstream's rm to remove the files", 120)
+    finally:
+        one.cli("onedatastore", "delete", str(ds))
+
+
 def test_poweroff_and_resume(one: OpenNebula) -> None:
     vm = STATE["vm"]
     one.run(["onevm", "poweroff", str(vm)])
