@@ -121,6 +121,9 @@ class OpenNebula:
         for rel in settings:
             (remotes / "etc" / rel).unlink(missing_ok=True)
         self.run([ONE_DRIVERS, "install-remotes", str(remotes)])
+        # upstream's restic datastore runs the restic it ships from its remotes (synced to the
+        # backup server by its monitor): here Debian's
+        shutil.copy2("/usr/bin/restic", remotes / "datastore" / "restic" / "restic")
         for rel, values in settings.items():
             conf = remotes / "etc" / rel
             conf.write_text(conf.read_text() + "".join(f"\n{k}={v}" for k, v in values.items())

@@ -5,6 +5,8 @@ Each step asserts what oned itself shows (states, SOURCE, error messages)."""
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 import time
 import xml.etree.ElementTree as ET
@@ -373,6 +375,67 @@ def test_backup_into_upstreams_rsync_datastore(one: OpenNebula, lab_env: dict[st
         one.wait(lambda: not where.exists(), "upstream's rm to remove the files", 120)
     finally:
         one.cli("onedatastore", "delete", str(ds))
+
+
+def test_backup_into_upstreams_restic_datastore(one: OpenNebula,
+                                                lab_env: dict[str, str]) -> None:
+    """The same with upstream's restic driver (its scripts unchanged, Debian's restic as the
+    binary it ships): restic on the VM's host stores what our prebackup left there in a
+    repository on the backup server (sftp); the snapshot holds one qcow2 file per disk that QEMU
+    reads whole, and the VM document."""
+    vm = STATE["vm"]
+    server = lab_env["ONE_LAB_SSH_HOST1_ADDR"]
+    password = os.urandom(12).hex()
+    ds = one.create("onedatastore", 'NAME="e2e-restic"\nTYPE="BACKUP_DS"\nDS_MAD="restic"\n'
+                    f'TM_MAD="-"\nRESTIC_SFTP_SERVER="{server}"\nRESTIC_SFTP_USER="root"\n'
+                    f'RESTIC_PASSWORD="{password}"\n')
+    base = Path(text(one, "onedatastore", ds, "BASE_PATH"))
+    repo = str(base / str(vm))  # restic's repository of this VM, on the backup server
+    shutil.rmtree(repo, ignore_errors=True)  # an earlier cloud's (ids start again each run)
+    try:
+        one.wait(lambda: int(text(one, "onedatastore", ds, "TOTAL_MB") or 0) > 0,
+                 "the restic datastore to be monitored (by upstream's monitor)", 180)
+        before = {e.text for e in one.xml("onevm", "show", str(vm)).iterfind(
+            "BACKUPS/BACKUP_IDS/ID")}
+        one.run(["onevm", "backup", str(vm), "-d", str(ds)])
+
+        def made() -> str | None:
+            ids = {e.text for e in one.xml("onevm", "show", str(vm)).iterfind(
+                "BACKUPS/BACKUP_IDS/ID")} - before
+            if not ids or not _running(one, vm):
+                return None
+            image = one.xml("oneimage", "show", str(ids.pop()))
+            return image.findtext("ID") if image.findtext("STATE") == IMAGE_READY else None
+
+        one.wait(made, "the restic backup", 300, fail=lambda: _vm_failed(one, vm)
+                 or one.xml("onevm", "show", str(vm)).findtext("USER_TEMPLATE/ERROR"))
+        iid = made()
+        assert iid is not None
+        snapshot = text(one, "oneimage", int(iid), "SOURCE")
+        env = {**os.environ, "RESTIC_PASSWORD": password}
+        listed = subprocess.run(["restic", "-r", repo, "ls", snapshot], capture_output=True,
+                                text=True, timeout=120, check=True,
+                                env=env).stdout.splitlines()[1:]  # after "snapshot <id> of"
+        names = sorted(Path(p).name for p in listed if "/backup/" in p and "." in Path(p).name)
+        assert names == ["disk.0.0", "disk.1.0", "vm.xml"], listed
+        for disk in ("disk.0.0", "disk.1.0"):
+            path = next(p for p in listed if p.endswith(f"/{disk}"))
+            out = base / f"{disk}.check"
+            with open(out, "wb") as fh:
+                subprocess.run(["restic", "-r", repo, "dump", snapshot, path], stdout=fh,
+                               timeout=300, check=True, env=env)
+            info = subprocess.run(["qemu-img", "check", "--output=json", str(out)],
+                                  capture_output=True, text=True, timeout=120, check=False)
+            out.unlink()
+            assert info.returncode == 0 and '"check-errors": 0' in info.stdout, info.stdout
+        for datastores in (lab_env["ONE_LAB_HOST_DATASTORES"], "/var/lib/one/datastores"):
+            assert not (Path(datastores) / str(STATE["system"]) / str(vm) / "backup").exists()
+        one.run(["oneimage", "delete", iid])
+        one.wait(lambda: one.cli("oneimage", "show", iid) is None, "the restic backup to go",
+                 120)
+    finally:
+        one.cli("onedatastore", "delete", str(ds))
+        shutil.rmtree(repo, ignore_errors=True)
 
 
 def test_poweroff_and_resume(one: OpenNebula) -> None:

@@ -122,6 +122,7 @@ class SshLab:
             "PermitRootLogin prohibit-password\nPasswordAuthentication no\n"
             "KbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\nPrintMotd no\n"
             "MaxStartups 100:30:200\nMaxSessions 100\n"
+            "Subsystem sftp internal-sftp\n"  # a backup server's (upstream's restic over sftp)
             + (f"SetEnv{setenv}\n" if setenv else "")
             + "LogLevel VERBOSE\n"  # logs every session, shared connection or not
         )
