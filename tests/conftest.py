@@ -61,14 +61,10 @@ def remotes(tmp_path_factory):
 @pytest.fixture(scope="session")
 def ceph_admin(lab_env):
     """(cluster, ioctx of the lab's pool) as client.admin, to check effects in Ceph."""
-    import rados
+    from tests.helpers import admin_pool
 
-    cluster = rados.Rados(conffile=lab_env["CEPH_CONF"], rados_id="admin")
-    cluster.connect(timeout=10)
-    ioctx = cluster.open_ioctx(lab_env["ONE_LAB_CEPH_POOL"])
-    yield cluster, ioctx
-    ioctx.close()
-    cluster.shutdown()
+    with admin_pool(lab_env) as pool:
+        yield pool
 
 
 @pytest.fixture(scope="session")

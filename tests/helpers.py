@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +53,24 @@ def trash_names(ioctx: Any) -> set[str]:
     import rbd
 
     return {e["name"] for e in rbd.RBD().trash_list(ioctx)}
+
+
+@contextlib.contextmanager
+def admin_pool(env: dict[str, str]) -> Iterator[tuple[Any, Any]]:
+    """(cluster, ioctx of the lab's pool) as client.admin of the cluster ``env`` describes, to
+    check effects in Ceph."""
+    import rados
+
+    cluster = rados.Rados(conffile=env["CEPH_CONF"], rados_id="admin")
+    cluster.connect(timeout=10)
+    try:
+        ioctx = cluster.open_ioctx(env["ONE_LAB_CEPH_POOL"])
+        try:
+            yield cluster, ioctx
+        finally:
+            ioctx.close()
+    finally:
+        cluster.shutdown()
 
 
 def read_image(ioctx: Any, name: str, snapshot: str | None = None) -> bytes:

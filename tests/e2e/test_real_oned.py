@@ -327,6 +327,33 @@ def test_live_backups_full_then_incremental(one: OpenNebula, lab_env: dict[str, 
         one.cli("onedatastore", "delete", str(ds))
 
 
+def _backup_into(one: OpenNebula, vm: int, ds: int, what: str) -> str:
+    """``onevm backup`` of the VM into datastore ``ds`` (monitored first, as oned needs): the
+    id of the new, READY backup image."""
+    one.wait(lambda: int(text(one, "onedatastore", ds, "TOTAL_MB") or 0) > 0,
+             f"the {what} datastore to be monitored (by upstream's monitor)", 180)
+
+    def ids() -> set[str | None]:
+        return {e.text for e in one.xml("onevm", "show", str(vm)).iterfind(
+            "BACKUPS/BACKUP_IDS/ID")}
+
+    before = ids()
+    one.run(["onevm", "backup", str(vm), "-d", str(ds)])
+
+    def made() -> str | None:
+        new = ids() - before
+        if not new or not _running(one, vm):
+            return None
+        image = one.xml("oneimage", "show", str(new.pop()))
+        return image.findtext("ID") if image.findtext("STATE") == IMAGE_READY else None
+
+    one.wait(made, f"the {what} backup", 300, fail=lambda: _vm_failed(one, vm)
+             or one.xml("onevm", "show", str(vm)).findtext("USER_TEMPLATE/ERROR"))
+    iid = made()
+    assert iid is not None
+    return iid
+
+
 def test_backup_into_upstreams_rsync_datastore(one: OpenNebula, lab_env: dict[str, str]) -> None:
     """A backup datastore of upstream's own rsync driver (its scripts, unchanged) with our TM:
     prebackup leaves on the VM's host what rsync's backup copies to the backup server (here
@@ -339,25 +366,8 @@ def test_backup_into_upstreams_rsync_datastore(one: OpenNebula, lab_env: dict[st
                     f'TM_MAD="-"\nRSYNC_HOST="{server}"\nRSYNC_USER="root"\n')
     base = Path(text(one, "onedatastore", ds, "BASE_PATH"))
     try:
-        one.wait(lambda: int(text(one, "onedatastore", ds, "TOTAL_MB") or 0) > 0,
-                 "the rsync datastore to be monitored (by upstream's monitor)", 180)
         one.run(["onevm", "backupmode", str(vm), "FULL"])
-        before = {e.text for e in one.xml("onevm", "show", str(vm)).iterfind(
-            "BACKUPS/BACKUP_IDS/ID")}
-        one.run(["onevm", "backup", str(vm), "-d", str(ds)])
-
-        def made() -> str | None:
-            ids = {e.text for e in one.xml("onevm", "show", str(vm)).iterfind(
-                "BACKUPS/BACKUP_IDS/ID")} - before
-            if not ids or not _running(one, vm):
-                return None
-            image = one.xml("oneimage", "show", str(ids.pop()))
-            return image.findtext("ID") if image.findtext("STATE") == IMAGE_READY else None
-
-        one.wait(made, "the rsync backup", 300, fail=lambda: _vm_failed(one, vm)
-                 or one.xml("onevm", "show", str(vm)).findtext("USER_TEMPLATE/ERROR"))
-        iid = made()
-        assert iid is not None
+        iid = _backup_into(one, vm, ds, "rsync")
         source = text(one, "oneimage", int(iid), "SOURCE")
         where = base / str(vm) / source
         assert sorted(p.name for p in where.iterdir()) == ["disk.0.0", "disk.1.0", "vm.xml"]
@@ -393,24 +403,7 @@ def test_backup_into_upstreams_restic_datastore(one: OpenNebula,
     repo = str(base / str(vm))  # restic's repository of this VM, on the backup server
     shutil.rmtree(repo, ignore_errors=True)  # an earlier cloud's (ids start again each run)
     try:
-        one.wait(lambda: int(text(one, "onedatastore", ds, "TOTAL_MB") or 0) > 0,
-                 "the restic datastore to be monitored (by upstream's monitor)", 180)
-        before = {e.text for e in one.xml("onevm", "show", str(vm)).iterfind(
-            "BACKUPS/BACKUP_IDS/ID")}
-        one.run(["onevm", "backup", str(vm), "-d", str(ds)])
-
-        def made() -> str | None:
-            ids = {e.text for e in one.xml("onevm", "show", str(vm)).iterfind(
-                "BACKUPS/BACKUP_IDS/ID")} - before
-            if not ids or not _running(one, vm):
-                return None
-            image = one.xml("oneimage", "show", str(ids.pop()))
-            return image.findtext("ID") if image.findtext("STATE") == IMAGE_READY else None
-
-        one.wait(made, "the restic backup", 300, fail=lambda: _vm_failed(one, vm)
-                 or one.xml("onevm", "show", str(vm)).findtext("USER_TEMPLATE/ERROR"))
-        iid = made()
-        assert iid is not None
+        iid = _backup_into(one, vm, ds, "restic")
         snapshot = text(one, "oneimage", int(iid), "SOURCE")
         env = {**os.environ, "RESTIC_PASSWORD": password}
         listed = subprocess.run(["restic", "-r", repo, "ls", snapshot], capture_output=True,

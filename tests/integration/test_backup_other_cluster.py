@@ -13,7 +13,7 @@ import pytest
 
 from one_drivers.ceph import grants
 from one_drivers.lab.documents import ds_doc
-from tests.helpers import rbd_names, read_image, run_remote
+from tests.helpers import admin_pool, rbd_names, read_image, run_remote
 from tests.integration.test_backup_rbd import BACKUP_DS, MIB, Vm, _ids, backup_ds, backup_image
 
 pytestmark = pytest.mark.lab
@@ -36,15 +36,9 @@ class OtherClusterVm(Vm):
 @pytest.fixture
 def other(second_cluster):
     """(env, admin ioctx of its pool) of the second cluster."""
-    import rados
-
     env = second_cluster.env()
-    cluster = rados.Rados(conffile=env["CEPH_CONF"], rados_id="admin")
-    cluster.connect(timeout=10)
-    ioctx = cluster.open_ioctx(env["ONE_LAB_CEPH_POOL"])
-    yield env, ioctx
-    ioctx.close()
-    cluster.shutdown()
+    with admin_pool(env) as (_, ioctx):
+        yield env, ioctx
 
 
 def parent_of(ioctx, name: str) -> str | None:
