@@ -134,8 +134,8 @@ def prebackup(call: Call) -> None:
     disks = _disks(call)
     if not all((ctx.settings.get("DISK_TYPE") or "RBD").upper() == "RBD" for ctx in disks):
         raise ActionFailed("only RBD disks can be backed up by tm/rbd")
+    mad = backup_files.foreign_datastore(call)  # asked first: a failure takes nothing
     _take(call, disks, p.n, p.last if p.increment else None)
-    mad = backup_files.foreign_datastore(call)
     if mad is not None:  # upstream's rsync / restic: they copy files from the host
         with contextlib.ExitStack() as stack:
             opened = _open_disks(call, disks, stack, snapshot=backups.snap_name(p.n))
