@@ -14,19 +14,17 @@ session string travels in the request body, never on a command line.
 from __future__ import annotations
 
 import os
-import socket
-import time
 import xml.etree.ElementTree as ET
 
 from one_drivers.core.documents import VM, Datastore, Image
 from one_drivers.core.errors import (
     ActionFailed,
-    BackendTimeout,
     BackendUnavailable,
     BadInput,
     NotFound,
     PermissionDenied,
 )
+from one_drivers.core.http import exchange, split_endpoint  # noqa: F401 - split_endpoint: its old home
 from one_drivers.core.xmlview import escape, parse_xml
 
 DEFAULT_ENDPOINT = "http://localhost:2633/RPC2"
@@ -34,7 +32,6 @@ DEFAULT_ENDPOINT = "http://localhost:2633/RPC2"
 AUTHENTICATION, AUTHORIZATION, NO_EXISTS = 0x0100, 0x0200, 0x0400
 
 Param = str | int | bool
-MAX_ANSWER = 64 << 20
 
 
 class Oned:
@@ -89,68 +86,9 @@ class Oned:
         raise ActionFailed(f"oned failed {method}: {value}")
 
     def _post(self, body: bytes) -> tuple[int, bytes]:
-        scheme, host, port, path = split_endpoint(self.endpoint)
-        request = (f"POST {path} HTTP/1.0\r\nHost: {host}:{port}\r\n"
-                   "Content-Type: text/xml\r\nUser-Agent: one-drivers\r\n"
-                   f"Content-Length: {len(body)}\r\n\r\n").encode() + body
-        # one overall deadline, not one per read: a server that trickles a byte at a time must
-        # not keep the action waiting past it
-        ends = time.monotonic() + self.timeout
-        try:
-            with socket.create_connection((host, port), timeout=self.timeout) as sock:
-                conn: socket.socket = sock
-                if scheme == "https":
-                    import ssl  # only for TLS endpoints
-
-                    conn = ssl.create_default_context().wrap_socket(sock, server_hostname=host)
-                conn.sendall(request)
-                chunks = []
-                received = 0
-                while True:
-                    left = ends - time.monotonic()
-                    if left <= 0:
-                        raise TimeoutError
-                    conn.settimeout(left)
-                    data = conn.recv(65536)
-                    if not data:
-                        break
-                    received += len(data)
-                    if received > MAX_ANSWER:
-                        raise BadInput(f"oned's answer is larger than {MAX_ANSWER >> 20} MiB")
-                    chunks.append(data)
-        except TimeoutError:
-            raise BackendTimeout(f"oned at {self.endpoint} did not answer within "
-                                 f"{self.timeout:g} s") from None
-        except OSError as exc:
-            reason = exc.strerror or exc
-            raise BackendUnavailable(f"cannot reach oned at {self.endpoint} ({reason})",
-                                     hint="check ONE_XMLRPC and that oned is running") from None
-        head, _, payload = b"".join(chunks).partition(b"\r\n\r\n")
-        try:
-            status = int(head.split(b" ", 2)[1])
-        except (IndexError, ValueError):
-            raise BackendUnavailable(f"oned at {self.endpoint} sent no HTTP answer") from None
-        return status, payload
-
-
-def split_endpoint(endpoint: str) -> tuple[str, str, int, str]:
-    """``http[s]://host[:port]/path`` -> (scheme, host, port, path); IPv6 hosts in brackets.
-    (urllib.parse would cost start-up time for this one split.)"""
-    scheme, sep, rest = endpoint.partition("://")
-    if not sep or scheme not in ("http", "https"):
-        raise BadInput(f"ONE_XMLRPC {endpoint!r} is not an http(s) URL")
-    netloc, slash, path = rest.partition("/")
-    host, port = netloc, 443 if scheme == "https" else 80
-    if netloc.startswith("["):
-        host, _, tail = netloc[1:].partition("]")
-        if tail.startswith(":"):
-            port = int(tail[1:])
-    elif ":" in netloc:
-        host, _, p = netloc.rpartition(":")
-        if not p.isdigit():
-            raise BadInput(f"ONE_XMLRPC {endpoint!r} has an invalid port")
-        port = int(p)
-    return scheme, host or "localhost", port, slash + path if slash else "/"
+        return exchange("POST", self.endpoint, None, body,
+                        headers={"Content-Type": "text/xml"}, timeout=self.timeout,
+                        name="oned", hint="check ONE_XMLRPC and that oned is running")
 
 
 def request_body(method: str, params: tuple[Param, ...]) -> bytes:
