@@ -3,6 +3,8 @@ operator's other settings (and comments, and layout) exactly as they were.
 
 - Driver lists: our names are added to the ``-d`` (and DATASTORE_MAD's ``-s``) list inside the
   ARGUMENTS of the MAD section; nothing is removed or reordered.
+- Single-line attributes (``VNET_RESTRICTED_ATTR = "AR/KEA_SUBNET_ID"``): a line is added for
+  each value not set yet.
 - Blocks (``TM_MAD_CONF = [ NAME = "rbd", ... ]``, DS_MAD_CONF, VN_MAD_CONF, VM_MAD, IM_MAD): a
   block with our NAME is ours; it is replaced when it differs, appended when missing.
 
@@ -71,6 +73,17 @@ def _add_to_attribute(body: str, attr: str, names: list[str]) -> str:
                   lambda m: m.group(1) + value + m.group(2), body, count=1)
 
 
+def _add_attribute_lines(text: str, attributes: dict[str, list[str]]) -> str:
+    """``KEY = "value"`` lines (oned.conf's repeatable attributes) for the values not set yet."""
+    for key, values in attributes.items():
+        present = {m.group(1) for m in re.finditer(rf'^{key}\s*=\s*"([^"]*)"', text, re.MULTILINE)}
+        missing = [v for v in values if v not in present]
+        if missing:
+            lines = "\n".join(f'{key} = "{v}"' for v in missing)
+            text = text.rstrip("\n") + f"\n\n# one-drivers: {key}\n{lines}\n"
+    return text
+
+
 def merge_rc(text: str, values: dict[str, list[str]]) -> str:
     """A shell rc file (``vmm_execrc``): each word of ``values[KEY]`` added to ``KEY="a b"``."""
     for key, words in values.items():
@@ -111,6 +124,8 @@ def merge(text: str, registration: dict[str, Any], file: str) -> str:
                 new_body = re.sub(r'(ARGUMENTS\s*=\s*")[^"]*(")',
                                   lambda m, a=new_args: m.group(1) + a + m.group(2), body, count=1)
                 text = text[:block.start("body")] + new_body + text[block.end("body"):]
+    if file == "oned.conf":
+        text = _add_attribute_lines(text, registration.get("attributes", {}))
     for blk in registration["blocks"]:
         if blk["file"] != file:
             continue

@@ -26,6 +26,9 @@ def registration(drivers: list[Driver] | None = None) -> dict[str, Any]:
     """Structured form: which list each driver joins, and its *_MAD_CONF / VM_MAD / IM_MAD block."""
     out: dict[str, Any] = {"driver_lists": {}, "blocks": []}
     for drv in drivers if drivers is not None else all_drivers():
+        for attr, values in drv.restricted.items():
+            listed = out.setdefault("attributes", {}).setdefault(attr, [])
+            listed.extend(v for v in values if v not in listed)
         if drv.family == "vmm":
             out["blocks"].append({"file": "oned.conf", "section": "VM_MAD",
                                   "attrs": {"NAME": drv.name, **drv.oned_conf}})
@@ -81,6 +84,8 @@ def render(drivers: list[Driver] | None = None) -> str:
     for key, values in reg.get("vmm_execrc", {}).items():
         parts.append(f"#   {VMM_EXECRC} ($ONE_LOCATION/etc{VMM_EXECRC.removeprefix('/etc/one')} "
                      f"for self-contained installs): add {' '.join(values)!r} to {key}")
+    for attr, values in reg.get("attributes", {}).items():
+        parts.append(f"#   oned.conf: add {attr} = \"<value>\" lines for {' '.join(values)}")
     by_file: dict[str, list[str]] = {}
     for blk in reg["blocks"]:
         by_file.setdefault(blk["file"], []).append(_block(blk["section"], blk["attrs"]))

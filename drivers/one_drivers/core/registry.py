@@ -24,6 +24,7 @@ PACKAGES: dict[str, dict[str, str]] = {
     "im": {"libvirt": "one_drivers.im.libvirt"},
     "market": {"rbd": "one_drivers.market.rbd"},
     "auth": {"ldap": "one_drivers.auth.ldap", "oidc": "one_drivers.auth.oidc"},
+    "ipam": {"kea": "one_drivers.ipam.kea"},
 }
 
 ActionFn = Callable[[Call], "str | None"]
@@ -45,6 +46,8 @@ class Driver:
         oned_conf: Mapping[str, str] | None = None,
         # "module:function" deciding where an action runs: router(call, action_fn) -> output
         router: str | None = None,
+        # oned.conf single-line attributes the driver needs (VNET_RESTRICTED_ATTR -> values)
+        restricted: Mapping[str, list[str]] | None = None,
     ) -> None:
         self.family = family
         self.name = name
@@ -53,6 +56,7 @@ class Driver:
         self.defaults = dict(defaults or {})
         self.oned_conf = dict(oned_conf or {})
         self.router = router
+        self.restricted = {k: list(v) for k, v in (restricted or {}).items()}
         for action in self.actions:
             signature_for(family, action)  # an action OpenNebula never calls fails at import
 

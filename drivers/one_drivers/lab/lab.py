@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from one_drivers.lab.ceph import RBD_USER, CephLab
+from one_drivers.lab.ddi import DdiLab
 from one_drivers.lab.guest import Guest
 from one_drivers.lab.lemonldap import LemonldapLab
 from one_drivers.lab.libvirtd import HOST2_UUID, LibvirtLab
@@ -70,6 +71,7 @@ class Lab:
         self.oned = OnedStandin(self.root, port_offset)
         self.ldap = SlapdLab(self.root, port_offset)
         self.idp = LemonldapLab(self.root, port_offset)
+        self.ddi = DdiLab(self.root, port_offset)
         self.created_file = self.root / "created-dirs"
 
     @contextmanager
@@ -82,7 +84,7 @@ class Lab:
     def env(self) -> dict[str, str]:
         env = {"ONE_DRIVERS_LAB_DIR": str(self.root)}
         for part in (self.ceph, self.ovs, self.host2_net, self.ovs2, self.libvirt2, self.libvirt,
-                     self.ssh, self.guest, self.oned, self.ldap, self.idp):
+                     self.ssh, self.guest, self.oned, self.ldap, self.idp, self.ddi):
             env.update(part.env())
         return env
 
@@ -98,6 +100,7 @@ class Lab:
             "oned": self.oned.healthy(),
             "ldap": self.ldap.healthy(),
             "idp": self.idp.healthy(),
+            "ddi": self.ddi.healthy(),
             "guest_image": self.guest.built(),
         }
         out["healthy"] = all(out.values())
@@ -168,6 +171,7 @@ class Lab:
             step("oned", self.oned.healthy(), self.oned.up)
             step("ldap", self.ldap.healthy(), self.ldap.up)
             step("idp", self.idp.healthy(), self.idp.up)
+            step("ddi", self.ddi.healthy(), self.ddi.up)
             self._save_created(created)
         return timings
 
@@ -184,7 +188,8 @@ class Lab:
 
     def down(self) -> list[str]:
         with self._locked():
-            stopped = [*self.idp.down(), *self.ldap.down(), *self.oned.down(), *self.ssh.down(),
+            stopped = [*self.ddi.down(), *self.idp.down(), *self.ldap.down(), *self.oned.down(),
+                       *self.ssh.down(),
                        *self.libvirt2.down(), *self.ovs2.down(), *self.host2_net.down(),
                        *self.libvirt.down(), *self.ovs.down(), *self.ceph.down()]
             for path in reversed(self._created()):

@@ -1,0 +1,1 @@
+"""IPAM drivers: oned's address ranges managed by an external address service."""
