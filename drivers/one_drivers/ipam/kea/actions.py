@@ -213,8 +213,42 @@ def unregister_address_range(call: Call) -> None:
     log.info(f"Kea subnet {ar.subnet_id} removed")
 
 
+def fence(kea: Kea, config: dict[str, Any], subnet: dict[str, Any], ar: AddressRange) -> None:
+    """Keep strangers out of the subnet's pool: without this, any client on the segment would
+    get a free address of the AR for good (the leases never expire), one oned may give a VM
+    next. Only MACs that share the bytes the AR's first and last MAC share get an address
+    (oned's MACs of the AR all do; a VM's own lease is renewed, as it is in the pool). Made at
+    the first address call: oned gives the AR its MAC only after registering it."""
+    subnet_id = int(subnet["id"])
+    first, last = mac_text(ar.mac_of(0)), mac_text(ar.mac_of(ar.size - 1))
+    shared = 0
+    while shared < 6 and first[3 * shared:3 * shared + 2] == last[3 * shared:3 * shared + 2]:
+        shared += 1
+    if shared == 0:
+        return  # an AR across the first byte of the MAC: nothing to fence with
+    prefix = first[:3 * shared - 1].replace(":", "")
+    before = _copy(config)
+    name = class_name(subnet_id)
+    classes = [c for c in config["Dhcp4"].get("client-classes") or [] if c.get("name") != name]
+    classes.append({"name": name, "test": f"substring(pkt4.mac,0,{shared}) == 0x{prefix}",
+                    "user-context": {OWNER: {"subnet": subnet_id}}})
+    config["Dhcp4"]["client-classes"] = classes
+    for pool in subnet["pools"]:
+        pool["client-class"] = name
+    kea.apply(config, before)
+    log.info(f"Kea subnet {subnet_id} serves MACs {first[:3 * shared - 1]}:* only")
+
+
+def class_name(subnet_id: int) -> str:
+    return f"one-drivers-subnet-{subnet_id}"
+
+
 def remove_subnet(config: dict[str, Any], subnet_id: int) -> None:
+    """The subnet and the client class that fences its pool."""
     dhcp4 = config["Dhcp4"]
+    if dhcp4.get("client-classes"):
+        dhcp4["client-classes"] = [c for c in dhcp4["client-classes"]
+                                   if c.get("name") != class_name(subnet_id)]
     for holder in [dhcp4, *(dhcp4.get("shared-networks") or [])]:
         if "subnet4" in holder:
             holder["subnet4"] = [s for s in holder["subnet4"] if s.get("id") != subnet_id]
@@ -241,6 +275,8 @@ class Leasing:
         if subnet is None:
             raise NotFound(f"Kea has no subnet {self.ar.subnet_id} (the AR's KEA_SUBNET_ID)",
                            hint="`one-drivers ipam reconcile` shows what oned and Kea disagree on")
+        if self.ar.mac is not None and not all(p.get("client-class") for p in subnet["pools"]):
+            fence(self.kea, config, subnet, self.ar)
         self.zone = (ours(subnet) or {}).get("zone")  # the zone set at registration, not the AR's
         if self.zone:
             from one_drivers.ipam.kea.pdns import PowerDns
