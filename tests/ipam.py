@@ -20,8 +20,10 @@ def install(dest: Path, env: dict[str, str], **settings: Any) -> Path:
     from one_drivers.core.remotes import install as install_remotes
 
     install_remotes(dest, python=sys.executable)
-    values = {"KEA_URL": env["ONE_LAB_KEA_URL"], "KEA_CREDENTIALS": env["ONE_LAB_KEA_CREDENTIALS"],
-              "PDNS_URL": env["ONE_LAB_PDNS_URL"], "PDNS_API_KEY_FILE": env["ONE_LAB_PDNS_KEY_FILE"],
+    values = {"KEA_URL": env["ONE_LAB_KEA_URL"],
+              "KEA_CREDENTIALS": env["ONE_LAB_KEA_CREDENTIALS"],
+              "PDNS_URL": env["ONE_LAB_PDNS_URL"],
+              "PDNS_API_KEY_FILE": env["ONE_LAB_PDNS_KEY_FILE"],
               "DNS_ZONES": env["ONE_LAB_DNS_ZONES"], "STATE_DIR": str(dest / "state"),
               **settings}
     conf = dest / "etc" / "ipam" / "kea" / "kea.conf"

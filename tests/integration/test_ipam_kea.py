@@ -11,13 +11,16 @@ import signal
 import subprocess
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 
 from tests import ipam
 from tests.helpers import last_line
+from tests.integration import test_vmm_libvirt as vmm
 
 pytestmark = pytest.mark.lab
+vm, guest_raw, vmm_remotes = vmm.vm, vmm.guest_raw, vmm.vmm_remotes
 
 
 class Ipam:
@@ -110,7 +113,7 @@ def test_register_makes_a_kea_subnet_that_survives_a_restart_and_a_rerun_reuses_
     assert options["interface-mtu"] == "1400"
     assert options["domain-search"] == "lab.one., example.org."
     # written through Kea's config-write: the file Kea starts from has it
-    written = json.loads(open(kea.env["ONE_LAB_KEA_CONF"]).read())
+    written = json.loads(Path(kea.env["ONE_LAB_KEA_CONF"]).read_text())
     assert any(s["id"] == int(ar["KEA_SUBNET_ID"]) for s in written["Dhcp4"]["subnet4"])
     again = kea.register(NETWORK_ADDRESS="10.91.1.0", NETWORK_MASK="255.255.255.0",
                          GATEWAY="10.91.1.1")
@@ -259,7 +262,7 @@ def test_strangers_on_the_segment_get_no_address_and_the_vms_nic_gets_its_own(ke
 
 
 def _stopped(pidfile: str):
-    pid = int(open(pidfile).read().split()[0])
+    pid = int(Path(pidfile).read_text().split()[0])
     os.kill(pid, signal.SIGSTOP)
     return pid
 
@@ -306,3 +309,49 @@ def test_unreachable_services_and_denied_credentials_fail_in_one_line(kea, lab_e
     assert res.returncode == 4 and "refused our credentials" in last_line(res.stderr)
     assert "not-the-password" not in res.stderr
     assert kea.leases(int(ar["KEA_SUBNET_ID"])) == {}
+
+
+def test_the_lab_guest_gets_over_dhcp_exactly_the_address_oned_was_given(kea, lab_env, vm):
+    """The issue's end-to-end check: the real guest (QEMU, via the VMM driver) on an ``ovsdb``
+    vnet whose AR uses the kea IPAM asks DHCP and gets the address get_address answered oned,
+    and DNS names it."""
+    import base64
+
+    from one_drivers.lab.documents import vm_doc
+    from tests.integration.test_vmm_libvirt import HOST, READY
+
+    segment = lab_env["ONE_LAB_DHCP_SERVER"].rsplit(".", 1)[0]
+    ar = kea.register(IP=f"{segment}.10", SIZE="20", NETWORK_ADDRESS=f"{segment}.0",
+                      NETWORK_MASK="255.255.255.0", GATEWAY=f"{segment}.1",
+                      MAC="02:00:0a:fe:14:0a", DNS_ZONE="lab.one")
+    kea.run("allocate_address", ar, {"IP": f"{segment}.10", "MAC": "02:00:0a:fe:14:0a"})
+    got = ipam.answer(kea.run("get_address", ar, {"SIZE": 1}).stdout, "ADDRESS")["IP"]
+    assert got == f"{segment}.11"
+    mac = "02:00:0a:fe:14:0b"  # oned's MAC for the address: the AR's MAC + its index
+    bridge, target = f"ik{uuid.uuid4().hex[:6]}", f"one-{vm.id}-0"
+    nic = {"NIC_ID": 0, "NETWORK_ID": 1, "VN_MAD": "ovsdb", "BRIDGE": bridge, "MAC": mac,
+           "IP": got, "TARGET": target, "FILTER_MAC_SPOOFING": "YES"}
+    vnm_doc = base64.b64encode(vm_doc(vm.id, [], nics=[nic]).encode())
+    pre = subprocess.run([str(vm.remotes / "vnm" / "ovsdb" / "pre")], input=vnm_doc,
+                         capture_output=True, timeout=60, check=False)
+    assert pre.returncode == 0, pre.stderr
+    try:  # the DHCP server's uplink joins the vnet's bridge, as a physical one would
+        subprocess.run(["ovs-vsctl", "add-port", bridge, lab_env["ONE_LAB_DHCP_PORT"]],
+                       check=True, timeout=30)
+        vm.deploy(nics=[(bridge, mac, target)])
+        vm.console.wait_for(READY)
+        out = vm.console.run("udhcpc -i eth0 -n -q -t 5 -T 2 -s /bin/true 2>&1", timeout=60)
+        assert f"lease of {got} obtained" in out, out
+        assert kea.leases(int(ar["KEA_SUBNET_ID"]))[got] == mac
+        assert kea.dig(f"one-{got.replace('.', '-')}.lab.one") == [got]
+        assert kea.dig(got, "PTR") == [f"one-{got.replace('.', '-')}.lab.one."]
+        # and the name goes with the address when oned frees it
+        assert kea.run("free_address", ar, {"IP": got, "MAC": mac}).returncode == 0
+        assert kea.dig(got, "PTR") == [] and got not in kea.leases(int(ar["KEA_SUBNET_ID"]))
+    finally:
+        subprocess.run(["ovs-vsctl", "--if-exists", "del-port", bridge,
+                        lab_env["ONE_LAB_DHCP_PORT"]], timeout=30, check=False)
+        vm.close()
+        subprocess.run([str(vm.remotes / "vnm" / "ovsdb" / "clean"), HOST], input=vnm_doc,
+                       capture_output=True, timeout=60, check=False)
+        subprocess.run(["ovs-vsctl", "--if-exists", "del-br", bridge], timeout=30, check=False)
