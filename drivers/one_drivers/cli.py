@@ -171,6 +171,30 @@ def cmd_ovs_reconcile(args: argparse.Namespace) -> int:
     return 1 if report.skipped else 0
 
 
+def cmd_ipam_reconcile(args: argparse.Namespace) -> int:
+    """Compare oned's leases of kea ARs with Kea and PowerDNS; --fix repairs the difference."""
+    from one_drivers.core.config import Settings, config_path, load_file
+    from one_drivers.core.errors import DriverError
+    from one_drivers.core.registry import get_driver
+    from one_drivers.core.retry import Deadline
+    from one_drivers.ipam.kea.reconcile import reconcile
+
+    driver = get_driver("ipam", "kea")
+    try:
+        settings = Settings([driver.default_values(),
+                             load_file(config_path("ipam", "kea", args.remotes))],
+                            subject="the kea IPAM")
+        report = reconcile(settings, Deadline(args.timeout, "ipam reconcile"), fix=args.fix)
+    except DriverError as exc:
+        print(exc, file=sys.stderr)
+        return exc.exit_code
+    for line in report:
+        print(line)
+    state = "fixed" if args.fix else "found (report only; --fix repairs them)"
+    print(f"{len(report)} difference(s) {state}" if report else "oned, Kea and PowerDNS agree")
+    return 1 if report and not args.fix else 0
+
+
 def cmd_doctor(args: argparse.Namespace) -> int:
     """Check what the drivers need on this node; one line per problem, non-zero when any."""
     from one_drivers.doctor import CHECKS, Problem, default_node, diagnose, probe_ceph
@@ -324,6 +348,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds a VM none of whose taps exist keeps its ports, flows and state "
                         "(it may be being deployed); older, it is gone (default: 600)")
     p.set_defaults(func=cmd_ovs_reconcile)
+
+    p = sub.add_parser("ipam", help="IPAM tools")
+    ipam_sub = p.add_subparsers(dest="ipam_command", required=True)
+    p = ipam_sub.add_parser("reconcile", help="compare oned's leases of kea address ranges with "
+                                              "Kea's leases and PowerDNS's records")
+    p.add_argument("--remotes", help="remotes tree with the driver's kea.conf (default: "
+                                     "ONE_DRIVERS_REMOTES or /var/lib/one/remotes)")
+    p.add_argument("--fix", action="store_true", help="repair the difference (oned is the "
+                   "truth); without it, only report (exit 1 when there is any)")
+    p.add_argument("--timeout", type=float, default=600, help="seconds for the whole run")
+    p.set_defaults(func=cmd_ipam_reconcile)
 
     p = sub.add_parser("doctor", help="check what the drivers need on this node (one line per "
                                       "problem, saying what to fix)")

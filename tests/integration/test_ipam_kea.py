@@ -69,6 +69,9 @@ class Ipam:
         for subnet_id in self.subnets:
             for ip in self.leases(subnet_id):
                 self.ddi.kea("lease4-del", {"ip-address": ip})
+                self.ddi.pdns("PATCH", "/zones/lab.one.", {"rrsets": [{
+                    "name": f"one-{ip.replace('.', '-')}.lab.one.", "type": "A",
+                    "changetype": "DELETE"}]})
         config = self.ddi.kea("config-get")["arguments"]
         dhcp4 = config["Dhcp4"]
         dhcp4["subnet4"] = [s for s in dhcp4["subnet4"] if s["id"] not in self.subnets]
@@ -355,3 +358,75 @@ def test_the_lab_guest_gets_over_dhcp_exactly_the_address_oned_was_given(kea, la
         subprocess.run([str(vm.remotes / "vnm" / "ovsdb" / "clean"), HOST], input=vnm_doc,
                        capture_output=True, timeout=60, check=False)
         subprocess.run(["ovs-vsctl", "--if-exists", "del-br", bridge], timeout=30, check=False)
+
+
+def _vnet_xml(vn_id: int, ar: dict, leases: list[tuple[str, str, int]]) -> str:
+    """oned's one.vn.info answer: the AR as oned keeps it, with its LEASES."""
+    body = "".join(f"<{k}>{v}</{k}>" for k, v in ar.items())
+    rows = "".join(f"<LEASE><IP><![CDATA[{ip}]]></IP><MAC><![CDATA[{mac}]]></MAC>"
+                   f"<VM><![CDATA[{vm}]]></VM></LEASE>" for ip, mac, vm in leases)
+    return (f"<VNET><ID>{vn_id}</ID><NAME>kea-net</NAME><AR_POOL><AR>{body}<LEASES>{rows}"
+            "</LEASES></AR></AR_POOL></VNET>")
+
+
+def test_reconcile_reports_then_fixes_what_oned_kea_and_powerdns_disagree_on(kea, lab_env):
+    from one_drivers.lab.lab import Lab
+
+    oned = Lab().oned
+    ar = kea.register(**_net(10), DNS_ZONE="lab.one")
+    sid = int(ar["KEA_SUBNET_ID"])
+    gone = kea.register(**_net(11))  # an AR oned removed with force: its subnet stays in Kea
+    for ip, mac in (("10.91.10.10", "02:00:0a:5b:0a:0a"), ("10.91.10.11", "02:00:0a:5b:0a:0b"),
+                    ("10.91.10.12", "02:00:0a:5b:0a:0c")):
+        assert kea.run("allocate_address", ar, {"IP": ip, "MAC": mac}).returncode == 0
+    assert kea.run("allocate_address", gone, {"IP": "10.91.11.10"}).returncode == 0
+    # .11 leased in Kea to another MAC than oned's (ours, stale); .12 leased in Kea, not in
+    # oned (an orphan); .13 in oned, not in Kea (missing); .10 agrees but lost its A record
+    kea.ddi.kea("lease4-del", {"ip-address": "10.91.10.11"})
+    assert kea.run("allocate_address", ar, {"IP": "10.91.10.11", "MAC": "02:00:0a:5b:0a:99"}
+                   ).returncode == 0
+    kea.ddi.pdns("PATCH", "/zones/lab.one.", {"rrsets": [
+        {"name": "one-10-91-10-10.lab.one.", "type": "A", "changetype": "DELETE"}]})
+    oned_leases = [("10.91.10.10", "02:00:0a:5b:0a:0a", 1), ("10.91.10.11", "02:00:0a:5b:0a:0b", 2),
+                   ("10.91.10.13", "02:00:0a:5b:0a:0d", 3)]
+    oned_ar = {k: v for k, v in ar.items()}
+    oned.record("vn", 500, _vnet_xml(500, oned_ar, oned_leases))
+    oned.record("vnpool", 0, f"<VNET_POOL>{_vnet_xml(500, oned_ar, [])}</VNET_POOL>")
+    cli = [str(Path(os.environ.get("VIRTUAL_ENV", ".venv")) / "bin" / "one-drivers")]
+    argv = [*cli, "ipam", "reconcile", "--remotes", str(kea.remotes)]
+    env = {**os.environ, **lab_env}
+
+    def reconcile(*extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*argv, *extra], capture_output=True, text=True, timeout=120,
+                              env=env, check=False)
+
+    try:
+        report = reconcile()
+        assert report.returncode == 1, report.stderr
+        lines = report.stdout
+        assert "missing: vnet 500 AR 0 leases 10.91.10.13 to 02:00:0a:5b:0a:0d" in lines
+        assert "conflict: vnet 500 AR 0 leases 10.91.10.11 to 02:00:0a:5b:0a:0b; Kea to " \
+               "02:00:0a:5b:0a:99" in lines
+        assert "orphan lease: 10.91.10.12" in lines
+        assert f"orphan subnet {gone['KEA_SUBNET_ID']} (10.91.11.0/24, 1 lease(s))" in lines
+        assert "unnamed: 10.91.10.10" in lines
+        assert "difference(s) found (report only; --fix repairs them)" in lines
+        # report-only changed nothing
+        assert set(kea.leases(sid)) == {"10.91.10.10", "10.91.10.11", "10.91.10.12"}
+        assert kea.subnet(int(gone["KEA_SUBNET_ID"])) is not None
+        fixed = reconcile("--fix")
+        assert fixed.returncode == 0, fixed.stderr
+        assert kea.leases(sid) == {"10.91.10.10": "02:00:0a:5b:0a:0a",
+                                   "10.91.10.11": "02:00:0a:5b:0a:0b",
+                                   "10.91.10.13": "02:00:0a:5b:0a:0d"}
+        assert kea.subnet(int(gone["KEA_SUBNET_ID"])) is None
+        assert kea.dig("one-10-91-10-10.lab.one") == ["10.91.10.10"]
+        assert kea.dig("one-10-91-10-12.lab.one") == [], "the orphan's record went with it"
+        assert kea.dig("one-10-91-10-13.lab.one") == ["10.91.10.13"]
+        again = reconcile()
+        assert again.returncode == 0 and "oned, Kea and PowerDNS agree" in again.stdout, \
+            again.stdout
+    finally:
+        oned.record("vnpool", 0, "<VNET_POOL/>")
+        for ip in list(kea.leases(sid)):
+            kea.run("free_address", ar, {"IP": ip, "MAC": kea.leases(sid)[ip]})

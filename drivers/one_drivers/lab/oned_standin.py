@@ -1,9 +1,10 @@
 """A small oned stand-in for the lab: serves recorded documents over XML-RPC.
 
 ``one.vm.info``, ``one.datastore.info``, ``one.image.info``, ``one.market.info``,
-``one.grouppool.info`` and ``one.userpool.info`` answer as oned does (``[ok, xml-or-message,
-code]``) from ``<dir>/<kind>/<id>.xml`` (pools: ``<kind>/0.xml``), read on every call so tests
-can record documents while it runs; the session must match the lab's one_auth.
+``one.vn.info``, ``one.grouppool.info``, ``one.userpool.info`` and ``one.vnpool.info`` answer as
+oned does (``[ok, xml-or-message, code]``) from ``<dir>/<kind>/<id>.xml`` (pools:
+``<kind>/0.xml``), read on every call so tests can record documents while it runs; the session
+must match the lab's one_auth.
 """
 
 from __future__ import annotations
@@ -51,12 +52,16 @@ class OnedStandin:
         from one_drivers.core.errors import DriverError, NotFound
         from one_drivers.core.oned import Oned
 
-        try:
-            Oned(self.env()["ONE_XMLRPC"], self.auth.read_text().strip(), timeout=2).vm(-1)
-        except NotFound:
-            return True
-        except (DriverError, OSError):
-            return False
+        oned = Oned(self.env()["ONE_XMLRPC"], self.auth.read_text().strip(), timeout=2)
+        # the newest method it serves: a stand-in of an older checkout is restarted
+        for probe in (lambda: oned.vm(-1),
+                      lambda: oned.call("one.vn.info", oned.session, -1, False)):
+            try:
+                probe()
+            except NotFound:
+                continue
+            except (DriverError, OSError):
+                return False
         return True
 
     def up(self) -> None:
@@ -111,7 +116,11 @@ def serve(directory: Path, port: int) -> None:
                              "one.image.info")
     server.register_function(lambda s, i, d=False: info("market", "one.market.info", s, i, d),
                              "one.market.info")
+    server.register_function(lambda s, i, d=False: info("vn", "one.vn.info", s, i, d),
+                             "one.vn.info")
     # pools: what a test recorded as <kind>/0.xml
+    server.register_function(lambda s, *_: info("vnpool", "one.vnpool.info", s, 0),
+                             "one.vnpool.info")
     server.register_function(lambda s: info("grouppool", "one.grouppool.info", s, 0),
                              "one.grouppool.info")
     server.register_function(lambda s, *_: info("userpool", "one.userpool.info", s, 0),

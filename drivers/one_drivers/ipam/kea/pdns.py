@@ -111,6 +111,12 @@ class PowerDns:
             raise BackendUnavailable(f"PowerDNS answered HTTP {status} to a search for {name}")
         return [r for r in found if r.get("name") == name]
 
+    def zone_rrsets(self, zone: str) -> list[dict[str, Any]]:
+        status, found = self._call("GET", f"/zones/{zone}")
+        if status != 200 or not isinstance(found, dict):
+            raise BackendUnavailable(f"PowerDNS answered HTTP {status} about zone {zone}")
+        return list(found.get("rrsets") or [])
+
     def withdraw(self, ip: int, zone: str) -> None:
         """Remove the address's records, each only while it still says what we wrote."""
         name = host_name(ip, zone, self.prefix)
