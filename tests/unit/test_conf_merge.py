@@ -30,6 +30,11 @@ AUTH_MAD = [
     EXECUTABLE = "one_auth_mad",
     AUTHN = "ssh,x509,server_cipher"
 ]
+IPAM_MAD = [
+    EXECUTABLE = "one_ipam",
+    ARGUMENTS  = "-t 1 -i dummy"
+]
+VNET_RESTRICTED_ATTR = "VN_MAD"
 # TM_MAD_CONF = [ NAME = "rbd", LN_TARGET = "commented out: not a block" ]
 TM_MAD_CONF = [
     NAME = "ceph", LN_TARGET = "NONE", CLONE_TARGET = "SELF", SHARED = "YES"
@@ -51,6 +56,10 @@ def test_merge_adds_lists_and_blocks_and_keeps_the_rest():
     assert 'ARGUMENTS  = "-t 15 -d dummy,shared,ssh,ceph,rbd"' in out
     assert 'ARGUMENTS  = "-t 15 -m http,s3,one,rbd"' in out
     assert 'AUTHN = "ssh,x509,server_cipher,ldap,oidc"' in out, "an attribute's list, not ARGUMENTS"
+    assert 'ARGUMENTS  = "-t 1 -i dummy,kea"' in out, "the IPAM MAD's -i list"
+    # the kea IPAM's own AR attributes are oneadmin's only; the operator's restrictions stay
+    assert 'VNET_RESTRICTED_ATTR = "AR/KEA_SUBNET_ID"\nVNET_RESTRICTED_ATTR = "AR/DNS_ZONE"' in out
+    assert out.count('VNET_RESTRICTED_ATTR = "VN_MAD"') == 1
     assert "PORT = 2633" in out and 'NAME = "ceph", LN_TARGET = "NONE"' in out
     assert 'NAME = "kvm", EXECUTABLE = "one_vmm_exec"' in out, "the operator's kvm untouched"
     assert 'TM_MAD_CONF = [ NAME = "rbd", LN_TARGET = "SYSTEM" ]' not in out, "ours replaced"

@@ -49,6 +49,9 @@ def test_installed_shim_runs_with_this_interpreter(tmp_path):
 def test_oned_conf_registers_every_driver():
     reg = oned_conf.registration()
     for drv in registry.all_drivers():
+        if drv.family == "ipam":  # an IPAM driver has no block: it joins IPAM_MAD's -i list
+            assert drv.name in reg["driver_lists"]["IPAM_MAD"]["drivers"]
+            continue
         blocks = [b for b in reg["blocks"] if b["attrs"]["NAME"] == drv.name]
         assert blocks, drv
     ds = reg["driver_lists"]["DATASTORE_MAD"]
@@ -57,6 +60,8 @@ def test_oned_conf_registers_every_driver():
     assert 'DS_MAD_CONF = [\n    NAME                = "rbd"' in text
     assert 'MARKETPLACE_ACTIONS = "export"' in text
     assert "DATASTORE_MAD: add 'rbd,rbdbackup' to ARGUMENTS -d list" in text
+    assert "IPAM_MAD: add 'kea' to ARGUMENTS -i list" in text
+    assert 'VNET_RESTRICTED_ATTR = "<value>" lines for AR/KEA_SUBNET_ID AR/DNS_ZONE' in text
     assert '"drivers": [' in oned_conf.render_json()
     assert 'VN_MAD_CONF = [\n    NAME        = "ovsdb",\n    BRIDGE_TYPE = "openvswitch"' in text
     vm_mad = next(b["attrs"] for b in reg["blocks"] if b["section"] == "VM_MAD")

@@ -220,23 +220,18 @@ def fence(kea: Kea, config: dict[str, Any], subnet: dict[str, Any], ar: AddressR
     (oned's MACs of the AR all do; a VM's own lease is renewed, as it is in the pool). Made at
     the first address call: oned gives the AR its MAC only after registering it."""
     subnet_id = int(subnet["id"])
-    first, last = mac_text(ar.mac_of(0)), mac_text(ar.mac_of(ar.size - 1))
-    shared = 0
-    while shared < 6 and first[3 * shared:3 * shared + 2] == last[3 * shared:3 * shared + 2]:
-        shared += 1
-    if shared == 0:
+    test = ar.mac_fence()
+    if test is None:
         return  # an AR across the first byte of the MAC: nothing to fence with
-    prefix = first[:3 * shared - 1].replace(":", "")
     before = _copy(config)
     name = class_name(subnet_id)
     classes = [c for c in config["Dhcp4"].get("client-classes") or [] if c.get("name") != name]
-    classes.append({"name": name, "test": f"substring(pkt4.mac,0,{shared}) == 0x{prefix}",
-                    "user-context": {OWNER: {"subnet": subnet_id}}})
+    classes.append({"name": name, "test": test, "user-context": {OWNER: {"subnet": subnet_id}}})
     config["Dhcp4"]["client-classes"] = classes
     for pool in subnet["pools"]:
         pool["client-class"] = name
     kea.apply(config, before)
-    log.info(f"Kea subnet {subnet_id} serves MACs {first[:3 * shared - 1]}:* only")
+    log.info(f"Kea subnet {subnet_id} serves only MACs where {test}")
 
 
 def class_name(subnet_id: int) -> str:

@@ -145,6 +145,18 @@ class AddressRange:
             raise BadInput("the AR has no MAC", hint="oned sets one on every AR it registered")
         return mac_at(self.mac, index)
 
+    def mac_fence(self) -> str | None:
+        """A Kea class test true for the MACs of this AR: those sharing the leading bytes its
+        first and last MAC share (None when they share none)."""
+        first, last = mac_text(self.mac_of(0)), mac_text(self.mac_of(self.size - 1))
+        shared = 0
+        while shared < 6 and first[3 * shared:3 * shared + 2] == last[3 * shared:3 * shared + 2]:
+            shared += 1
+        if shared == 0:
+            return None
+        prefix = first[:3 * shared - 1].replace(":", "")
+        return f"substring(pkt4.mac,0,{shared}) == 0x{prefix}"
+
     def answer(self, subnet_id: int) -> str:
         """register_address_range's answer: the AR oned keeps, our keys included."""
         attrs = {"IPAM_MAD": "kea", "TYPE": self.type, "IP": ip_text(self.first),
