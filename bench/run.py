@@ -13,6 +13,7 @@ import bench_backup_rbd
 import bench_ds_monitor
 import bench_ds_rbd
 import bench_im_libvirt
+import bench_ipam_kea
 import bench_market_rbd
 import bench_startup
 import bench_tm_rbd
@@ -24,7 +25,7 @@ def main() -> int:
     results: dict[str, float] = {}
     for bench in (bench_startup, bench_ds_monitor, bench_ds_rbd, bench_tm_rbd,
                   bench_vnm_ovsdb, bench_vmm_libvirt, bench_im_libvirt, bench_backup_rbd,
-                  bench_market_rbd, bench_auth_ldap, bench_auth_oidc):
+                  bench_market_rbd, bench_auth_ldap, bench_auth_oidc, bench_ipam_kea):
         results.update(bench.main())
     print("\nsummary: " + ", ".join(f"{k}={v:.2f}" for k, v in results.items()))
     return 0
