@@ -115,6 +115,12 @@ class OpenNebula:
                                     "MAPPING_DIR": str(self.work / "auth")},
             "auth/oidc/oidc.conf": {"JWKS_DIR": str(self.work / "auth")},
             "vnm/ovsdb/ovsdb.conf": {"DATAPATH_TYPE": "netdev"},
+            "ipam/kea/kea.conf": {"KEA_URL": self.lab["ONE_LAB_KEA_URL"],
+                                  "KEA_CREDENTIALS": self.lab["ONE_LAB_KEA_CREDENTIALS"],
+                                  "PDNS_URL": self.lab["ONE_LAB_PDNS_URL"],
+                                  "PDNS_API_KEY_FILE": self.lab["ONE_LAB_PDNS_KEY_FILE"],
+                                  "DNS_ZONES": self.lab["ONE_LAB_DNS_ZONES"],
+                                  "STATE_DIR": str(self.work / "ipam")},
         }
         # each run on the files as shipped (install-remotes keeps a changed configuration
         # file: an earlier run's additions would pile up)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.opennebula import OneError, OpenNebula
+from tests.e2e.opennebula import ONE_DRIVERS, OneError, OpenNebula
 from tests.helpers import rbd_names, trash_names
 
 pytestmark = [pytest.mark.lab, pytest.mark.e2e]
@@ -175,6 +175,58 @@ def test_ovs_network(one: OpenNebula) -> None:
     one.wait(lambda: text(one, "onevnet", vid, "STATE") == VNET_READY, "the vnet to be READY",
              60, fail=lambda: f"ERROR: {text(one, 'onevnet', vid, 'TEMPLATE/ERROR')}"
              if text(one, "onevnet", vid, "STATE") == VNET_ERROR else None)
+
+
+def test_kea_ipam_leases_what_oned_gives_its_nics(one: OpenNebula, lab_env: dict[str, str]
+                                                  ) -> None:
+    """oned's IPAM MAD runs our kea driver: the AR oned keeps is our answer, each NIC's address
+    and MAC (oned's own choice and one asked for) are leased in Kea and named in PowerDNS,
+    `ipam reconcile` reads oned's leases as oned writes them, and everything goes with the VMs
+    and the vnet."""
+    from one_drivers.lab.lab import Lab
+    ddi = Lab().ddi
+
+    def leases(subnet: int) -> dict[str, str]:
+        found = ddi.kea("lease4-get-all", {"subnets": [subnet]}).get("arguments") or {}
+        return {lease["ip-address"]: lease["hw-address"] for lease in found.get("leases", [])}
+
+    vid = one.create("onevnet", 'NAME="e2e-kea"\nVN_MAD="ovsdb"\nBRIDGE="e2ebr1"\n'
+                     'AR=[ TYPE="IP4", IPAM_MAD="kea", NETWORK_ADDRESS="10.93.0.0", '
+                     'NETWORK_MASK="255.255.255.0", GATEWAY="10.93.0.1", DNS_ZONE="lab.one" ]\n')
+    one.wait(lambda: text(one, "onevnet", vid, "STATE") == VNET_READY, "the kea vnet to be READY",
+             60, fail=lambda: f"ERROR: {text(one, 'onevnet', vid, 'TEMPLATE/ERROR')}"
+             if text(one, "onevnet", vid, "STATE") == VNET_ERROR else None)
+    ar = one.xml("onevnet", "show", str(vid)).find("AR_POOL/AR")
+    assert ar is not None
+    # the range the IPAM chose for the partial AR, and our key, as oned keeps them
+    assert (ar.findtext("IP"), ar.findtext("SIZE")) == ("10.93.0.2", "253")
+    subnet = int(ar.findtext("KEA_SUBNET_ID") or -1)
+    base = 'CPU="0.1"\nMEMORY="64"\n'
+    auto = one.create("onevm", base + f'NAME="e2e-kea-a"\nNIC=[ NETWORK_ID="{vid}" ]\n',
+                      "--hold")
+    chosen = one.create("onevm", base + f'NAME="e2e-kea-b"\nNIC=[ NETWORK_ID="{vid}", '
+                        'IP="10.93.0.50" ]\n', "--hold")
+    nics = {}
+    for vm in (auto, chosen):
+        nic = one.xml("onevm", "show", str(vm)).find("TEMPLATE/NIC")
+        assert nic is not None
+        nics[nic.findtext("IP") or ""] = nic.findtext("MAC") or ""
+    assert set(nics) == {"10.93.0.2", "10.93.0.50"}
+    assert leases(subnet) == nics, "Kea leases each NIC's address to its MAC"
+    dig = ["dig", "+short", "@127.0.0.1", "-p", lab_env["ONE_LAB_DNS_PORT"]]
+    named = subprocess.run([*dig, "one-10-93-0-50.lab.one", "A"], capture_output=True,
+                           text=True, timeout=20, check=True).stdout.split()
+    assert named == ["10.93.0.50"]
+    remotes = str(one.location / "var" / "remotes")
+    report = one.run([ONE_DRIVERS, "ipam", "reconcile", "--remotes", remotes])
+    assert "oned, Kea and PowerDNS agree" in report, report
+    for vm in (auto, chosen):
+        one.run(["onevm", "recover", "--delete", str(vm)])
+    one.wait(lambda: leases(subnet) == {}, "oned to free both addresses in Kea", 60)
+    one.run(["onevnet", "delete", str(vid)])
+    one.wait(lambda: one.cli("onevnet", "show", str(vid)) is None, "the kea vnet to go", 60)
+    config = ddi.kea("config-get")["arguments"]["Dhcp4"]
+    assert all(s["id"] != subnet for s in config["subnet4"]), "the Kea subnet went with it"
 
 
 def _vm_failed(one: OpenNebula, vm: int) -> str | None:
