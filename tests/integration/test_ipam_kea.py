@@ -430,3 +430,52 @@ def test_reconcile_reports_then_fixes_what_oned_kea_and_powerdns_disagree_on(kea
         oned.record("vnpool", 0, "<VNET_POOL/>")
         for ip in list(kea.leases(sid)):
             kea.run("free_address", ar, {"IP": ip, "MAC": kea.leases(sid)[ip]})
+
+
+def test_a_dhcp_server_stopped_or_gone_behind_its_agent_fails_in_one_line(kea, lab_env, tmp_path):
+    """The agent answers, kea-dhcp4 does not: SIGSTOPped (the agent waits on its socket: our
+    deadline ends it) and then killed (the agent says so at once). The lab's DHCP is made
+    anew afterwards."""
+    from one_drivers.lab.proc import read_pid
+
+    quick = ipam.install(tmp_path / "quick", lab_env, KEA_TIMEOUT="2")
+    ar = kea.register(**_net(12))
+    pid = _stopped(lab_env["ONE_LAB_KEA_PID"])
+    try:
+        started = time.monotonic()
+        res = kea.run("get_address", ar, {"SIZE": 1}, remotes=quick)
+        took = time.monotonic() - started
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert res.returncode == 4 and "did not answer within 2 s" in last_line(res.stderr)
+    assert took < 10, took
+    assert kea.run("get_address", ar, {"SIZE": 1}, remotes=quick).returncode == 0, \
+        "positive control: the same call once it runs again"
+    try:
+        os.kill(pid, signal.SIGKILL)
+        kea.ddi.wait_gone(pid)
+        res = kea.run("get_address", ar, {"SIZE": 1}, remotes=quick)
+        assert res.returncode == 4, res.stderr
+        assert "Kea's DHCPv4 server did not answer config-get" in last_line(res.stderr)
+    finally:
+        kea.subnets.clear()  # a new Kea has none of them
+        kea.ddi.up()
+    assert read_pid(Path(lab_env["ONE_LAB_KEA_PID"])) != pid
+
+
+def test_an_unknown_ar_or_a_broken_document_fails_in_one_line_and_leases_nothing(kea):
+    ar = kea.register(**_net(13))
+    unknown = {**ar, "KEA_SUBNET_ID": "99999"}
+    res = kea.run("get_address", unknown, {"SIZE": 1})
+    assert res.returncode == 6 and "Kea has no subnet 99999" in last_line(res.stderr)
+    unregistered = {k: v for k, v in ar.items() if k != "KEA_SUBNET_ID"}
+    res = kea.run("allocate_address", unregistered, {"IP": "10.91.13.10"})
+    assert res.returncode == 3 and "the AR has no KEA_SUBNET_ID" in last_line(res.stderr)
+    for stdin in (b"not base64 at all!", b"PElQQU1fRFJJVkVSX0FDVElPTl9EQVRBPg==", b""):
+        proc = subprocess.run([str(kea.remotes / "ipam" / "kea" / "get_address"), "7"],
+                              input=stdin, capture_output=True, timeout=60, check=False)
+        assert proc.returncode == 3, proc.stderr
+        assert len(proc.stderr.decode().strip().splitlines()) == 1 and proc.stdout == b""
+    assert kea.leases(int(ar["KEA_SUBNET_ID"])) == {}
+    # positive control: the AR itself gets an address
+    assert kea.run("get_address", ar, {"SIZE": 1}).returncode == 0

@@ -77,6 +77,11 @@ class DdiLab:
                        check=False)
         return stopped
 
+    def wait_gone(self, pid: int, timeout: float = 10) -> None:
+        """Until process ``pid`` (one of the lab's, killed by a test) has exited."""
+        wait_for(lambda: not alive(pid), timeout=timeout, what=f"process {pid} to exit",
+                 interval=0.05)
+
     # -- Kea ----------------------------------------------------------------------------------
 
     def _segment(self) -> None:

@@ -64,8 +64,10 @@ class Kea:
                                      "with no result") from None
         if result not in accept:
             text = str(answer.get("text", ""))[:300]
-            if result == ERROR and "forwarding" in text.lower():  # the agent without kea-dhcp4
-                raise BackendUnavailable(f"Kea's DHCPv4 server did not answer {name}: {text}")
+            # the agent without its server: "unable to forward command to the dhcp4 service"
+            if result == ERROR and "forward command" in text.lower():
+                raise BackendUnavailable(f"Kea's DHCPv4 server did not answer {name}: {text}",
+                                         hint="check that kea-dhcp4 runs")
             raise ActionFailed(f"Kea refused {name}: {text}")
         return result, answer.get("arguments")
 
