@@ -264,10 +264,17 @@ def test_strangers_on_the_segment_get_no_address_and_the_vms_nic_gets_its_own(ke
         subprocess.run(["ovs-vsctl", "--if-exists", "del-br", bridge], timeout=30, check=False)
 
 
-def _stopped(pidfile: str):
+def _get_while_stopped(kea: Ipam, pidfile: str, ar: dict, remotes):
+    """(result, seconds, pid) of a get_address while the service of ``pidfile`` is
+    SIGSTOPped (hung: its sockets accept, nothing answers)."""
     pid = int(Path(pidfile).read_text().split()[0])
     os.kill(pid, signal.SIGSTOP)
-    return pid
+    try:
+        started = time.monotonic()
+        res = kea.run("get_address", ar, {"SIZE": 1}, remotes=remotes)
+        return res, time.monotonic() - started, pid
+    finally:
+        os.kill(pid, signal.SIGCONT)
 
 
 def test_a_hung_kea_or_powerdns_fails_within_the_deadline_and_leaves_nothing(kea, lab_env,
@@ -275,23 +282,13 @@ def test_a_hung_kea_or_powerdns_fails_within_the_deadline_and_leaves_nothing(kea
     quick = ipam.install(tmp_path / "quick", lab_env, KEA_TIMEOUT="1", PDNS_TIMEOUT="1")
     ar = kea.register(**_net(8), DNS_ZONE="lab.one")
     sid = int(ar["KEA_SUBNET_ID"])
-    pid = _stopped(lab_env["ONE_LAB_KEA_AGENT_PID"])
-    try:
-        started = time.monotonic()
-        res = kea.run("get_address", ar, {"SIZE": 1}, remotes=quick)
-        took = time.monotonic() - started
-    finally:
-        os.kill(pid, signal.SIGCONT)
+    res, took, _ = _get_while_stopped(kea, lab_env["ONE_LAB_KEA_AGENT_PID"], ar, quick)
     assert res.returncode == 4 and "Kea at" in last_line(res.stderr) and \
         "did not answer within 1 s" in last_line(res.stderr)
     assert took < 10, took
     assert kea.leases(sid) == {}
     # PowerDNS hung after Kea leased: the lease is taken back
-    pid = _stopped(lab_env["ONE_LAB_PDNS_PID"])
-    try:
-        res = kea.run("get_address", ar, {"SIZE": 1}, remotes=quick)
-    finally:
-        os.kill(pid, signal.SIGCONT)
+    res, _, _ = _get_while_stopped(kea, lab_env["ONE_LAB_PDNS_PID"], ar, quick)
     assert res.returncode == 4 and "PowerDNS" in last_line(res.stderr)
     assert kea.leases(sid) == {}, "nothing half-reserved"
     # positive control: both answering, the same call leases and names
@@ -440,13 +437,7 @@ def test_a_dhcp_server_stopped_or_gone_behind_its_agent_fails_in_one_line(kea, l
 
     quick = ipam.install(tmp_path / "quick", lab_env, KEA_TIMEOUT="2")
     ar = kea.register(**_net(12))
-    pid = _stopped(lab_env["ONE_LAB_KEA_PID"])
-    try:
-        started = time.monotonic()
-        res = kea.run("get_address", ar, {"SIZE": 1}, remotes=quick)
-        took = time.monotonic() - started
-    finally:
-        os.kill(pid, signal.SIGCONT)
+    res, took, pid = _get_while_stopped(kea, lab_env["ONE_LAB_KEA_PID"], ar, quick)
     assert res.returncode == 4 and "did not answer within 2 s" in last_line(res.stderr)
     assert took < 10, took
     assert kea.run("get_address", ar, {"SIZE": 1}, remotes=quick).returncode == 0, \

@@ -42,6 +42,7 @@ from one_drivers.ipam.kea.ranges import (
     AddressRange,
     address_answer,
     ip_text,
+    mac_at,
     mac_int,
     mac_text,
 )
@@ -334,13 +335,21 @@ def _size(address: Template | None, ar: AddressRange) -> int:
     return int(raw)
 
 
-def get_address(call: Call) -> str:
-    ar, address = _data(call)
-    size = _size(address, ar)
+@contextlib.contextmanager
+def _leasing(call: Call, ar: AddressRange) -> Iterator[Leasing]:
+    """The AR's subnet opened for leasing, under the driver's lock."""
     kea = Kea(call.settings, call.deadline)
     with locked(call.settings, call.deadline):
         leasing = Leasing(call, ar, kea)
         leasing.open(kea.config())
+        yield leasing
+
+
+def get_address(call: Call) -> str:
+    ar, address = _data(call)
+    size = _size(address, ar)
+    with _leasing(call, ar) as leasing:
+        kea = leasing.kea
         for _attempt in range(5):  # a DHCP client may take an address between our look and add
             used = {_ip_int(lease) for lease in kea.leases(ar.subnet_id or 0)}
             start = _free_run(ar, used, size)
@@ -402,14 +411,10 @@ def _address(address: Template | None, ar: AddressRange) -> tuple[int, int, int]
 def allocate_address(call: Call) -> None:
     ar, address = _data(call)
     index, mac, size = _address(address, ar)
-    kea = Kea(call.settings, call.deadline)
-    with locked(call.settings, call.deadline):
-        leasing = Leasing(call, ar, kea)
-        leasing.open(kea.config())
+    with _leasing(call, ar) as leasing:
         try:
             for n in range(size):
-                leasing.lease(ar.first + index + n, (mac & ~0xFFFFFFFF)
-                              | ((mac + n) & 0xFFFFFFFF))
+                leasing.lease(ar.first + index + n, mac_at(mac, n))
             leasing.publish()
         except BaseException:
             leasing.undo()
@@ -423,13 +428,11 @@ def allocate_address(call: Call) -> None:
 def free_address(call: Call) -> None:
     ar, address = _data(call)
     index, mac, size = _address(address, ar)
-    kea = Kea(call.settings, call.deadline)
-    with locked(call.settings, call.deadline):
-        leasing = Leasing(call, ar, kea)
-        leasing.open(kea.config())
+    with _leasing(call, ar) as leasing:
+        kea = leasing.kea
         for n in range(size):
             ip = ar.first + index + n
-            want = (mac & ~0xFFFFFFFF) | ((mac + n) & 0xFFFFFFFF)
+            want = mac_at(mac, n)
             held = kea.lease(ip_text(ip))
             if held is None:
                 log.info(f"{ip_text(ip)} has no lease in Kea: nothing to free")
