@@ -323,10 +323,45 @@ def open_vswitch(node: Node) -> Iterator[Problem]:
                                          "configuration")
 
 
+def kea_ipam(node: Node) -> Iterator[Problem]:
+    """The kea IPAM's services, once its settings are the operator's (any not the default):
+    Kea's agent answers with our credentials and its server has the lease commands; PowerDNS
+    answers with our key and serves every zone ARs may name."""
+    from one_drivers.core.registry import get_driver
+    from one_drivers.core.retry import Deadline
+    from one_drivers.ipam.kea.kea import Kea
+    from one_drivers.ipam.kea.pdns import PowerDns
+
+    settings = _settings(node, "ipam", "kea")
+    defaults = get_driver("ipam", "kea").default_values()
+    if all(settings.get(k) == (v or None) for k, v in defaults.items()):
+        return  # not configured: the driver is registered but no AR can use it yet
+    deadline = Deadline(node.timeout * 4, "doctor's IPAM check")
+    try:
+        _, commands = Kea(settings, deadline).command("list-commands")
+    except DriverError as exc:
+        yield Problem("kea", str(exc), "start kea-ctrl-agent and kea-dhcp4, or fix KEA_URL / "
+                                       "KEA_CREDENTIALS in ipam/kea/kea.conf")
+        return
+    if "lease4-add" not in (commands or []):
+        yield Problem("kea", "Kea's DHCPv4 server has no lease commands",
+                      "load the lease_cmds hook (libdhcp_lease_cmds.so) in kea-dhcp4")
+    if not settings.get("DNS_ZONES"):
+        return
+    try:
+        dns = PowerDns(settings, deadline)
+        for zone in dns.zones:
+            dns.check_zone(zone)
+    except DriverError as exc:
+        yield Problem("powerdns", str(exc), "start pdns_server with its API, or fix PDNS_URL / "
+                                            "PDNS_API_KEY_FILE / DNS_ZONES in ipam/kea/kea.conf")
+
+
 CHECKS: dict[str, tuple[set[str], Check]] = {
     "remotes": ({"frontend", "host"}, remotes),
     "registration": ({"frontend"}, registration),
     "oned": ({"frontend"}, oned_and_datastores),
+    "ipam": ({"frontend"}, kea_ipam),
     "libvirt": ({"host"}, libvirt_and_emulator),
     "ovs": ({"host"}, open_vswitch),
 }

@@ -67,7 +67,7 @@ def test_doctor_on_the_front_end(one: OpenNebula, lab_env: dict[str, str]) -> No
     """Every datastore on our drivers reaches Ceph as its own user; a datastore whose user does
     not exist is named, with the fix (the positive control)."""
     ok = one.run(["one-drivers", "doctor", "--role", "frontend"])
-    assert "all good (remotes, registration, oned)" in ok, ok
+    assert "all good (remotes, registration, oned, ipam)" in ok, ok
     bad = one.create("onedatastore", f'NAME="bad-user"\nDS_MAD="rbd"\nTM_MAD="rbd"\n'
                                      f'DISK_TYPE="RBD"\nCEPH_USER="nobody"\n'
                                      f'CEPH_CONF="{lab_env["CEPH_CONF"]}"\nCEPH_SECRET="x"\n')

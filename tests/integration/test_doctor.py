@@ -91,7 +91,8 @@ def test_a_front_end_registration(lab_env, tmp_path):
                     str(etc / "monitord.conf"), str(etc / "vmm_exec" / "vmm_execrc")],
                    check=True, capture_output=True, timeout=60)
     ok = doctor("--role", "frontend", "--skip", "oned", env=env)
-    assert ok.returncode == 0 and "all good (remotes, registration)" in ok.stdout, ok.stdout
+    assert ok.returncode == 0 and "all good (remotes, registration, ipam)" in ok.stdout, \
+        ok.stdout
 
 
 def test_doctor_as_root_is_not_steered_by_the_users_remotes(lab_env, tmp_path):
@@ -162,3 +163,33 @@ def test_doctor_names_an_rbd_format_it_cannot_honour(lab_env, tmp_path):
                                 Settings([template])))
         assert [p.what.split(":")[0] for p in found if isinstance(p, Problem)] == (
             [f"RBD_FORMAT={fmt}"] if named else []), found
+
+
+def test_the_kea_ipams_services_once_configured(lab_env, tmp_path):
+    """Unconfigured (the defaults): nothing is checked. Configured for the lab: Kea's agent and
+    PowerDNS answer and serve the zones. A closed agent port, a zone PowerDNS lacks: named."""
+    from tests import ipam
+
+    etc = tmp_path / "etc"  # no OpenNebula here: only the IPAM check runs
+    env = {"ONE_LOCATION": str(tmp_path)}
+    remotes = tmp_path / "remotes"
+    skip = ("--skip", "registration", "--skip", "oned", "--remotes")
+    from one_drivers.core.remotes import install
+
+    install(remotes)
+    etc.mkdir()
+    unconfigured = doctor("--role", "frontend", *skip, str(remotes), env=env)
+    assert unconfigured.returncode == 0, unconfigured.stdout
+    good = ipam.install(tmp_path / "lab", lab_env)
+    ok = doctor("--role", "frontend", *skip, str(good), env=env)
+    assert ok.returncode == 0 and "all good (remotes, ipam)" in ok.stdout, ok.stdout
+    closed = ipam.install(tmp_path / "closed", lab_env, KEA_URL="http://127.0.0.1:9/")
+    res = doctor("--role", "frontend", *skip, str(closed), env=env)
+    assert res.returncode == 1
+    assert res.stdout.splitlines() == [
+        "kea: cannot reach Kea at http://127.0.0.1:9/ (Connection refused) -- start "
+        "kea-ctrl-agent and kea-dhcp4, or fix KEA_URL / KEA_CREDENTIALS in ipam/kea/kea.conf"]
+    zone = ipam.install(tmp_path / "zone", lab_env, DNS_ZONES="lab.one. nowhere.example.")
+    res = doctor("--role", "frontend", *skip, str(zone), env=env)
+    assert res.returncode == 1 and "powerdns: PowerDNS serves no zone nowhere.example." in \
+        res.stdout, res.stdout
