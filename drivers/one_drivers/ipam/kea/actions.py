@@ -129,14 +129,10 @@ def _subnet_spec(ar: AddressRange, subnet_id: int, settings: Settings) -> dict[s
         "option-data": options,
         "user-context": {OWNER: _mark(ar)},
     }
-    interface = call_interface(settings)
-    if interface:
+    interface = settings.get("KEA_INTERFACE")
+    if interface:  # a server on several segments: which one this subnet is on
         spec["interface"] = interface
     return spec
-
-
-def call_interface(settings: Settings) -> str | None:
-    return settings.get("KEA_INTERFACE") or None
 
 
 # -- register / unregister --------------------------------------------------------------------
