@@ -340,7 +340,7 @@ def kea_ipam(node: Node) -> Iterator[Problem]:
     try:
         _, commands = Kea(settings, deadline).command("list-commands")
     except DriverError as exc:
-        yield Problem("kea", str(exc), "start kea-ctrl-agent and kea-dhcp4, or fix KEA_URL / "
+        yield Problem("kea", exc.message, "start kea-ctrl-agent and kea-dhcp4, or fix KEA_URL / "
                                        "KEA_CREDENTIALS in ipam/kea/kea.conf")
         return
     if "lease4-add" not in (commands or []):
@@ -353,7 +353,7 @@ def kea_ipam(node: Node) -> Iterator[Problem]:
         for zone in dns.zones:
             dns.check_zone(zone)
     except DriverError as exc:
-        yield Problem("powerdns", str(exc), "start pdns_server with its API, or fix PDNS_URL / "
+        yield Problem("powerdns", exc.message, "start pdns_server with its API, or fix PDNS_URL / "
                                             "PDNS_API_KEY_FILE / DNS_ZONES in ipam/kea/kea.conf")
 
 
