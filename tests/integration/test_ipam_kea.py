@@ -470,3 +470,19 @@ def test_an_unknown_ar_or_a_broken_document_fails_in_one_line_and_leases_nothing
     assert kea.leases(int(ar["KEA_SUBNET_ID"])) == {}
     # positive control: the AR itself gets an address
     assert kea.run("get_address", ar, {"SIZE": 1}).returncode == 0
+
+
+def test_calls_running_at_once_never_lease_one_address_twice(kea):
+    """oned sends one IPAM call at a time, but `ipam reconcile` or a second front-end tool may
+    run beside it: eight get_address at once get eight addresses, each leased once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    ar = kea.register(**_net(14))
+    with ThreadPoolExecutor(8) as pool:
+        runs = list(pool.map(lambda _: kea.run("get_address", ar, {"SIZE": 1}), range(8)))
+    assert all(r.returncode == 0 for r in runs), [r.stderr for r in runs]
+    got = [ipam.answer(r.stdout, "ADDRESS")["IP"] for r in runs]
+    assert len(set(got)) == 8, got
+    held = kea.leases(int(ar["KEA_SUBNET_ID"]))
+    assert sorted(held) == sorted(got)
+    assert held == {f"10.91.14.{10 + n}": f"02:00:0a:5b:0e:{10 + n:02x}" for n in range(8)}
