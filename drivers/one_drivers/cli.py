@@ -10,6 +10,10 @@ import sys
 import time
 from pathlib import Path
 
+# doctor's check names (doctor.CHECKS, which a unit test holds this to; importing the module
+# here would cost every command its start-up)
+DOCTOR_CHECKS = ("remotes", "registration", "oned", "ipam", "libvirt", "ovs")
+
 
 def cmd_install_remotes(args: argparse.Namespace) -> int:
     from one_drivers.core.remotes import install
@@ -365,8 +369,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--role", choices=("frontend", "host"), required=True)
     p.add_argument("--remotes", help="the remotes tree (default: /var/lib/one/remotes on a "
                                      "front-end, /var/tmp/one on a host)")
-    p.add_argument("--skip", action="append", choices=("remotes", "registration", "oned",
-                                                       "libvirt", "ovs"),
+    p.add_argument("--skip", action="append", choices=DOCTOR_CHECKS,
                    help="leave a check out (repeatable)")
     p.add_argument("--timeout", type=float, default=15, help="seconds per service")
     p.add_argument("--probe-ceph", action="store_true", help=argparse.SUPPRESS)

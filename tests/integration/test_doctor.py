@@ -189,6 +189,9 @@ def test_the_kea_ipams_services_once_configured(lab_env, tmp_path):
     assert res.stdout.splitlines() == [
         "kea: cannot reach Kea at http://127.0.0.1:9/ (Connection refused) -- start "
         "kea-ctrl-agent and kea-dhcp4, or fix KEA_URL / KEA_CREDENTIALS in ipam/kea/kea.conf"]
+    skipped = doctor("--role", "frontend", *skip[:-1], "--skip", "ipam", "--remotes",
+                     str(closed), env=env)
+    assert skipped.returncode == 0 and "all good (remotes)" in skipped.stdout, skipped.stderr
     zone = ipam.install(tmp_path / "zone", lab_env, DNS_ZONES="lab.one. nowhere.example.")
     res = doctor("--role", "frontend", *skip, str(zone), env=env)
     assert res.returncode == 1 and "powerdns: PowerDNS serves no zone nowhere.example." in \

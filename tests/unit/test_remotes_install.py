@@ -78,3 +78,10 @@ def test_install_makes_the_vnm_hook_directories_and_keeps_their_content(tmp_path
     again = install(tmp_path)
     assert (hooks[1] / "10-site").exists() and not any(h in again.written for h in hooks)
     assert (tmp_path / "im" / "libvirt.d" / "monitord-client_control.sh").exists()
+
+
+def test_doctors_skip_choices_are_its_checks():
+    from one_drivers.cli import DOCTOR_CHECKS
+    from one_drivers.doctor import CHECKS
+
+    assert sorted(DOCTOR_CHECKS) == sorted(CHECKS)
