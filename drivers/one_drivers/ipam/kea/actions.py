@@ -41,6 +41,7 @@ from one_drivers.ipam.kea.kea import INFINITE, OWNER, Kea, ours, subnets
 from one_drivers.ipam.kea.ranges import (
     AddressRange,
     address_answer,
+    ip_int,
     ip_text,
     mac_at,
     mac_int,
@@ -162,7 +163,7 @@ def register_address_range(call: Call) -> str:
                 raise ActionFailed(f"{ar.network} overlaps Kea subnet {subnet.get('subnet')} "
                                    f"(id {subnet.get('id')})")
         subnet_id = max((int(s.get("id", 0)) for s in existing), default=0) + 1
-        before = _copy(config)
+        before = copied(config)
         config["Dhcp4"].setdefault("subnet4", []).append(_subnet_spec(ar, subnet_id, settings))
         kea.apply(config, before)
     log.info(f"Kea subnet {subnet_id}: {ar.network}, pool {ip_text(ar.first)} - "
@@ -179,7 +180,7 @@ def _overlaps(prefix: str, ar: AddressRange) -> bool:
         return False
 
 
-def _copy(config: dict[str, Any]) -> dict[str, Any]:
+def copied(config: dict[str, Any]) -> dict[str, Any]:
     import json
 
     return json.loads(json.dumps(config))  # type: ignore[no-any-return]
@@ -204,7 +205,7 @@ def unregister_address_range(call: Call) -> None:
             raise ActionFailed(f"Kea subnet {ar.subnet_id} still holds {len(held)} lease(s): "
                                f"{shown}", hint="free them, or run `one-drivers ipam reconcile "
                                "--fix` (it removes leases and subnets oned no longer has)")
-        before = _copy(config)
+        before = copied(config)
         remove_subnet(config, ar.subnet_id)
         kea.apply(config, before)
     log.info(f"Kea subnet {ar.subnet_id} removed")
@@ -220,7 +221,7 @@ def fence(kea: Kea, config: dict[str, Any], subnet: dict[str, Any], ar: AddressR
     test = ar.mac_fence()
     if test is None:
         return  # an AR across the first byte of the MAC: nothing to fence with
-    before = _copy(config)
+    before = copied(config)
     name = class_name(subnet_id)
     classes = [c for c in config["Dhcp4"].get("client-classes") or [] if c.get("name") != name]
     classes.append({"name": name, "test": test, "user-context": {OWNER: {"subnet": subnet_id}}})
@@ -278,14 +279,12 @@ class Leasing:
     def lease(self, ip: int, mac: int) -> bool:
         """Lease ``ip`` to ``mac``: True when made now, False when that MAC holds it already;
         ActionFailed when another does."""
-        record = {"ip-address": ip_text(ip), "hw-address": mac_text(mac),
-                  "subnet-id": self.ar.subnet_id,
-                  "valid-lft": self.call.settings.int("LEASE_LIFETIME", INFINITE),
-                  "user-context": {OWNER: {"ar": ip_text(self.ar.first)}}}
+        hostname = None
         if self.zone:
             from one_drivers.ipam.kea.pdns import host_name
 
-            record["hostname"] = host_name(ip, self.zone, self.dns.prefix).rstrip(".")
+            hostname = host_name(ip, self.zone, self.dns.prefix).rstrip(".")
+        record = lease_record(self.ar, ip, mac, self.call.settings, hostname)
         self.covered.append(ip)
         if self.kea.add_lease(record):
             self.made.append(ip)
@@ -308,6 +307,18 @@ class Leasing:
             with contextlib.suppress(Exception):
                 self.kea.delete_lease(ip_text(ip))
         self.made, self.covered = [], []
+
+
+def lease_record(ar: AddressRange, ip: int, mac: int, settings: Settings,
+                 hostname: str | None = None) -> dict[str, Any]:
+    """The lease4-add arguments of a lease the driver makes (its mark included)."""
+    record: dict[str, Any] = {"ip-address": ip_text(ip), "hw-address": mac_text(mac),
+                              "subnet-id": ar.subnet_id,
+                              "valid-lft": settings.int("LEASE_LIFETIME", INFINITE),
+                              "user-context": {OWNER: {"ar": ip_text(ar.first)}}}
+    if hostname:
+        record["hostname"] = hostname
+    return record
 
 
 class InUse(ActionFailed):
@@ -369,11 +380,9 @@ def get_address(call: Call) -> str:
 
 
 def _ip_int(lease: dict[str, Any]) -> int:
-    import ipaddress
-
     try:
-        return int(ipaddress.IPv4Address(str(lease.get("ip-address"))))
-    except ValueError:
+        return ip_int(str(lease.get("ip-address")))
+    except BadInput:
         return -1
 
 
@@ -390,12 +399,7 @@ def _address(address: Template | None, ar: AddressRange) -> tuple[int, int, int]
     """(index, MAC, size) of the ADDRESS oned sent."""
     if address is None or not address.get("IP"):
         raise BadInput("the request has no ADDRESS IP")
-    import ipaddress
-
-    try:
-        ip = int(ipaddress.IPv4Address(address.get("IP") or ""))
-    except ValueError:
-        raise BadInput(f"ADDRESS IP {address.get('IP')!r} is not an IPv4 address") from None
+    ip = ip_int(address.get("IP") or "", "ADDRESS IP")
     size = _size(address, ar)
     index = ar.index_of(ip)
     ar.index_of(ip + size - 1)

@@ -19,7 +19,7 @@ _MAC = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
 SUBNET_KEY, ZONE_KEY = "KEA_SUBNET_ID", "DNS_ZONE"
 
 
-def _ip(value: str, what: str) -> int:
+def ip_int(value: str, what: str = "address") -> int:
     try:
         return int(ipaddress.IPv4Address(value.strip()))
     except ValueError:
@@ -71,12 +71,12 @@ class AddressRange:
         if net.prefixlen >= 31:
             hosts_first, hosts_last = int(net.network_address), int(net.broadcast_address)
         gateway = get("GATEWAY")
-        self.gateway = _ip(gateway, "GATEWAY") if gateway else None
+        self.gateway = ip_int(gateway, "GATEWAY") if gateway else None
         if self.gateway is not None and not hosts_first <= self.gateway <= hosts_last:
             raise BadInput(f"GATEWAY {get('GATEWAY')} is not a host of {net}")
         ip, size = get("IP"), get("SIZE")
         if ip:
-            self.first = _ip(ip, "IP")
+            self.first = ip_int(ip, "IP")
         elif registering:  # the IPAM chooses: the network's first host that is not the gateway
             self.first = hosts_first + (1 if self.gateway == hosts_first else 0)
         else:
@@ -97,7 +97,7 @@ class AddressRange:
         if self.gateway is not None and self.first <= self.gateway <= last:
             raise BadInput(f"GATEWAY {ip_text(self.gateway)} is inside the AR's own addresses",
                            hint="oned would lease it to a VM: start the AR after it, or shrink it")
-        self.dns = [_ip(d, "DNS") for d in (get("DNS") or "").replace(",", " ").split()]
+        self.dns = [ip_int(d, "DNS") for d in (get("DNS") or "").replace(",", " ").split()]
         mtu = get("GUEST_MTU")
         self.mtu = None
         if mtu:

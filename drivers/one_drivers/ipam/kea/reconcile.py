@@ -25,10 +25,10 @@ from one_drivers.core.errors import ActionFailed
 from one_drivers.core.oned import Oned
 from one_drivers.core.retry import Deadline
 from one_drivers.core.xmlview import Template, parse_xml
-from one_drivers.ipam.kea.actions import _copy, locked, remove_subnet
-from one_drivers.ipam.kea.kea import INFINITE, OWNER, Kea, ours, subnets
+from one_drivers.ipam.kea.actions import copied, lease_record, locked, remove_subnet
+from one_drivers.ipam.kea.kea import Kea, ours, subnets
 from one_drivers.ipam.kea.pdns import COMMENT
-from one_drivers.ipam.kea.ranges import AddressRange, ip_text, mac_int, mac_text
+from one_drivers.ipam.kea.ranges import AddressRange, ip_int, mac_int, mac_text
 
 
 def oned_ranges(oned: Oned) -> dict[int, tuple[str, AddressRange, dict[str, int]]]:
@@ -91,7 +91,7 @@ def reconcile(settings: Settings, deadline: Deadline, *, fix: bool,
                         if ours(held_lease) is not None:
                             _unpublish(dns, ip, zone)
                         kea.delete_lease(ip)
-                    before = _copy(config)
+                    before = copied(config)
                     remove_subnet(config, sid)
                     kea.apply(config, before)
                 continue
@@ -116,7 +116,7 @@ def reconcile(settings: Settings, deadline: Deadline, *, fix: bool,
                 if dns is not None and zone and not _named(dns, ip, zone):
                     note(f"unnamed: {ip} of {where} has no A record in {zone}", "published")
                     if fix:
-                        dns.publish(_int(ip), zone)
+                        dns.publish(ip_int(ip), zone)
             for ip, kept in sorted(held.items()):
                 if ip in leases or ours(kept) is None:
                     continue
@@ -130,35 +130,25 @@ def reconcile(settings: Settings, deadline: Deadline, *, fix: bool,
     return report
 
 
-def _int(ip: str) -> int:
-    import ipaddress
-
-    return int(ipaddress.IPv4Address(ip))
-
-
 def _lease(kea: Kea, settings: Settings, ar: AddressRange, ip: str, mac: int, zone: str | None,
            dns: Any) -> None:
-    record: dict[str, Any] = {"ip-address": ip, "hw-address": mac_text(mac),
-                              "subnet-id": ar.subnet_id,
-                              "valid-lft": settings.int("LEASE_LIFETIME", INFINITE),
-                              "user-context": {OWNER: {"ar": ip_text(ar.first)}}}
-    if not kea.add_lease(record):
+    if not kea.add_lease(lease_record(ar, ip_int(ip), mac, settings)):
         raise ActionFailed(f"Kea leased {ip} to someone else meanwhile")
     if zone and dns is not None:
-        dns.publish(_int(ip), zone)
+        dns.publish(ip_int(ip), zone)
 
 
 def _named(dns: Any, ip: str, zone: str) -> bool:
     from one_drivers.ipam.kea.pdns import host_name
 
-    name = host_name(_int(ip), zone, dns.prefix)
+    name = host_name(ip_int(ip), zone, dns.prefix)
     return any(r.get("type") == "A" and r.get("content") == ip for r in dns.records(name))
 
 
 def _unpublish(dns: Any, ip: str, zone: str | None) -> None:
     if dns is not None and zone:
         with contextlib.suppress(ActionFailed):
-            dns.withdraw(_int(ip), zone)
+            dns.withdraw(ip_int(ip), zone)
 
 
 def _stale_records(dns: Any, kea: Kea, fix: bool) -> list[str]:
@@ -176,6 +166,6 @@ def _stale_records(dns: Any, kea: Kea, fix: bool) -> list[str]:
                     out.append(f"stale record: {rrset.get('name')} A {ip} has no lease in Kea"
                                + (" -> removed" if fix else ""))
                     if fix:
-                        dns.withdraw(_int(ip), zone)
+                        dns.withdraw(ip_int(ip), zone)
     return out
 
